@@ -1,0 +1,41 @@
+"""Runs an absl main so that bad input is one clear line on stderr and exit status 2."""
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from common.errors import InputError
+
+BAD_INPUT = 2
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    # absl exits 1 on a bad flag; bad usage is bad input here, so exit 2 with its message.
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(BAD_INPUT)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """app.run(main), turning InputError into `error: <message>` and exit status 2."""
+
+    def guarded(argv: list[str]) -> None:
+        if len(argv) > 1:
+            print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+            sys.exit(BAD_INPUT)
+        try:
+            main(argv)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(BAD_INPUT)
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def require_flag(value, flag: str) -> None:
+    """Raises InputError naming --flag when a required flag is unset or empty."""
+    if value is None or value == "":
+        raise InputError(f"--{flag} is required")

@@ -1,0 +1,44 @@
+"""Run by interpreter.bzl with the candidate interpreter: prints its identity as JSON.
+
+Runs under any Python 3 (it must report a wrong version, not crash on one).
+"""
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import sysconfig
+
+
+def sha256_of(path):
+    if not path or not os.path.isfile(path):
+        return "none"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shared_libpython():
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    name = sysconfig.get_config_var("LDLIBRARY") or ""
+    directory = sysconfig.get_config_var("LIBDIR") or ""
+    return os.path.join(directory, name)
+
+
+executable = os.path.realpath(sys.executable)
+print(
+    json.dumps(
+        {
+            "version": platform.python_version(),
+            "major_minor": "%d.%d" % sys.version_info[:2],
+            "implementation": platform.python_implementation(),
+            "executable": executable,
+            "executable_sha256": sha256_of(executable),
+            "libpython_sha256": sha256_of(shared_libpython()),
+        }
+    )
+)

@@ -1,0 +1,106 @@
+"""Checkpoint = weights in safetensors + metadata JSON. Loading never unpickles anything.
+
+The metadata says what the weights are (model_type, architecture config, tokenizer digest,
+dataset digest, training facts). Loading checks it before building the model, so a checkpoint of
+another model type or vocabulary is a clear error, never a silent misload.
+"""
+
+import hashlib
+import json
+
+import safetensors
+import safetensors.torch
+
+from common import atomic
+from common.errors import InputError
+from training.model import MODEL_TYPE, ModelConfig, Student
+
+REQUIRED_METADATA = ("model_type", "config", "tokenizer_sha256", "dataset_sha256", "steps")
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(weights_path: str, metadata_path: str, model: Student, metadata: dict) -> None:
+    """Writes both files atomically. safetensors output is deterministic for equal tensors."""
+    tensors = {name: t.detach().contiguous().clone() for name, t in sorted(model.state_dict().items())}
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    full = dict(metadata, model_type=MODEL_TYPE, config=model.cfg.to_dict())
+    full["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    atomic.write_bytes(weights_path, data)
+    atomic.write_text(metadata_path, json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
+def load_metadata(metadata_path: str) -> dict:
+    try:
+        with open(metadata_path, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{metadata_path}: checkpoint metadata not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{metadata_path}: not valid JSON checkpoint metadata ({error})") from None
+    if not isinstance(metadata, dict):
+        raise InputError(f"{metadata_path}: metadata must be a JSON object")
+    for field in REQUIRED_METADATA:
+        if field not in metadata:
+            raise InputError(f"{metadata_path}: {field}: missing")
+    if metadata["model_type"] != MODEL_TYPE:
+        raise InputError(
+            f"{metadata_path}: model_type: is {metadata['model_type']!r}, expected {MODEL_TYPE!r}; "
+            "this is not a Magic 8 Ball checkpoint"
+        )
+    return metadata
+
+
+def load(
+    weights_path: str, metadata_path: str, expected_vocab_size: int | None = None
+) -> tuple[Student, dict]:
+    """Returns (model in eval mode, metadata). Raises InputError for anything wrong."""
+    metadata = load_metadata(metadata_path)
+    try:
+        cfg = ModelConfig.from_dict(metadata["config"])
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{metadata_path}: config: {error}") from None
+    if expected_vocab_size is not None and cfg.vocab_size != expected_vocab_size:
+        raise InputError(
+            f"{metadata_path}: config.vocab_size: {cfg.vocab_size}, "
+            f"but the tokenizer has {expected_vocab_size}"
+        )
+    try:
+        with open(weights_path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise InputError(f"{weights_path}: checkpoint weights not found") from None
+    expected_digest = metadata.get("weights_sha256")
+    if expected_digest and hashlib.sha256(data).hexdigest() != expected_digest:
+        raise InputError(
+            f"{weights_path}: sha256 does not match {metadata_path} weights_sha256; "
+            "the weights are truncated or were changed"
+        )
+    try:
+        tensors = safetensors.torch.load(data)
+    except (safetensors.SafetensorError, ValueError, OSError) as error:
+        raise InputError(f"{weights_path}: not a readable safetensors file ({error})") from None
+    model = Student(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise InputError(
+            f"{weights_path}: tensors do not match the {MODEL_TYPE} config: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
+            raise InputError(
+                f"{weights_path}: {name}: shape {tuple(tensor.shape)} {tensor.dtype}, "
+                f"expected {tuple(expected[name].shape)} {expected[name].dtype}"
+            )
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, metadata
