@@ -1,0 +1,203 @@
+"""Builds the toy KD dataset: questions from templates x subjects, answers and soft targets from the teacher.
+
+A question is TEMPLATES[t] filled with SUBJECTS[s], in one of four wordings (plain, negated,
+intensified with "really", hedged with "maybe") and with an optional trailing emoji, so each
+(template, subject) combination gives 20 questions; the template fixes the question kind.
+
+Held-out split: a fraction of the (template, subject) combinations, drawn from the seed, is kept
+for held-out records only, so no held-out question shares its combination with a training question.
+Every template and every subject still appears in some training combination.
+
+Records: each split draws its questions without replacement (cycling when it needs more than it
+has), then the teacher samples an answer from answer_distribution(question); the record keeps the
+completion text, its ids and the teacher's top-k next-token log-probabilities at every position.
+
+The tokenizer is trained on every string the dataset can produce: all prompts of all questions,
+plus the 20 completions, each repeated as often as a uniform answer would appear. So it depends
+on nothing but this file and the teacher, and none of these strings needs byte fallback.
+"""
+
+import random
+
+from common.errors import InputError
+from data import dataset, prompt, teacher
+from data import tokenizer as tokenizer_lib
+
+# (kind, plain form, negated form); "{s}" is the subject.
+TEMPLATES = [
+    ("will", "Will I {s}?", "Won't I {s}?"),
+    ("will", "Will I {s} soon?", "Will I never {s}?"),
+    ("will", "Shall I {s}?", "Shall I not {s}?"),
+    ("should", "Should I try to {s}?", "Should I not try to {s}?"),
+    ("should", "Should I hope to {s}?", "Shouldn't I hope to {s}?"),
+    ("can", "Can I {s}?", "Can't I {s}?"),
+    ("could", "Could I {s} this year?", "Couldn't I {s} this year?"),
+    ("do", "Do you think I will {s}?", "Don't you think I will {s}?"),
+    ("does", "Does fate want me to {s}?", "Doesn't fate want me to {s}?"),
+    ("is", "Is it likely that I will {s}?", "Isn't it likely that I will {s}?"),
+    ("is", "Is it my destiny to {s}?", "Is it not my destiny to {s}?"),
+    ("am", "Am I going to {s}?", "Am I never going to {s}?"),
+    ("am", "Am I ready to {s}?", "Am I not ready to {s}?"),
+    ("are", "Are the stars aligned for me to {s}?", "Aren't the stars aligned for me to {s}?"),
+    ("are", "Are my chances good that I will {s}?", "Aren't my chances good that I will {s}?"),
+    ("would", "Would it be wise to {s}?", "Wouldn't it be wise to {s}?"),
+    ("did", "Did the universe plan for me to {s}?", "Didn't the universe plan for me to {s}?"),
+    ("may", "May I hope to {s}?", "May I not {s}?"),
+    ("other", "Tell me if I will {s}.", "Tell me if I will never {s}."),
+    ("other", "What are the odds that I {s}?", "What are the odds that I never {s}?"),
+]
+
+# Verb phrases, grouped by the teacher topic their words trigger (the last group triggers none).
+SUBJECTS = [
+    "get rich", "win the lottery", "get a raise", "pay off my debt", "buy a house", "save enough money",
+    "find true love", "marry my crush", "get a second date", "meet my soulmate", "fall in love",
+    "see sunshine tomorrow", "stay dry in the rain", "get snow this winter", "enjoy sunny weather",
+    "dodge the storm",
+    "pass my exams", "ace the math test", "get good grades", "graduate on time", "finish my homework",
+    "feel better", "run a marathon", "sleep well tonight", "stay healthy", "recover from this cold",
+    "travel to Japan", "catch my flight", "go on vacation", "visit Paris", "take a road trip",
+    "get the job", "get promoted", "finish the project", "impress my boss", "ace the interview",
+    "win the game", "make new friends", "learn to play guitar", "adopt a puppy", "find my lost keys",
+]  # fmt: skip
+
+WORDINGS = ("plain", "negated", "intensified", "hedged")
+EMOJI_SUFFIXES = ("", " 🎱", " 🔮", " ✨", " 🌟")
+LOGPROB_DECIMALS = 6  # enough for training; fewer digits keep files small and stable across libms
+
+
+def question_text(template: int, subject: int, wording: str, emoji: str) -> str:
+    _, plain, negated = TEMPLATES[template]
+    s = SUBJECTS[subject]
+    if wording == "negated":
+        return negated.format(s=s) + emoji
+    adverb = {"plain": "", "intensified": "really ", "hedged": "maybe "}[wording]
+    return plain.format(s=adverb + s) + emoji
+
+
+def question_space() -> list[tuple[tuple[int, int], str, str]]:
+    """Every question the generator can ask, as ((template, subject), kind, text), in a fixed order."""
+    return [
+        ((t, s), TEMPLATES[t][0], question_text(t, s, wording, emoji))
+        for t in range(len(TEMPLATES))
+        for s in range(len(SUBJECTS))
+        for wording in WORDINGS
+        for emoji in EMOJI_SUFFIXES
+    ]
+
+
+def training_corpus() -> list[str]:
+    """The strings the tokenizer learns from (module docstring)."""
+    space = question_space()
+    prompts = [prompt.format_prompt(text) for _, _, text in space]
+    per_answer = len(space) // len(teacher.ANSWERS)
+    return prompts + [teacher.completion_text(a) for a in range(len(teacher.ANSWERS))] * per_answer
+
+
+def train_tokenizer() -> tokenizer_lib.Tokenizer:
+    return tokenizer_lib.train(training_corpus(), tokenizer_lib.VOCAB_SIZE)
+
+
+def heldout_combinations(seed: int, heldout_fraction: float) -> set[tuple[int, int]]:
+    """The (template, subject) pairs reserved for held-out records, drawn from `seed`."""
+    combos = [(t, s) for t in range(len(TEMPLATES)) for s in range(len(SUBJECTS))]
+    random.Random(f"m8b-heldout-{seed}").shuffle(combos)
+    target = round(len(combos) * heldout_fraction)
+    # Keep at least one training combination per template and per subject.
+    train_left = {("t", t): len(SUBJECTS) for t in range(len(TEMPLATES))}
+    train_left |= {("s", s): len(TEMPLATES) for s in range(len(SUBJECTS))}
+    held: set[tuple[int, int]] = set()
+    for t, s in combos:
+        if len(held) == target:
+            break
+        if train_left[("t", t)] > 1 and train_left[("s", s)] > 1:
+            held.add((t, s))
+            train_left[("t", t)] -= 1
+            train_left[("s", s)] -= 1
+    return held
+
+
+def check_options(n: int, seed: int, heldout_fraction: float, topk: int) -> None:
+    """InputError naming the option (the make_toy_kd flag of the same name) when one is unusable."""
+    if n < 2:
+        raise InputError(f"--n is {n}; need at least 2 records (one train, one held out)")
+    if seed < 0:
+        raise InputError(f"--seed is {seed}; use a seed >= 0")
+    if not 0.0 < heldout_fraction < 1.0:
+        raise InputError(f"--heldout_fraction is {heldout_fraction}; use a fraction strictly between 0 and 1")
+    if not 1 <= topk <= dataset.MAX_TOPK:
+        raise InputError(f"--topk is {topk}; use 1..{dataset.MAX_TOPK}")
+    n_heldout = round(n * heldout_fraction)
+    if not 1 <= n_heldout <= n - 1:
+        raise InputError(
+            f"--n {n} with --heldout_fraction {heldout_fraction} gives {n_heldout} held-out records; "
+            "both splits need at least one"
+        )
+
+
+def _draw(pool: list, count: int, rng: random.Random) -> list:
+    out: list = []
+    while len(out) < count:
+        batch = list(pool)
+        rng.shuffle(batch)
+        out += batch[: count - len(out)]
+    return out
+
+
+def _sample(probs: list[float], u: float) -> int:
+    total = 0.0
+    for i, p in enumerate(probs):
+        total += p
+        if u < total:
+            return i
+    return len(probs) - 1
+
+
+def generate(
+    n: int, seed: int, heldout_fraction: float, topk: int, tokenizer: tokenizer_lib.Tokenizer | None = None
+) -> tuple[tokenizer_lib.Tokenizer, dict, list[dataset.Record]]:
+    """(tokenizer, header, records): train records first, then held-out ones; ids 0..n-1."""
+    check_options(n, seed, heldout_fraction, topk)
+    tok = tokenizer if tokenizer is not None else train_tokenizer()
+    token_teacher = teacher.TokenTeacher(tok)
+    held = heldout_combinations(seed, heldout_fraction)
+    space = question_space()
+    n_heldout = round(n * heldout_fraction)
+    rng = random.Random(f"m8b-records-{seed}")
+    chosen = [("train", q) for q in _draw([q for q in space if q[0] not in held], n - n_heldout, rng)]
+    chosen += [("heldout", q) for q in _draw([q for q in space if q[0] in held], n_heldout, rng)]
+
+    records = []
+    for index, (split, (_, kind, question)) in enumerate(chosen):
+        probs = teacher.answer_distribution(question).tolist()
+        answer = _sample(probs, rng.random())
+        completion = teacher.completion_text(answer)
+        text = prompt.format_prompt(question)
+        topk_ids, logprobs = token_teacher.top_k(probs, answer, topk)
+        records.append(
+            dataset.Record(
+                id=index,
+                split=split,
+                kind=kind,
+                question=question,
+                prompt=text,
+                completion=completion,
+                prompt_ids=tok.encode(text),
+                completion_ids=list(token_teacher.sequences[answer]),
+                topk_ids=topk_ids,
+                # `+ 0.0` turns a rounded -0.0 into 0.0, so it prints as 0.0.
+                topk_logprobs=[[round(lp, LOGPROB_DECIMALS) + 0.0 for lp in row] for row in logprobs],
+            )
+        )
+    header = {
+        "format": dataset.FORMAT,
+        "version": dataset.VERSION,
+        "teacher": teacher.NAME,
+        "tokenizer_sha256": tok.digest,
+        "topk": topk,
+        "vocab_size": tok.vocab_size,
+        "seed": seed,
+        "heldout_fraction": heldout_fraction,
+        "num_records": n,
+        "num_heldout": n_heldout,
+    }
+    return tok, header, records

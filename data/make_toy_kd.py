@@ -1,0 +1,66 @@
+"""Writes the toy knowledge-distillation dataset and its tokenizer.
+
+    make_toy_kd --out=kd.jsonl --tokenizer_out=tokenizer.json [--n=6000 --seed=0
+                --heldout_fraction=0.2 --topk=8]
+
+Same flags -> byte-identical files. Bad flags or a missing output directory: "error: ..." and
+exit status 2, with nothing written.
+"""
+
+import os
+
+from absl import flags, logging
+
+from common import atomic, cli
+from common.errors import InputError
+from data import dataset, generate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Output: the dataset JSONL (header line, then one record per line).")
+flags.DEFINE_string("tokenizer_out", None, "Output: the tokenizer JSON the dataset's ids belong to.")
+flags.DEFINE_integer("n", 6000, "Number of records, train and held-out together (at least 2).")
+flags.DEFINE_integer("seed", 0, "Seed for the held-out combinations, question order and sampled answers.")
+flags.DEFINE_float(
+    "heldout_fraction", 0.2, "Fraction of records, and of (template, subject) pairs, held out; in (0, 1)."
+)
+flags.DEFINE_integer("topk", 8, "Teacher log-probabilities kept per completion position, 1..32.")
+
+
+def _check_output(path: str, flag: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
+    if os.path.isdir(path):
+        raise InputError(f"--{flag}: {path} is a directory; give a file path")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    cli.require_flag(FLAGS.out, "out")
+    cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")
+    if os.path.abspath(FLAGS.out) == os.path.abspath(FLAGS.tokenizer_out):
+        raise InputError("--out and --tokenizer_out name the same file; give two paths")
+    _check_output(FLAGS.out, "out")
+    _check_output(FLAGS.tokenizer_out, "tokenizer_out")
+    generate.check_options(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk)
+
+    logging.info("training the tokenizer on every string the dataset can produce")
+    tok = generate.train_tokenizer()
+    logging.info("generating %d records (seed %d)", FLAGS.n, FLAGS.seed)
+    tok, header, records = generate.generate(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, tok)
+    # The dataset is written while the tokenizer file is still pending, so a failure leaves neither.
+    with atomic.output_file(FLAGS.tokenizer_out) as handle:
+        handle.write(tok.to_bytes())
+        dataset.write_dataset(FLAGS.out, header, records)
+    logging.info(
+        "wrote %s (%d records, %d held out) and %s (tokenizer %s)",
+        FLAGS.out,
+        len(records),
+        header["num_heldout"],
+        FLAGS.tokenizer_out,
+        tok.digest[:12],
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)
