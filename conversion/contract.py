@@ -1,0 +1,322 @@
+"""The contract: one JSON file that says what every exported artifact must be and how close it must be.
+
+    {"format": "m8b-contract", "version": 1,
+     "model_name": "magic-8-ball", "model_type": "magic-8-ball",
+     "vocab_size": 512, "tokenizer_sha256": "...",
+     "lengths": [64, 128, 256], "default_length": 128,
+     "inputs":  [{"name": "input_ids", "dtype": "int32",   "shape": [1, "T"]}],
+     "outputs": [{"name": "logits",    "dtype": "float32", "shape": [1, "T", 512]}],
+     "artifacts": {"weights": "<sha256>", "torchscript": "<sha256>"},
+     "tolerances": {...}}
+
+"T" stands for each of `lengths`. Verification reads shapes and bounds from here; nothing downstream
+re-derives them by probing an artifact (DESIGN.md, "Contract").
+
+Which digests live in `artifacts`: the contract is written once, by the export step, and never
+rewritten. It pins the checkpoint it was exported from ("weights") and the TorchScript file written
+next to it ("torchscript"). Later stages (Core ML, GGUF) read the contract but do not add their
+digests to it: a file that several stages rewrite changes its bytes at every stage, so every
+consumer would have to know which version it holds, and Bazel would see a different contract
+depending on how far the chain had run. Instead the verification report (verify/report.py) records
+the sha256 and size of every artifact it checked, Core ML and GGUF included; the report is the final
+manifest, and it names the contract by digest. `with_artifact` returns a new contract (the export
+step builds its contract with it); it never edits a saved file.
+
+Tolerances (all measured on this machine against fp32 eager PyTorch on a trained student):
+  torchscript_max_abs        1e-4: the same kernels run, so only op-order noise is allowed.
+  coreml_fp16_max_abs        fp16 compute in the Core ML program (see DEFAULT_TOLERANCES).
+  gguf_max_abs               llama.cpp on the GGUF weights.
+  coreml_top1_agreement_min  0.99 and gguf_top1_agreement_min 0.999: the fraction of positions whose
+                             argmax matches eager, near ties left out (verify/parity.py).
+                             (interfaces.md named one "top1_agreement_min"; the two backends
+                             differ, so each has its own key.)
+  near_tie_margin            a position whose eager top-1 beats its top-2 by less than this is a
+                             near tie: behaviour checks count an argmax flip there, they do not fail
+                             on it. At least 2x the largest max_abs bound, because an error of d
+                             per logit can flip an argmax only when the margin is below 2d.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+
+from common import atomic
+from common.errors import InputError
+from training.model import MODEL_TYPE
+
+FORMAT = "m8b-contract"
+VERSION = 1
+MODEL_NAME = "magic-8-ball"
+DEFAULT_LENGTHS = (64, 128, 256)
+DEFAULT_LENGTH = 128
+INPUT_NAME = "input_ids"
+OUTPUT_NAME = "logits"
+LENGTH_SYMBOL = "T"
+
+# Measured against fp32 eager on a 600-step student (logits up to ~23), random and real-text rows:
+# - Core ML fp16 (MIL executor): 0.03 / 0.07 / 0.11 at T64 / T128 / T256 when the RoPE angles are
+#   computed in fp16 (positions * inv_freq loses ~0.1 rad by position 255), 0.04 at every length
+#   when they are kept in fp32. 0.1 passes the latter with 2x headroom and flags the former.
+# - llama.cpp on an f32 GGUF: 0.008 / 0.009 / 0.014 (its f16 KV cache; 0.007 with an f32 cache).
+# The bounds stay within a few times the measured error, so a real regression (a wrong op, a
+# dropped norm, a mis-permuted head) is far outside them.
+DEFAULT_TOLERANCES = {
+    "torchscript_max_abs": 1e-4,
+    "coreml_fp16_max_abs": 0.1,
+    "gguf_max_abs": 0.05,
+    "coreml_top1_agreement_min": 0.99,
+    "gguf_top1_agreement_min": 0.999,
+    "near_tie_margin": 0.2,
+}
+_MAX_ABS_KEYS = ("torchscript_max_abs", "coreml_fp16_max_abs", "gguf_max_abs")
+_FRACTION_KEYS = ("coreml_top1_agreement_min", "gguf_top1_agreement_min")
+
+_FIELDS = (
+    "format",
+    "version",
+    "model_name",
+    "model_type",
+    "vocab_size",
+    "tokenizer_sha256",
+    "lengths",
+    "default_length",
+    "inputs",
+    "outputs",
+    "artifacts",
+    "tolerances",
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ARTIFACT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple  # ints and the symbol "T"
+
+    def concrete(self, length: int) -> tuple[int, ...]:
+        return tuple(length if d == LENGTH_SYMBOL else d for d in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+    model_name: str
+    model_type: str
+    vocab_size: int
+    tokenizer_sha256: str
+    lengths: tuple[int, ...]
+    default_length: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    artifacts: dict  # name -> sha256 hex; read-only by convention (the dataclass is frozen)
+    tolerances: dict  # see DEFAULT_TOLERANCES
+
+    def input_shape(self, length: int) -> tuple[int, ...]:
+        return self.inputs[0].concrete(length)
+
+    def output_shape(self, length: int) -> tuple[int, ...]:
+        return self.outputs[0].concrete(length)
+
+    def with_artifact(self, name: str, sha256: str) -> "Contract":
+        """A new contract that also pins artifact `name` to `sha256` (a saved file is never edited)."""
+        artifacts = dict(self.artifacts)
+        artifacts[name] = sha256
+        return _validated(dataclasses.replace(self, artifacts=artifacts), "contract")
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_name": self.model_name,
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "lengths": list(self.lengths),
+            "default_length": self.default_length,
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+            "artifacts": dict(sorted(self.artifacts.items())),
+            "tolerances": dict(sorted(self.tolerances.items())),
+        }
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON: sorted keys, two-space indent, trailing newline. Equal contracts, equal bytes."""
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    @property
+    def digest(self) -> str:
+        """sha256 hex of the canonical bytes, which is the sha256 of the saved file."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def save(self, path: str) -> None:
+        atomic.write_bytes(path, self.to_bytes())
+
+
+def make_contract(
+    vocab_size: int,
+    tokenizer_sha256: str,
+    lengths=DEFAULT_LENGTHS,
+    default_length: int = DEFAULT_LENGTH,
+    artifacts: dict | None = None,
+    tolerances: dict | None = None,
+) -> Contract:
+    """A validated contract for the student's one input and one output."""
+    contract = Contract(
+        model_name=MODEL_NAME,
+        model_type=MODEL_TYPE,
+        vocab_size=vocab_size,
+        tokenizer_sha256=tokenizer_sha256,
+        lengths=tuple(sorted(lengths)),
+        default_length=default_length,
+        inputs=(TensorSpec(INPUT_NAME, "int32", (1, LENGTH_SYMBOL)),),
+        outputs=(TensorSpec(OUTPUT_NAME, "float32", (1, LENGTH_SYMBOL, vocab_size)),),
+        artifacts=dict(artifacts or {}),
+        tolerances=dict(DEFAULT_TOLERANCES if tolerances is None else tolerances),
+    )
+    return _validated(contract, "contract")
+
+
+def load_contract(path: str) -> Contract:
+    """Reads and validates a contract file; InputError naming the file and field otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: contract not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a contract JSON file") from None
+    try:
+        values = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error}); re-run the export step") from None
+    return from_dict(values, path)
+
+
+def from_dict(values, where: str = "contract") -> Contract:
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: a contract must be a JSON object")
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise InputError(f"{where}: {unknown[0]}: unknown field; expected only {', '.join(_FIELDS)}")
+    for field in _FIELDS:
+        if field not in values:
+            raise InputError(f"{where}: {field}: missing")
+    if values["format"] != FORMAT:
+        raise InputError(f"{where}: format: is {values['format']!r}, expected {FORMAT!r}")
+    if values["version"] != VERSION:
+        raise InputError(f"{where}: version: is {values['version']!r}, this code reads version {VERSION}")
+    contract = Contract(
+        model_name=values["model_name"],
+        model_type=values["model_type"],
+        vocab_size=values["vocab_size"],
+        tokenizer_sha256=values["tokenizer_sha256"],
+        lengths=_int_list(values["lengths"], where, "lengths"),
+        default_length=values["default_length"],
+        inputs=_specs(values["inputs"], where, "inputs"),
+        outputs=_specs(values["outputs"], where, "outputs"),
+        artifacts=values["artifacts"],
+        tolerances=values["tolerances"],
+    )
+    return _validated(contract, where)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_list(value, where: str, field: str) -> tuple:
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {field}: must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _specs(value, where: str, field: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {field}: must be a list of tensor specs")
+    specs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or sorted(item) != ["dtype", "name", "shape"]:
+            raise InputError(f"{where}: {field}[{i}]: must be an object with exactly name, dtype, shape")
+        shape = item["shape"]
+        if not isinstance(shape, list) or not all(_is_int(d) or d == LENGTH_SYMBOL for d in shape):
+            raise InputError(f"{where}: {field}[{i}].shape: must be a list of integers and {LENGTH_SYMBOL!r}")
+        specs.append(TensorSpec(item["name"], item["dtype"], tuple(item["shape"])))
+    return tuple(specs)
+
+
+def _validated(c: Contract, where: str) -> Contract:
+    """Checks every field; the message names the field, what is wrong and what was expected."""
+    if c.model_name != MODEL_NAME:
+        raise InputError(f"{where}: model_name: is {c.model_name!r}, expected {MODEL_NAME!r}")
+    if c.model_type != MODEL_TYPE:
+        raise InputError(
+            f"{where}: model_type: is {c.model_type!r}, expected {MODEL_TYPE!r}; "
+            "this contract is not for a Magic 8 Ball model"
+        )
+    if not _is_int(c.vocab_size) or c.vocab_size < 1:
+        raise InputError(f"{where}: vocab_size: must be a positive integer, got {c.vocab_size!r}")
+    if not isinstance(c.tokenizer_sha256, str) or not _SHA256.match(c.tokenizer_sha256):
+        raise InputError(f"{where}: tokenizer_sha256: must be 64 lowercase hex digits")
+    if not c.lengths or not all(_is_int(t) and t >= 1 for t in c.lengths):
+        raise InputError(
+            f"{where}: lengths: must be a non-empty list of positive integers, got {list(c.lengths)}"
+        )
+    if list(c.lengths) != sorted(set(c.lengths)):
+        raise InputError(f"{where}: lengths: must be increasing without repeats, got {list(c.lengths)}")
+    if not _is_int(c.default_length) or c.default_length not in c.lengths:
+        raise InputError(
+            f"{where}: default_length: {c.default_length!r} is not one of lengths {list(c.lengths)}"
+        )
+    expected_in = (TensorSpec(INPUT_NAME, "int32", (1, LENGTH_SYMBOL)),)
+    if c.inputs != expected_in:
+        raise InputError(
+            f"{where}: inputs: {[s.to_dict() for s in c.inputs]}, "
+            f"expected {[s.to_dict() for s in expected_in]}"
+        )
+    expected_out = (TensorSpec(OUTPUT_NAME, "float32", (1, LENGTH_SYMBOL, c.vocab_size)),)
+    if c.outputs != expected_out:
+        raise InputError(
+            f"{where}: outputs: {[s.to_dict() for s in c.outputs]}, "
+            f"expected {[s.to_dict() for s in expected_out]} (vocab_size {c.vocab_size})"
+        )
+    if not isinstance(c.artifacts, dict):
+        raise InputError(f"{where}: artifacts: must be an object of name -> sha256")
+    for name, sha in c.artifacts.items():
+        if not _ARTIFACT_NAME.match(name):
+            raise InputError(f"{where}: artifacts.{name}: names are lowercase identifiers")
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            raise InputError(f"{where}: artifacts.{name}: must be 64 lowercase hex digits")
+    _validate_tolerances(c.tolerances, where)
+    return c
+
+
+def _validate_tolerances(tolerances, where: str) -> None:
+    if not isinstance(tolerances, dict):
+        raise InputError(f"{where}: tolerances: must be an object")
+    unknown = sorted(set(tolerances) - set(DEFAULT_TOLERANCES))
+    if unknown:
+        raise InputError(
+            f"{where}: tolerances.{unknown[0]}: unknown; expected {', '.join(DEFAULT_TOLERANCES)}"
+        )
+    for key in DEFAULT_TOLERANCES:
+        value = tolerances.get(key)
+        if value is None:
+            raise InputError(f"{where}: tolerances.{key}: missing")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"{where}: tolerances.{key}: must be a finite number, got {value!r}")
+        if key in _FRACTION_KEYS and not 0.0 < value <= 1.0:
+            raise InputError(f"{where}: tolerances.{key}: must be in (0, 1], got {value!r}")
+        if key not in _FRACTION_KEYS and value <= 0:
+            raise InputError(f"{where}: tolerances.{key}: must be positive, got {value!r}")
+    largest = max(tolerances[key] for key in _MAX_ABS_KEYS)
+    if tolerances["near_tie_margin"] < 2 * largest:
+        raise InputError(
+            f"{where}: tolerances.near_tie_margin: {tolerances['near_tie_margin']} is below twice the "
+            f"largest max_abs bound ({largest}); an argmax flip within tolerance would fail behaviour checks"
+        )

@@ -1,0 +1,134 @@
+import hashlib
+import json
+
+import pytest
+
+from common.errors import InputError
+from conversion import contract as contract_lib
+
+TOKENIZER_SHA = "ab" * 32
+WEIGHTS_SHA = "cd" * 32
+
+
+def _contract(**kwargs):
+    return contract_lib.make_contract(vocab_size=512, tokenizer_sha256=TOKENIZER_SHA, **kwargs)
+
+
+def _saved_dict(tmp_path) -> dict:
+    path = tmp_path / "contract.json"
+    _contract(artifacts={"weights": WEIGHTS_SHA}).save(str(path))
+    return json.loads(path.read_text())
+
+
+def test_round_trip_is_equal_and_canonical(tmp_path):
+    contract = _contract(artifacts={"weights": WEIGHTS_SHA})
+    path = tmp_path / "contract.json"
+    contract.save(str(path))
+    loaded = contract_lib.load_contract(str(path))
+    assert loaded == contract
+    assert path.read_bytes() == loaded.to_bytes()
+    assert loaded.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fields_follow_the_design():
+    values = _contract().to_dict()
+    assert values["model_name"] == values["model_type"] == "magic-8-ball"
+    assert values["lengths"] == [64, 128, 256]
+    assert values["default_length"] == 128
+    assert values["inputs"] == [{"name": "input_ids", "dtype": "int32", "shape": [1, "T"]}]
+    assert values["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [1, "T", 512]}]
+    assert values["tolerances"]["torchscript_max_abs"] == 1e-4
+    assert values["tolerances"]["coreml_top1_agreement_min"] == 0.99
+    assert values["tolerances"]["gguf_top1_agreement_min"] == 0.999
+
+
+def test_concrete_shapes_per_length():
+    contract = _contract()
+    assert contract.input_shape(64) == (1, 64)
+    assert contract.output_shape(256) == (1, 256, 512)
+
+
+def test_with_artifact_returns_a_new_contract():
+    contract = _contract()
+    pinned = contract.with_artifact("torchscript", WEIGHTS_SHA)
+    assert pinned.artifacts == {"torchscript": WEIGHTS_SHA}
+    assert contract.artifacts == {}
+    assert pinned.digest != contract.digest
+
+
+@pytest.mark.parametrize(
+    ("name", "sha", "field"),
+    [("torchscript", "xyz", "artifacts.torchscript"), ("Bad Name", WEIGHTS_SHA, "artifacts.Bad Name")],
+)
+def test_with_artifact_rejects_bad_entries(name, sha, field):
+    with pytest.raises(InputError, match=field):
+        _contract().with_artifact(name, sha)
+
+
+def test_lengths_are_sorted():
+    assert _contract(lengths=[256, 64, 128]).lengths == (64, 128, 256)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"lengths": []}, "lengths"),
+        ({"lengths": [64, 64, 128]}, "lengths"),
+        ({"lengths": [0, 64]}, "lengths"),
+        ({"default_length": 96}, "default_length"),
+        ({"tolerances": {"torchscript_max_abs": 1e-4}}, "tolerances.coreml_fp16_max_abs"),
+        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, near_tie_margin=0.01)}, "near_tie_margin"),
+        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, gguf_top1_agreement_min=1.5)}, "gguf_top1"),
+        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, gguf_max_abs=-1.0)}, "gguf_max_abs"),
+        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, extra=1.0)}, "tolerances.extra"),
+    ],
+)
+def test_make_contract_validates(kwargs, field):
+    with pytest.raises(InputError, match=field):
+        _contract(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d.pop("vocab_size"), "vocab_size: missing"),
+        (lambda d: d.update(surprise=1), "surprise: unknown field"),
+        (lambda d: d.update(format="other"), "format"),
+        (lambda d: d.update(version=2), "version"),
+        (lambda d: d.update(model_type="gpt2"), "model_type"),
+        (lambda d: d.update(model_name="other"), "model_name"),
+        (lambda d: d.update(vocab_size=512.0), "vocab_size"),
+        (lambda d: d.update(tokenizer_sha256="short"), "tokenizer_sha256"),
+        (lambda d: d.update(lengths=[128, 64]), "lengths"),
+        (lambda d: d.update(lengths="64"), "lengths"),
+        (lambda d: d.update(default_length=True), "default_length"),
+        (lambda d: d["inputs"][0].update(dtype="int64"), "inputs"),
+        (lambda d: d["inputs"][0].update(shape=[1, "L"]), r"inputs\[0\].shape"),
+        (lambda d: d["outputs"][0].update(shape=[1, "T", 500]), "outputs"),
+        (lambda d: d["outputs"][0].pop("dtype"), r"outputs\[0\]"),
+        (lambda d: d["artifacts"].update(weights="0" * 63), "artifacts.weights"),
+        (lambda d: d["tolerances"].update(torchscript_max_abs="1e-4"), "tolerances.torchscript_max_abs"),
+        (lambda d: d["tolerances"].update(coreml_fp16_max_abs=float("nan")), "coreml_fp16_max_abs"),
+    ],
+)
+def test_load_names_the_bad_field(tmp_path, edit, field):
+    values = _saved_dict(tmp_path)
+    edit(values)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(InputError, match=field) as error:
+        contract_lib.load_contract(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_load_rejects_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        contract_lib.load_contract(str(tmp_path / "absent.json"))
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(_contract().to_bytes()[:50])
+    with pytest.raises(InputError, match="not valid JSON"):
+        contract_lib.load_contract(str(truncated))
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[]")
+    with pytest.raises(InputError, match="JSON object"):
+        contract_lib.load_contract(str(not_object))

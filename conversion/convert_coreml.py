@@ -1,0 +1,73 @@
+"""Converts a student checkpoint to a Core ML .mlpackage with the contract's enumerated lengths.
+
+    convert_coreml --weights=student.safetensors --metadata=student.json \\
+        --contract=contract.json --out=student.mlpackage [--precision=fp16|fp32]
+
+Same inputs and flags -> byte-identical package. The package is written atomically: bad input
+exits 2 with one line naming the problem, and nothing is written.
+"""
+
+from absl import flags, logging
+
+from common import cli
+from common.errors import InputError
+from conversion import contract as contract_lib
+from conversion import coreml, torchscript
+from training import checkpoint
+
+flags.DEFINE_string("weights", None, "Student checkpoint weights (safetensors) (required).")
+flags.DEFINE_string("metadata", None, "Student checkpoint metadata JSON (required).")
+flags.DEFINE_string("contract", None, "contract.json from the export step: lengths and names (required).")
+flags.DEFINE_string("out", None, "Output package directory; must end in .mlpackage (required).")
+flags.DEFINE_enum("precision", "fp16", sorted(coreml.PRECISIONS), "Core ML compute precision.")
+flags.DEFINE_string("model_version", "1", "Version string stored in the package metadata.")
+
+FLAGS = flags.FLAGS
+
+DESCRIPTION = "Magic 8 Ball student: input_ids int32 [1, T] -> next-token logits float32 [1, T, vocab]"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    for name in ("weights", "metadata", "contract", "out"):
+        cli.require_flag(FLAGS[name].value, name)
+    if not FLAGS.out.endswith(".mlpackage"):
+        raise InputError(f"--out: {FLAGS.out} must end in .mlpackage")
+    contract = contract_lib.load_contract(FLAGS.contract)
+    model, meta = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
+    weights_sha256 = checkpoint.sha256_file(FLAGS.weights)
+    pinned = contract.artifacts.get("weights")
+    if pinned is not None and pinned != weights_sha256:
+        raise InputError(
+            f"{FLAGS.weights}: sha256 differs from {FLAGS.contract} artifacts.weights; "
+            "convert the checkpoint the contract was exported from"
+        )
+    if meta["tokenizer_sha256"] != contract.tokenizer_sha256:
+        raise InputError(
+            f"{FLAGS.metadata}: tokenizer_sha256 differs from {FLAGS.contract}'s; "
+            "the contract was exported from another checkpoint"
+        )
+    lengths = list(contract.lengths)
+    try:
+        torchscript.check_lengths(lengths, contract.default_length, model.cfg.max_seq_len)
+    except InputError as error:
+        raise InputError(f"{FLAGS.contract}: {error}") from None
+    metadata = {
+        "short_description": DESCRIPTION,
+        "version": FLAGS.model_version,
+        "user_defined": {
+            "contract_sha256": checkpoint.sha256_file(FLAGS.contract),
+            "tokenizer_sha256": contract.tokenizer_sha256,
+            "weights_sha256": weights_sha256,
+        },
+    }
+    logging.info(
+        "converting at lengths %s (default %d), %s", lengths, contract.default_length, FLAGS.precision
+    )
+    mlmodel = coreml.convert(model, lengths, contract.default_length, FLAGS.precision, metadata)
+    coreml.save_mlpackage(mlmodel, FLAGS.out)
+    logging.info("wrote %s", FLAGS.out)
+
+
+if __name__ == "__main__":
+    cli.run(main)

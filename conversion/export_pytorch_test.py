@@ -1,0 +1,146 @@
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from absl import flags
+from absl.testing import flagsaver
+
+from common.errors import InputError
+from conversion import contract as contract_lib
+from conversion import export_pytorch, torchscript
+from data import tokenizer as tokenizer_lib
+from verify import fixtures
+
+torch.set_num_threads(1)
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return fixtures.write_inputs(str(tmp_path_factory.mktemp("inputs")))
+
+
+def run(inputs, out_dir, **overrides):
+    values = {
+        "weights": inputs.weights,
+        "metadata": inputs.metadata,
+        "tokenizer": inputs.tokenizer,
+        "out_torchscript": os.path.join(out_dir, "model.pt"),
+        "out_contract": os.path.join(out_dir, "contract.json"),
+        **overrides,
+    }
+    argv = ["export_pytorch"] + [f"--{name}={value}" for name, value in values.items()]
+    with flagsaver.flagsaver():
+        FLAGS.unparse_flags()
+        FLAGS(argv)
+        export_pytorch.main(argv[:1])
+    return values["out_torchscript"], values["out_contract"]
+
+
+def _sha(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def test_export_writes_a_matching_contract_and_reproducible_bytes(inputs, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    model_pt, contract_json = run(inputs, str(tmp_path / "a"))
+    contract = contract_lib.load_contract(contract_json)
+    assert contract.lengths == (64, 128, 256) and contract.default_length == 128
+    assert contract.artifacts == {"torchscript": _sha(model_pt), "weights": _sha(inputs.weights)}
+    assert contract.tokenizer_sha256 == tokenizer_lib.Tokenizer.load(inputs.tokenizer).digest
+    module = torchscript.load(model_pt)
+    assert module(torch.zeros(1, 256, dtype=torch.int32)).shape == (1, 256, contract.vocab_size)
+
+    # Same inputs copied elsewhere (no absolute paths in outputs), same bytes.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for path in (inputs.weights, inputs.metadata, inputs.tokenizer):
+        shutil.copy(path, moved)
+    copied = fixtures.Inputs(
+        tokenizer=str(moved / os.path.basename(inputs.tokenizer)),
+        dataset=inputs.dataset,
+        weights=str(moved / os.path.basename(inputs.weights)),
+        metadata=str(moved / os.path.basename(inputs.metadata)),
+    )
+    again_pt, again_contract = run(copied, str(tmp_path / "b"))
+    assert _sha(again_pt) == _sha(model_pt)
+    assert _sha(again_contract) == _sha(contract_json)
+
+
+def test_custom_lengths(inputs, tmp_path):
+    _, contract_json = run(inputs, str(tmp_path), lengths="32,96", default_length=32)
+    assert contract_lib.load_contract(contract_json).lengths == (32, 96)
+
+
+def _truncate(path, out):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(out, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+
+
+def _flip_byte(path, out):
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    data[-100] ^= 0x01
+    with open(out, "wb") as handle:
+        handle.write(bytes(data))
+
+
+def _edit_metadata(path, out, **changes):
+    with open(path) as handle:
+        values = json.load(handle)
+    values.update(changes)
+    with open(out, "w") as handle:
+        json.dump(values, handle)
+
+
+def _other_tokenizer(path, out):
+    tokenizer_lib.train(["completely different text"] * 3, vocab_size=300).save(out)
+
+
+@pytest.mark.parametrize(
+    ("flag", "make", "message"),
+    [
+        ("weights", None, "not found"),
+        ("weights", _truncate, "sha256 does not match"),
+        ("weights", _flip_byte, "sha256 does not match"),
+        ("metadata", lambda p, o: _edit_metadata(p, o, model_type="gpt2"), "model_type"),
+        ("tokenizer", _other_tokenizer, "--tokenizer"),
+    ],
+)
+def test_bad_files_exit_2_and_write_nothing(inputs, tmp_path, flag, make, message):
+    bad = str(tmp_path / ("bad_" + os.path.basename(getattr(inputs, flag))))
+    if make is not None:
+        make(getattr(inputs, flag), bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=message):
+        run(inputs, str(out), **{flag: bad})
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lengths": "64,128,512"}, "512 is above the model's max_seq_len 256"),
+        ({"lengths": "64,x"}, "--lengths"),
+        ({"lengths": ","}, "--lengths: empty"),
+        ({"lengths": "64,256"}, "default_length: 128 is not one of"),
+        ({"out_contract": "/nonexistent/dir/contract.json"}, "does not exist"),
+    ],
+)
+def test_bad_flags_write_nothing(inputs, tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        run(inputs, str(tmp_path), **overrides)
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_required_flag(inputs, tmp_path):
+    with pytest.raises(InputError, match="--tokenizer is required"):
+        run(inputs, str(tmp_path), tokenizer="")

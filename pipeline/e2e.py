@@ -1,0 +1,103 @@
+"""`bazel run //pipeline:e2e`: builds or reuses the artifact chain, prints the verdict, fills dist/.
+
+Bazel builds every stage before this runs (they are its data), so a warm cache makes it a few
+seconds. It prints one row per artifact (stage, file, size, sha256 prefix, gate), copies the
+artifacts to dist/ in the workspace (or --out_dir), and exits 1 when a gate failed.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+from absl import flags
+
+from common import atomic, cli
+from common.errors import InputError
+from training.checkpoint import sha256_file
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("artifact", [], "stage=gate=path of one artifact (set by the BUILD file).")
+flags.DEFINE_string("report", None, "report.json from //verify:verify_contracts (set by the BUILD file).")
+flags.DEFINE_string(
+    "out_dir", None, "Where to copy the artifacts. Default: dist/ in the workspace that ran `bazel run`."
+)
+
+
+def tree_sha256(path: str) -> str:
+    """sha256 of a file, or of a directory's sorted (relative path, file digest) list."""
+    if os.path.isfile(path):
+        return sha256_file(path)
+    lines = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            lines.append(f"{os.path.relpath(full, path)}\0{sha256_file(full)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def tree_size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_artifact(spec: str) -> tuple[str, str, str]:
+    parts = spec.split("=", 2)
+    if len(parts) != 3:
+        raise InputError(f"--artifact={spec}: expected stage=gate=path")
+    return parts[0], parts[1], parts[2]
+
+
+def default_out_dir() -> str:
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not workspace:
+        raise InputError("--out_dir is required outside `bazel run` (BUILD_WORKSPACE_DIRECTORY is unset)")
+    return os.path.join(workspace, "dist")
+
+
+def copy_artifact(path: str, out_dir: str) -> None:
+    target = os.path.join(out_dir, os.path.basename(path))
+    if os.path.isdir(path):
+        with atomic.output_dir(target) as tmp:
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
+    else:
+        with open(path, "rb") as source, atomic.output_file(target) as handle:
+            shutil.copyfileobj(source, handle)
+
+
+def main(argv: list[str]) -> None:
+    cli.require_flag(FLAGS.report, "report")
+    with open(FLAGS.report, encoding="utf-8") as handle:
+        report = json.load(handle)
+    gates = report.get("gates", {})
+    out_dir = FLAGS.out_dir or default_out_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    rows = [("stage", "artifact", "size", "sha256", "gate")]
+    for spec in FLAGS.artifact:
+        stage, gate, path = parse_artifact(spec)
+        verdict = "-" if gate == "-" else ("PASS" if gates.get(gate) else "FAIL")
+        rows.append(
+            (stage, os.path.basename(path), human_size(tree_size(path)), tree_sha256(path)[:12], verdict)
+        )
+        copy_artifact(path, out_dir)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    ok = bool(report.get("gates_ok"))
+    print(f"\ngates_ok: {str(ok).lower()}   lengths: {report.get('lengths')}   artifacts in {out_dir}")
+    if not ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,103 @@
+"""Decoding: greedy or seeded temperature sampling over any logits function, plus batched greedy.
+
+`generate` works with every backend (eager PyTorch, TorchScript, Core ML via the MIL executor,
+llama.cpp): all it needs is forward(ids LongTensor [1, T]) -> logits [1, T, V] (torch or NumPy).
+It re-runs the whole sequence each step (no KV cache) because not every backend has one; the
+sequences here are a few dozen tokens.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from training import incremental
+from training.model import Student
+
+Forward = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+
+
+def _last_logits(forward: Forward, ids: list[int]) -> torch.Tensor:
+    logits = forward(torch.tensor([ids], dtype=torch.long))
+    return torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)[0, -1]
+
+
+def generate(
+    forward: Forward,
+    prompt_ids: Sequence[int],
+    eos_id: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> list[int]:
+    """The new token ids after `prompt_ids`, ending with eos_id if the model produced it.
+
+    temperature 0 is greedy (argmax; ties go to the lowest id). temperature > 0 samples from
+    softmax(logits / temperature) with a torch.Generator seeded by `seed`, so the same seed gives
+    the same reply. Stops at eos, after max_new_tokens, or when the whole sequence reaches max_length
+    (e.g. the longest input an exported artifact accepts).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    ids = list(prompt_ids)
+    new: list[int] = []
+    while len(new) < max_new_tokens and (max_length is None or len(ids) < max_length):
+        logits = _last_logits(forward, ids).double()
+        if generator is None:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        ids.append(token)
+        new.append(token)
+        if token == eos_id:
+            break
+    return new
+
+
+def group_by_length(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of `prompts` in groups of equal length (at most batch_size each), in a fixed order."""
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(index)
+    return [
+        group[start : start + batch_size]
+        for _, group in sorted(by_length.items())
+        for start in range(0, len(group), batch_size)
+    ]
+
+
+@torch.no_grad()
+def greedy_batch(
+    model: Student,
+    prompts: Sequence[Sequence[int]],
+    eos_id: int,
+    max_new_tokens: int,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """Greedy replies of the eager Student for many prompts; same as `generate` on each prompt alone.
+
+    Prompts of equal length run together with a KV cache (training/incremental.py): the prompt runs
+    once and each new token costs one position, so a thousand replies take seconds. Rows leave the
+    batch when they produce eos.
+    """
+    replies: list[list[int]] = [[] for _ in prompts]
+    for group in group_by_length(prompts, batch_size):
+        logits, cache = incremental.prefill(model, torch.tensor([list(prompts[i]) for i in group]))
+        rows = list(group)
+        for _ in range(max_new_tokens):
+            next_ids = logits.argmax(-1)
+            for row, token in zip(rows, next_ids.tolist(), strict=True):
+                replies[row].append(token)
+            keep = torch.tensor([t != eos_id for t in next_ids.tolist()])
+            if not bool(keep.any()) or len(replies[rows[0]]) == max_new_tokens:
+                break
+            if not bool(keep.all()):
+                cache = cache.select(keep)
+                next_ids = next_ids[keep]
+                rows = [r for r, k in zip(rows, keep.tolist(), strict=True) if k]
+            step_logits, cache = incremental.extend(model, cache, next_ids[:, None])
+            logits = step_logits[:, -1]
+    return replies

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from training import generate
+from training.model import ModelConfig, Student, init_weights
+
+V, EOS = 10, 2
+
+
+def counting_forward(ids: torch.Tensor) -> torch.Tensor:
+    """A scripted model: after token x it predicts x + 1 (mod V) with a clear margin."""
+    return torch.nn.functional.one_hot((ids + 1) % V, V).float()[None, 0] * 5.0
+
+
+def test_greedy_follows_the_argmax_and_stops_after_eos():
+    assert generate.generate(counting_forward, [5], EOS, max_new_tokens=20) == [6, 7, 8, 9, 0, 1, 2]
+    assert generate.generate(counting_forward, [1], EOS, max_new_tokens=20) == [2]
+
+
+def test_greedy_stops_at_max_new_tokens_and_max_length():
+    assert generate.generate(counting_forward, [5], EOS, max_new_tokens=3) == [6, 7, 8]
+    assert generate.generate(counting_forward, [4, 5], EOS, max_new_tokens=20, max_length=5) == [6, 7, 8]
+    assert generate.generate(counting_forward, [5], EOS, max_new_tokens=0) == []
+
+
+def test_numpy_logits_work_like_torch_logits():
+    def numpy_forward(ids):
+        return counting_forward(ids).numpy().astype(np.float32)
+
+    assert generate.generate(numpy_forward, [7], EOS, 10) == generate.generate(counting_forward, [7], EOS, 10)
+
+
+def test_sampling_is_reproducible_per_seed_and_cold_sampling_is_greedy():
+    def flat_forward(ids):
+        return torch.zeros(1, ids.shape[1], V)
+
+    first = generate.generate(flat_forward, [0], eos_id=-1, max_new_tokens=12, temperature=1.0, seed=0)
+    assert first == generate.generate(
+        flat_forward, [0], eos_id=-1, max_new_tokens=12, temperature=1.0, seed=0
+    )
+    assert first != generate.generate(
+        flat_forward, [0], eos_id=-1, max_new_tokens=12, temperature=1.0, seed=1
+    )
+    assert len(set(first)) > 3  # a uniform distribution really is sampled
+    cold = generate.generate(counting_forward, [5], EOS, 20, temperature=0.01, seed=3)
+    assert cold == generate.generate(counting_forward, [5], EOS, 20)
+    with pytest.raises(ValueError, match="temperature"):
+        generate.generate(counting_forward, [5], EOS, 20, temperature=-1.0)
+
+
+def test_greedy_batch_matches_one_prompt_at_a_time():
+    cfg = ModelConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64)
+    model = Student(cfg)
+    init_weights(model, 7)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(10.0 if param.dim() > 1 else 1.0)  # a peaky model: replies vary by prompt
+    model.eval()
+    rng = np.random.default_rng(0)
+    prompts = [[1, *rng.integers(4, 30, size=n).tolist()] for n in (2, 4, 4, 7, 4, 2)]
+
+    def forward(ids):
+        with torch.no_grad():
+            return model(ids)
+
+    # Use a token one prompt really produces as eos, so some rows stop early and others do not.
+    eos = generate.generate(forward, prompts[3], eos_id=-1, max_new_tokens=3)[-1]
+    expected = [generate.generate(forward, p, eos, max_new_tokens=8) for p in prompts]
+    assert any(r[-1] == eos and len(r) < 8 for r in expected)
+    assert generate.greedy_batch(model, prompts, eos, max_new_tokens=8, batch_size=2) == expected
+    assert generate.greedy_batch(model, prompts, eos, max_new_tokens=8) == expected
+
+
+def test_group_by_length_groups_equal_lengths_within_the_batch_size():
+    prompts = [[1] * n for n in (3, 1, 3, 3, 2, 1)]
+    assert generate.group_by_length(prompts, 2) == [[1, 5], [4], [0, 2], [3]]

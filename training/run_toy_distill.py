@@ -1,0 +1,172 @@
+"""Distils the Magic 8 Ball student from a KD dataset (make_toy_kd's JSONL) into a checkpoint.
+
+    run_toy_distill --in=kd.jsonl --tokenizer=tokenizer.json \\
+        --out_weights=student.safetensors --out_metadata=student.json [--out_history=history.csv]
+
+Same inputs and flags (including --threads) -> byte-identical outputs. Every output is written at
+the end, atomically: a failed run leaves none. Bad input exits 2 with one line naming the problem.
+"""
+
+import csv
+import io
+
+import torch
+from absl import flags, logging
+
+from common import atomic, cli
+from common.errors import InputError
+from data import dataset as kd_dataset
+from data.tokenizer import Tokenizer
+from training import checkpoint, distill
+from training.model import ModelConfig, Student, count_parameters, init_weights
+
+_DEFAULTS = distill.TrainConfig()
+_LOSS_DEFAULTS = distill.LossConfig()
+
+flags.DEFINE_string("in", None, "KD dataset JSONL written by data/make_toy_kd (required).")
+flags.DEFINE_string("tokenizer", None, "Tokenizer JSON; its sha256 must match the dataset header.")
+flags.DEFINE_string("out_weights", None, "Output: student weights (safetensors).")
+flags.DEFINE_string("out_metadata", None, "Output: checkpoint metadata JSON.")
+flags.DEFINE_string(
+    "out_history", None, "Optional output: loss history CSV (step, loss, kl, ce, lr, heldout_*)."
+)
+flags.DEFINE_integer("steps", _DEFAULTS.steps, "Optimizer steps.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Sequences per step.")
+flags.DEFINE_float("lr", _DEFAULTS.lr, "Peak AdamW learning rate (linear warmup, cosine decay).")
+flags.DEFINE_integer("warmup", _DEFAULTS.warmup, "Linear warmup steps.")
+flags.DEFINE_float("temperature", _LOSS_DEFAULTS.temperature, "Distillation temperature T.")
+flags.DEFINE_float("kl_weight", _LOSS_DEFAULTS.kl_weight, "Weight of the T^2-scaled top-k KL term.")
+flags.DEFINE_float("ce_weight", _LOSS_DEFAULTS.ce_weight, "Weight of the cross-entropy on teacher tokens.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
+flags.DEFINE_integer("threads", 2, "torch threads; results are reproducible for a fixed value.")
+flags.DEFINE_integer("heldout_every", _DEFAULTS.heldout_every, "Steps between held-out evaluations.")
+
+FLAGS = flags.FLAGS
+
+HISTORY_COLUMNS = ("step", "loss", "kl", "ce", "lr", "heldout_loss", "heldout_kl", "heldout_ce")
+
+
+def _check_flags() -> None:
+    for name in ("in", "tokenizer", "out_weights", "out_metadata"):
+        cli.require_flag(FLAGS[name].value, name)
+    positive = {"steps": FLAGS.steps, "batch_size": FLAGS.batch_size, "lr": FLAGS.lr}
+    positive.update(temperature=FLAGS.temperature, threads=FLAGS.threads)
+    for name, value in positive.items():
+        if not value > 0:
+            raise InputError(f"--{name}: must be > 0, got {value}")
+    for name in ("warmup", "kl_weight", "ce_weight", "heldout_every"):
+        if not FLAGS[name].value >= 0:
+            raise InputError(f"--{name}: must be >= 0, got {FLAGS[name].value}")
+    if FLAGS.kl_weight == 0 and FLAGS.ce_weight == 0:
+        raise InputError("--kl_weight and --ce_weight are both 0; nothing would be trained")
+
+
+def _check_records(path: str, records: list, cfg: ModelConfig) -> None:
+    """Checks what the model (not the dataset format) needs: ids in its vocabulary, a length it takes."""
+    for record in records:
+        where = f"{path}: record id {record.id}"
+        ids = [*record.prompt_ids, *record.completion_ids, *(i for row in record.topk_ids for i in row)]
+        if ids and max(ids) >= cfg.vocab_size:
+            raise InputError(f"{where}: token id {max(ids)} is outside the vocabulary of {cfg.vocab_size}")
+        length = 1 + len(record.prompt_ids) + len(record.completion_ids)
+        if length > cfg.max_seq_len:
+            raise InputError(f"{where}: {length} tokens, longer than the model's {cfg.max_seq_len}")
+
+
+def history_csv(history: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n", restval="")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(
+            {key: repr(value) if isinstance(value, float) else value for key, value in row.items()}
+        )
+    return out.getvalue()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    _check_flags()
+    in_path = FLAGS["in"].value
+    torch.manual_seed(FLAGS.seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(FLAGS.threads)
+
+    tokenizer = Tokenizer.load(FLAGS.tokenizer)
+    data = kd_dataset.read_dataset(in_path)
+    expected = data.header.get("tokenizer_sha256")
+    if expected != tokenizer.digest:
+        raise InputError(
+            f"{in_path}:1: tokenizer_sha256: is {expected}, but --tokenizer {FLAGS.tokenizer} has "
+            f"{tokenizer.digest}; pass the tokenizer the dataset was made with"
+        )
+    train_records = [r for r in data.records if r.split == "train"]
+    heldout_records = [r for r in data.records if r.split == "heldout"]
+    if not train_records:
+        raise InputError(f'{in_path}: no records with split "train"; nothing to train on')
+    if not heldout_records:
+        raise InputError(f'{in_path}: no records with split "heldout"; the held-out loss needs some')
+
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size)
+    _check_records(in_path, data.records, cfg)
+    model = Student(cfg)
+    init_weights(model, FLAGS.seed)
+    n_params = count_parameters(model)
+    print(f"parameters: {n_params:,} (untied embeddings)", flush=True)
+
+    train_cfg = distill.TrainConfig(
+        steps=FLAGS.steps,
+        batch_size=FLAGS.batch_size,
+        lr=FLAGS.lr,
+        warmup=FLAGS.warmup,
+        seed=FLAGS.seed,
+        heldout_every=FLAGS.heldout_every,
+    )
+    loss_cfg = distill.LossConfig(
+        temperature=FLAGS.temperature, kl_weight=FLAGS.kl_weight, ce_weight=FLAGS.ce_weight
+    )
+    train_data = distill.make_batch(train_records, tokenizer.bos_id, tokenizer.pad_id)
+    heldout_data = distill.make_batch(heldout_records, tokenizer.bos_id, tokenizer.pad_id)
+    logging.info("training on %d records, %d held out", len(train_records), len(heldout_records))
+    result = distill.train(model, train_data, heldout_data, train_cfg, loss_cfg)
+    logging.info(
+        "final train loss %.4f, held-out loss %.4f", result.final_train["loss"], result.final_heldout["loss"]
+    )
+
+    metadata = {
+        "tokenizer_sha256": tokenizer.digest,
+        "dataset_sha256": checkpoint.sha256_file(in_path),
+        "steps": train_cfg.steps,
+        "final_train_loss": result.final_train["loss"],
+        "final_train_kl": result.final_train["kl"],
+        "final_train_ce": result.final_train["ce"],
+        "heldout_loss": result.final_heldout["loss"],
+        "heldout_kl": result.final_heldout["kl"],
+        "heldout_ce": result.final_heldout["ce"],
+        "parameter_count": n_params,
+        "tie_embeddings": cfg.tie_embeddings,
+        "train_records": len(train_records),
+        "heldout_records": len(heldout_records),
+        "training": {
+            "steps": FLAGS.steps,
+            "batch_size": FLAGS.batch_size,
+            "lr": FLAGS.lr,
+            "warmup": FLAGS.warmup,
+            "min_lr_ratio": train_cfg.min_lr_ratio,
+            "weight_decay": train_cfg.weight_decay,
+            "grad_clip": train_cfg.grad_clip,
+            "temperature": FLAGS.temperature,
+            "kl_weight": FLAGS.kl_weight,
+            "ce_weight": FLAGS.ce_weight,
+            "seed": FLAGS.seed,
+            "threads": FLAGS.threads,
+            "optimizer": "AdamW(betas=(0.9, 0.95), eps=1e-8)",
+        },
+    }
+    if FLAGS.out_history:
+        atomic.write_text(FLAGS.out_history, history_csv(result.history))
+    checkpoint.save(FLAGS.out_weights, FLAGS.out_metadata, model, metadata)
+
+
+if __name__ == "__main__":
+    cli.run(main)

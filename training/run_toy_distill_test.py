@@ -1,0 +1,127 @@
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from common.errors import InputError
+from data import dataset
+from data import generate as make_data
+from training import checkpoint, run_toy_distill
+
+FLAGS = flags.FLAGS
+SHORT = ["--steps=4", "--batch_size=8", "--heldout_every=2", "--warmup=2", "--threads=1"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    tokenizer, header, records = make_data.generate(n=60, seed=0, heldout_fraction=0.2, topk=8)
+    paths = {"in": str(root / "kd.jsonl"), "tokenizer": str(root / "tokenizer.json")}
+    dataset.write_dataset(paths["in"], header, records)
+    tokenizer.save(paths["tokenizer"])
+    return paths
+
+
+def _outputs(directory) -> dict:
+    names = {"out_weights": "w.safetensors", "out_metadata": "meta.json", "out_history": "history.csv"}
+    return {flag: str(directory / name) for flag, name in names.items()}
+
+
+def _args(inputs: dict, outputs: dict) -> list[str]:
+    return [f"--{flag}={path}" for flag, path in {**inputs, **outputs}.items()]
+
+
+def _run_binary(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.run(
+        [sys.executable, "-m", "training.run_toy_distill", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_two_runs_write_identical_checkpoints_with_full_metadata(toy, tmp_path):
+    first, second = _outputs(tmp_path / "a"), _outputs(tmp_path / "b")
+    for outputs in (first, second):
+        os.makedirs(os.path.dirname(outputs["out_weights"]))
+        result = _run_binary(_args(toy, outputs) + SHORT)
+        assert result.returncode == 0, result.stderr
+        assert "parameters: 623,232 (untied embeddings)" in result.stdout
+        assert "tokens/s" in result.stderr and "ETA" in result.stderr  # absl progress lines
+    for flag in first:
+        with open(first[flag], "rb") as a, open(second[flag], "rb") as b:
+            assert a.read() == b.read(), flag
+
+    model, metadata = checkpoint.load(first["out_weights"], first["out_metadata"])
+    with open(toy["in"], "rb") as handle:
+        assert metadata["dataset_sha256"] == hashlib.sha256(handle.read()).hexdigest()
+    header = json.loads(open(toy["in"], encoding="utf-8").readline())
+    assert metadata["tokenizer_sha256"] == header["tokenizer_sha256"]
+    assert metadata["steps"] == 4 and metadata["parameter_count"] == 623232
+    assert metadata["tie_embeddings"] is False and model.cfg.tie_embeddings is False
+    assert metadata["training"]["batch_size"] == 8 and metadata["training"]["seed"] == 0
+    assert metadata["final_train_loss"] > 0 and metadata["heldout_loss"] > 0
+    assert "/" not in json.dumps(metadata["training"])  # no paths in the artifact
+
+    with open(first["out_history"], encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [bool(r["heldout_loss"]) for r in rows] == [False, True, False, True]
+    assert float(rows[-1]["heldout_loss"]) == metadata["heldout_loss"]
+    assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # warmup
+
+
+def test_missing_flag_exits_2_with_one_line(toy, tmp_path):
+    outputs = _outputs(tmp_path)
+    result = _run_binary(_args({"tokenizer": toy["tokenizer"]}, outputs) + SHORT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: --in is required"
+    assert not any(os.path.exists(p) for p in outputs.values())
+
+
+def _run_in_process(args: list[str]) -> None:
+    FLAGS.unparse_flags()
+    try:
+        FLAGS(["run_toy_distill", *args])
+        run_toy_distill.main([])
+    finally:
+        FLAGS.unparse_flags()
+
+
+def _edited_copy(source: str, target, line: int, old: str, new: str) -> str:
+    lines = open(source, encoding="utf-8").read().split("\n")
+    assert old in lines[line - 1]
+    lines[line - 1] = lines[line - 1].replace(old, new)
+    target.write_text("\n".join(lines), encoding="utf-8")
+    return str(target)
+
+
+def test_bad_inputs_raise_input_error_and_write_nothing(toy, tmp_path):
+    outputs = _outputs(tmp_path)
+    header = open(toy["in"], encoding="utf-8").readline()
+    bad_record = _edited_copy(toy["in"], tmp_path / "bad.jsonl", 3, '"split":"train"', '"split":"dev"')
+    wrong_digest = _edited_copy(
+        toy["in"], tmp_path / "digest.jsonl", 1, json.loads(header)["tokenizer_sha256"], "0" * 64
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(header, encoding="utf-8")
+    cases = [
+        ({"in": str(tmp_path / "missing.jsonl")}, "missing.jsonl: dataset file not found"),
+        ({"in": bad_record}, "bad.jsonl:3: split: is 'dev'"),
+        ({"in": wrong_digest}, "digest.jsonl:1: tokenizer_sha256: is 0000"),
+        ({"in": str(empty)}, 'empty.jsonl: no records with split "train"'),
+    ]
+    for override, message in cases:
+        with pytest.raises(InputError, match=message.replace("(", r"\(")):
+            _run_in_process(_args({**toy, **override}, outputs) + SHORT)
+    for flag_value, message in [("--steps=0", "--steps: must be > 0"), ("--ce_weight=-1", "--ce_weight")]:
+        with pytest.raises(InputError, match=message):
+            _run_in_process(_args(toy, outputs) + SHORT + [flag_value])
+    assert not any(os.path.exists(p) for p in outputs.values())

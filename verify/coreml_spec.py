@@ -1,0 +1,208 @@
+"""Checks a saved .mlpackage's interface against the contract, without running it.
+
+The reference pipeline shipped a model that claimed flexible input shapes while its output stayed
+[1, 128, vocab] (DESIGN.md): coremltools converts such a frozen trace silently. So besides names,
+dtypes and the enumerated lengths, this rejects a length-carrying output dimension that is fixed
+while the input is flexible, both in the model description and in the ML Program's own output
+type, and it proves a length outside the contract is reported unsupported.
+
+Only the protobuf spec is read (coremltools.proto), so this runs anywhere.
+"""
+
+import dataclasses
+import json
+import os
+
+from coremltools import proto
+from google.protobuf.message import DecodeError
+
+from common.errors import InputError
+
+_ARRAY = proto.FeatureTypes_pb2.ArrayFeatureType
+DTYPE_NAMES = {
+    _ARRAY.INT32: "int32",
+    _ARRAY.FLOAT32: "float32",
+    _ARRAY.FLOAT16: "float16",
+    _ARRAY.DOUBLE: "float64",
+}
+MAIN_FUNCTION = "main"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    measured: object
+    expected: object
+
+
+def read_spec(path: str) -> tuple[proto.Model_pb2.Model, str]:
+    """(root model spec, its file path) of a .mlpackage. InputError for a missing/corrupt package."""
+    if not os.path.isdir(path):
+        raise InputError(f"{path}: Core ML package not found (expected an .mlpackage directory)")
+    manifest_path = os.path.join(path, "Manifest.json")
+    try:
+        with open(manifest_path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+    except FileNotFoundError:
+        raise InputError(f"{path}: not a Core ML package (no Manifest.json)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"{manifest_path}: corrupt package manifest ({error!r})") from None
+    model_path = os.path.join(path, "Data", root)
+    spec = proto.Model_pb2.Model()
+    try:
+        with open(model_path, "rb") as handle:
+            spec.ParseFromString(handle.read())
+    except FileNotFoundError:
+        raise InputError(f"{path}: the manifest names {model_path}, which is missing") from None
+    except DecodeError as error:
+        raise InputError(f"{model_path}: corrupt Core ML model spec ({error})") from None
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise InputError(f"{model_path}: not an ML Program (found {spec.WhichOneof('Type')!r})")
+    return spec, model_path
+
+
+def _feature(features, name: str):
+    for feature in features:
+        if feature.name == name:
+            return feature
+    return None
+
+
+def input_shapes(spec, input_name: str = "input_ids") -> list[tuple[int, ...]] | None:
+    """Enumerated (or the one fixed) input shapes; None for a range-flexible or missing input."""
+    feature = _feature(spec.description.input, input_name)
+    if feature is None or feature.type.WhichOneof("Type") != "multiArrayType":
+        return None
+    array = feature.type.multiArrayType
+    which = array.WhichOneof("ShapeFlexibility")
+    if which == "enumeratedShapes":
+        return [tuple(int(d) for d in s.shape) for s in array.enumeratedShapes.shapes]
+    if which is None:
+        return [tuple(int(d) for d in array.shape)]
+    return None
+
+
+def input_dtype_of(spec, input_name: str = "input_ids") -> str | None:
+    """ "int32", "float32", ... of a multi-array input; None if missing or not a multi-array."""
+    feature = _feature(spec.description.input, input_name)
+    if feature is None or feature.type.WhichOneof("Type") != "multiArrayType":
+        return None
+    return DTYPE_NAMES.get(feature.type.multiArrayType.dataType)
+
+
+def supports_length(spec, length: int, input_name: str = "input_ids") -> bool:
+    """Whether the Core ML runtime would accept input_ids of shape [1, length]."""
+    feature = _feature(spec.description.input, input_name)
+    if feature is None or feature.type.WhichOneof("Type") != "multiArrayType":
+        return False
+    array = feature.type.multiArrayType
+    if array.WhichOneof("ShapeFlexibility") == "shapeRange":
+        ranges = array.shapeRange.sizeRanges
+        # upperBound -1 means unbounded.
+        return len(ranges) == 2 and all(
+            r.lowerBound <= size and (r.upperBound < 0 or size <= r.upperBound)
+            for r, size in zip(ranges, (1, length), strict=True)
+        )
+    return (1, length) in (input_shapes(spec, input_name) or [])
+
+
+def _probe_lengths(lengths: list[int]) -> list[int]:
+    """Lengths outside the contract to probe: between each pair of contract lengths, and past the ends."""
+    ordered = sorted(set(lengths))
+    probes = {ordered[-1] + 1}
+    if ordered[0] > 1:
+        probes.add(ordered[0] - 1)
+    probes |= {(a + b) // 2 for a, b in zip(ordered, ordered[1:], strict=False) if b - a > 1}
+    return sorted(probes - set(ordered))
+
+
+def _program_output_dims(spec, output_name: str) -> list | None:
+    """The ML Program's declared dims of an output: ints, or "?" for a runtime-sized dim."""
+    function = spec.mlProgram.functions.get(MAIN_FUNCTION)
+    if function is None or function.opset not in function.block_specializations:
+        return None
+    block = function.block_specializations[function.opset]
+    for op in block.operations:
+        for out in op.outputs:
+            if out.name == output_name and out.type.WhichOneof("type") == "tensorType":
+                return [
+                    int(d.constant.size) if d.WhichOneof("dimension") == "constant" else "?"
+                    for d in out.type.tensorType.dimensions
+                ]
+    return None
+
+
+def check_spec(
+    mlpackage_path: str,
+    lengths: list[int],
+    input_name: str = "input_ids",
+    input_dtype: str = "int32",
+    output_name: str = "logits",
+    output_dtype: str | None = "float32",
+    default_length: int | None = None,
+    length_axis: int = 1,
+) -> list[CheckResult]:
+    """One CheckResult per property; all ok means the package matches the contract's interface.
+
+    InputError only when the package cannot be read at all. `length_axis` is the output
+    dimension that carries the sequence length ([1, T, vocab] -> 1).
+    """
+    spec, _ = read_spec(mlpackage_path)
+    results = []
+
+    def check(name, measured, expected, ok=None):
+        results.append(
+            CheckResult(name, measured == expected if ok is None else bool(ok), measured, expected)
+        )
+
+    check("model_kind", spec.WhichOneof("Type"), "mlProgram")
+    check("input_names", [f.name for f in spec.description.input], [input_name])
+    check("input_dtype", input_dtype_of(spec, input_name), input_dtype)
+
+    shapes = input_shapes(spec, input_name)
+    expected_shapes = sorted((1, t) for t in lengths)
+    check("input_enumerated_shapes", sorted(shapes) if shapes else shapes, expected_shapes)
+    if default_length is not None:
+        feature = _feature(spec.description.input, input_name)
+        is_array = feature is not None and feature.type.WhichOneof("Type") == "multiArrayType"
+        default = tuple(int(d) for d in feature.type.multiArrayType.shape) if is_array else None
+        check("input_default_shape", default, (1, default_length))
+    check(
+        "contract_lengths_supported",
+        [t for t in sorted(lengths) if supports_length(spec, t, input_name)],
+        sorted(lengths),
+    )
+    probes = _probe_lengths(lengths)
+    check("other_lengths_unsupported", [t for t in probes if supports_length(spec, t, input_name)], [])
+
+    check("output_names", [o.name for o in spec.description.output], [output_name])
+    out = _feature(spec.description.output, output_name)
+    out_is_array = out is not None and out.type.WhichOneof("Type") == "multiArrayType"
+    if output_dtype is not None:
+        measured = DTYPE_NAMES.get(out.type.multiArrayType.dataType, "other") if out_is_array else None
+        check("output_dtype", measured, output_dtype)
+
+    flexible = shapes is None or len(shapes) > 1
+    described = [int(d) for d in out.type.multiArrayType.shape] if out_is_array else None
+    # A fixed description shape is only acceptable for a fixed input.
+    check(
+        "output_shape_not_frozen",
+        described if described else "unspecified",
+        "unspecified" if flexible else "fixed",
+        ok=out_is_array and (not flexible or not described),
+    )
+    dims = _program_output_dims(spec, output_name)
+    length_dim = dims[length_axis] if dims and len(dims) > length_axis else None
+    check(
+        "program_output_length_dynamic",
+        dims,
+        f"dim {length_axis} '?' (runtime length)" if flexible else f"dim {length_axis} fixed",
+        ok=dims is not None and (length_dim == "?" if flexible else length_dim is not None),
+    )
+    return results
+
+
+def failures(results: list[CheckResult]) -> list[CheckResult]:
+    return [r for r in results if not r.ok]

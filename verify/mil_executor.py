@@ -1,0 +1,341 @@
+"""A NumPy reference executor for a saved Core ML .mlpackage, so Linux can check Core ML numerics.
+
+MLModel.predict exists only on macOS. The package's ML Program is plain data, though: we load it
+back with coremltools' milproto loader (weights from Data/com.apple.CoreML/weights/weight.bin)
+and evaluate its ops in order, each through its own NumPy `value_inference`, in the precision the
+program declares: in an fp16 program every intermediate is rounded to float16 (matmuls accumulate
+in float32 first, as GPU matrix units do).
+
+Before each op runs, the types of its inputs are set to the concrete runtime shapes. The stock
+value_inference code was written for static shapes (it is coremltools' constant folder), and
+with concrete types most ops work unchanged; the few that still fail get a small override
+below. After each op, the result must agree with every static dimension the program declared
+for it: a program whose trace froze a length (DESIGN.md) fails loudly here at the other lengths
+instead of computing something plausible.
+
+This is a reference, not the Core ML runtime: it proves the saved program computes the model at
+each enumerated length. verify/coreml_runtime_test.py runs the real runtime on macOS.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# coremltools adapter: every coremltools internal this module touches is in this section, and
+# verify/mil_internals_test.py fails loudly (naming the internal) when any of them moves.
+#   - coremltools.proto (protobuf spec; public, read in verify/coreml_spec.py)
+#   - coremltools.converters.mil.frontend.milproto.load.load(model_spec, specification_version,
+#         file_weights_dir)                                     -> mil Program
+#   - Program.functions["main"]: Function.inputs {name: Var}, .outputs [Var], .operations [Operation]
+#   - Operation.op_type, .name, .inputs {name: Var}, .outputs [Var], .value_inference(), and
+#         input access by name (op.x, op.keep_dims, ...: the Var bound to that input, or None);
+#         const ops carry their value from loading
+#   - Var.name, .val, .sym_type, .dtype, and the private slots Var._sym_val (read through .val;
+#         we store runtime values there) and Var._sym_type (we store the concrete runtime type)
+#   - types.tensor(dtype, shape), types.is_tensor, types.nptype_from_builtin,
+#     types.symbolic.is_symbolic
+# Pinned by coremltools==9.0 in third_party/python/requirements_lock.txt.
+# ---------------------------------------------------------------------------------------------
+from coremltools.converters.mil.frontend.milproto import load as _milproto_load
+from coremltools.converters.mil.mil import types as _types
+from coremltools.converters.mil.mil.types.symbolic import is_symbolic as _is_symbolic
+
+from common.errors import InputError
+from verify import coreml_spec
+
+MAIN_FUNCTION = "main"
+
+
+class _Value:
+    """Stands in for a coremltools builtin value: Var.val reads `._sym_val.val`."""
+
+    __slots__ = ("val",)
+
+    def __init__(self, val):
+        self.val = val
+
+
+def _load_program(spec, weights_dir: str):
+    return _milproto_load.load(spec, spec.specificationVersion, file_weights_dir=weights_dir)
+
+
+def _set_value(var, value: np.ndarray) -> None:
+    if _types.is_tensor(var.sym_type):
+        var._sym_type = _types.tensor(var.dtype, value.shape)
+    elif value.ndim == 0:
+        value = value[()]  # scalars are NumPy scalars in coremltools, not 0-d arrays
+    var._sym_val = _Value(value)
+
+
+def _declared_shape(var) -> tuple | None:
+    """Static dims as ints, symbolic dims as None; None for a non-tensor (scalar) var."""
+    if not _types.is_tensor(var.sym_type):
+        return None
+    return tuple(None if _is_symbolic(d) else int(d) for d in var.sym_type.get_shape())
+
+
+def _np_dtype(var) -> np.dtype:
+    return np.dtype(_types.nptype_from_builtin(var.dtype))
+
+
+# Overrides: op_type -> function(op) -> value or tuple of values. Each says why the stock
+# value_inference cannot be used.
+
+
+def _silu(op):
+    # No value_inference at all in coremltools 9.0. Computed in float32, rounded to the op's dtype.
+    x = op.x.val.astype(np.float32)
+    return x / (1.0 + np.exp(-x))
+
+
+def _shape(op):
+    # The stock version reads the var's type, which holds symbols unless made concrete (DESIGN.md
+    # saw it return a symbolic shape); the runtime shape is the value's.
+    return np.array(np.shape(op.x.val), dtype=np.int32)
+
+
+def _select(op):
+    # With scalar branches the stock version sees a scalar type (it broadcasts a and b, not cond)
+    # and calls .item() on the broadcast array.
+    return np.where(op.cond.val, op.a.val, op.b.val)
+
+
+def _reduce(numpy_fn):
+    def reduce(op):
+        # keep_dims arrives as a 0-d numpy bool, which numpy 2 reductions reject as `keepdims`.
+        axes = None if op.axes is None else tuple(int(a) for a in op.axes.val)
+        keep = bool(op.keep_dims.val) if op.keep_dims is not None else False
+        return numpy_fn(op.x.val, axis=axes, keepdims=keep)
+
+    return reduce
+
+
+def _band_part(op):
+    # Same semantics as the stock version, vectorised (it loops over M*N elements in Python).
+    x = op.x.val
+    m, n = x.shape[-2:]
+    rows, cols = np.arange(m)[:, None], np.arange(n)[None, :]
+    lower, upper = int(op.lower.val), int(op.upper.val)
+    keep = ((lower < 0) | (rows - cols <= lower)) & ((upper < 0) | (cols - rows <= upper))
+    return np.where(keep, x, np.zeros((), dtype=x.dtype))
+
+
+def _linear(op):
+    # Float32 accumulation, rounded to the op's dtype afterwards (as GPU matrix units accumulate):
+    # NumPy's float16 matmul is an unvectorised loop, three times slower, and no more faithful.
+    result = np.matmul(op.x.val.astype(np.float32), op.weight.val.astype(np.float32).T)
+    if op.bias is not None:
+        result = result + op.bias.val.astype(np.float32)
+    return result
+
+
+def _matmul(op):
+    # Float32 accumulation as in _linear.
+    x, y = op.x.val.astype(np.float32), op.y.val.astype(np.float32)
+    if op.transpose_x is not None and op.transpose_x.val:
+        x = np.swapaxes(x, -1, -2)
+    if op.transpose_y is not None and op.transpose_y.val:
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+OVERRIDES = {
+    "linear": _linear,
+    "matmul": _matmul,
+    "silu": _silu,
+    "shape": _shape,
+    "select": _select,
+    "band_part": _band_part,
+    "reduce_mean": _reduce(np.mean),
+    "reduce_sum": _reduce(np.sum),
+    "reduce_max": _reduce(np.max),
+    "reduce_min": _reduce(np.min),
+    "reduce_prod": _reduce(np.prod),
+}
+
+# ---------------------------------------------------------------------------------------------
+# end of the coremltools adapter
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Program:
+    """A loaded ML Program ready to evaluate. Not thread-safe: evaluation writes into `function`."""
+
+    path: str
+    function: object  # the coremltools mil Function "main"
+    input_shapes: dict[str, list[tuple[int, ...]]]  # enumerated shapes per input (fixed: one)
+    input_dtypes: dict[str, np.dtype]
+    output_names: list[str]
+    declared: dict[int, tuple | None]  # id(var) -> static dims as loaded
+
+    @property
+    def op_types(self) -> list[str]:
+        return [op.op_type for op in self.function.operations]
+
+    def lengths(self, input_name: str = "input_ids") -> list[int]:
+        """Sequence lengths (dim 1) the input enumerates, sorted."""
+        return sorted({shape[1] for shape in self.input_shapes[input_name]})
+
+
+def _input_signature(path: str, spec, name: str) -> tuple[list[tuple[int, ...]], np.dtype]:
+    shapes = coreml_spec.input_shapes(spec, name)
+    dtype = coreml_spec.input_dtype_of(spec, name)
+    if shapes is None or dtype is None:
+        raise InputError(
+            f"{path}: input {name!r}: only multi-array inputs with enumerated or fixed shapes are "
+            "supported (the contract uses enumerated shapes)"
+        )
+    return shapes, np.dtype(dtype)
+
+
+def _blob_files(block) -> set[str]:
+    names = set()
+    for op in block.operations:
+        for attr in op.attributes.values():
+            if attr.WhichOneof("value") == "blobFileValue":
+                names.add(attr.blobFileValue.fileName)
+        for nested in op.blocks:
+            names |= _blob_files(nested)
+    return names
+
+
+def load_mlpackage(path: str) -> Program:
+    """Loads a saved ML Program package. InputError for a missing/corrupt package or weight file."""
+    spec, model_path = coreml_spec.read_spec(path)
+    if MAIN_FUNCTION not in spec.mlProgram.functions:
+        raise InputError(f"{model_path}: the ML Program has no {MAIN_FUNCTION!r} function")
+
+    weights_dir = os.path.join(os.path.dirname(model_path), "weights")
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for name in sorted(_blob_files(block)):
+                weight_file = os.path.join(weights_dir, name.split("/")[-1])
+                if not os.path.isfile(weight_file):
+                    raise InputError(f"{path}: weight file {weight_file} (named {name}) is missing")
+    try:
+        mil_program = _load_program(spec, weights_dir)
+    except Exception as error:  # the loader raises many types, including C++ errors on bad blobs
+        raise InputError(f"{path}: cannot load the ML Program ({type(error).__name__}: {error})") from None
+
+    function = mil_program.functions[MAIN_FUNCTION]
+    shapes, dtypes = {}, {}
+    for feature in spec.description.input:
+        shapes[feature.name], dtypes[feature.name] = _input_signature(path, spec, feature.name)
+    if sorted(shapes) != sorted(function.inputs):
+        raise InputError(
+            f"{path}: description inputs {sorted(shapes)} != program inputs {sorted(function.inputs)}"
+        )
+    declared = {}
+    for var in function.inputs.values():
+        declared[id(var)] = _declared_shape(var)
+    for op in function.operations:
+        for var in op.outputs:
+            declared[id(var)] = _declared_shape(var)
+    return Program(
+        path=path,
+        function=function,
+        input_shapes=shapes,
+        input_dtypes=dtypes,
+        output_names=[o.name for o in spec.description.output],
+        declared=declared,
+    )
+
+
+def _check_declared(program: Program, op, var, value) -> None:
+    declared = program.declared.get(id(var))
+    if declared is None:
+        return
+    shape = np.shape(value)
+    frozen = len(shape) != len(declared) or any(
+        d is not None and d != s for d, s in zip(declared, shape, strict=True)
+    )
+    if frozen:
+        raise InputError(
+            f"{program.path}: op {op.name!r} ({op.op_type}) produced shape {shape}, but the program "
+            f"declares {tuple('?' if d is None else d for d in declared)}: a length was frozen "
+            "during conversion, so this program is only valid at one length"
+        )
+
+
+def _evaluate_op(program: Program, op) -> None:
+    override = OVERRIDES.get(op.op_type)
+    try:
+        result = override(op) if override else op.value_inference()
+    except NotImplementedError as error:
+        raise InputError(
+            f"{program.path}: op {op.name!r} ({op.op_type}) has no NumPy implementation ({error}); "
+            "add an override in verify/mil_executor.py"
+        ) from None
+    except (ValueError, TypeError, IndexError) as error:
+        hint = (
+            "an index is out of range (input ids outside the vocabulary?)"
+            if isinstance(error, IndexError)
+            else "if other enumerated lengths work, a length was frozen during conversion"
+        )
+        shapes = [np.shape(v.val) for v in op.inputs.values() if hasattr(v, "val")]
+        raise InputError(
+            f"{program.path}: op {op.name!r} ({op.op_type}) failed on shapes {shapes}: {error} ({hint})"
+        ) from None
+    results = result if isinstance(result, tuple) else (result,)
+    if len(results) != len(op.outputs) or any(r is None for r in results):
+        raise InputError(
+            f"{program.path}: op {op.name!r} ({op.op_type}) produced no value; "
+            "add an override in verify/mil_executor.py"
+        )
+    for var, value in zip(op.outputs, results, strict=True):
+        value = np.asarray(value).astype(_np_dtype(var), copy=False)
+        _check_declared(program, op, var, value)
+        _set_value(var, value)
+
+
+def evaluate(program: Program, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs the program on named inputs; returns {output name: array}. InputError on bad feeds.
+
+    Values are written into the program's vars, so one Program must not be evaluated from two
+    threads at once; sequential runs at different lengths are fine (every op is recomputed).
+    """
+    if sorted(feeds) != sorted(program.input_shapes):
+        raise InputError(f"{program.path}: inputs are {sorted(program.input_shapes)}, got {sorted(feeds)}")
+    function = program.function
+    for name, var in function.inputs.items():
+        value = np.asarray(feeds[name])
+        allowed = program.input_shapes[name]
+        if tuple(value.shape) not in allowed:
+            raise InputError(
+                f"{program.path}: input {name!r} shape {tuple(value.shape)} is not one of the "
+                f"shapes the program enumerates {sorted(allowed)}"
+            )
+        expected = program.input_dtypes[name]
+        if value.dtype.kind != expected.kind:
+            raise InputError(f"{program.path}: input {name!r} dtype {value.dtype}, expected {expected}")
+        _set_value(var, value.astype(_np_dtype(var)))
+    for op in function.operations:
+        if op.op_type != "const":  # const values were loaded with the program
+            _evaluate_op(program, op)
+    values = {var.name: var.val for var in function.outputs}
+    return {name: values[name] for name in program.output_names}
+
+
+def run(
+    program: Program, input_ids: np.ndarray, input_name: str = "input_ids", output_name: str = "logits"
+) -> np.ndarray:
+    """input_ids int [1, T] -> logits float32 [1, T, V]. InputError for a length not enumerated."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.shape[0] != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"input_ids: expected an integer array of shape [1, T], got {ids.dtype} {ids.shape}")
+    if input_name not in program.input_shapes:
+        raise InputError(
+            f"{program.path}: no input named {input_name!r} (has {sorted(program.input_shapes)})"
+        )
+    if ids.shape[1] not in program.lengths(input_name):
+        raise InputError(
+            f"{program.path}: length {ids.shape[1]} is not one of the enumerated lengths "
+            f"{program.lengths(input_name)}"
+        )
+    outputs = evaluate(program, {input_name: ids.astype(np.int32)})
+    if output_name not in outputs:
+        raise InputError(f"{program.path}: no output named {output_name!r} (has {sorted(outputs)})")
+    return outputs[output_name].astype(np.float32, copy=False)

@@ -1,0 +1,134 @@
+"""Fails loudly, naming the internal, when a coremltools internal that verify/mil_executor.py uses moves.
+
+The executor evaluates a saved ML Program through coremltools' own MIL loader and NumPy value
+inference, which are not public API. When coremltools is upgraded, this test says which piece
+changed; fix the adapter section at the top of verify/mil_executor.py, then rerun
+verify/mil_executor_test.py.
+"""
+
+import importlib
+import inspect
+
+import coremltools as ct
+import numpy as np
+import pytest
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import get_new_symbol
+
+from conversion import coreml
+from verify import mil_executor
+
+VALIDATED_VERSION = "9.0"
+
+
+def need(condition, internal: str, detail: str = "") -> None:
+    if not condition:
+        pytest.fail(
+            f"coremltools internal moved: {internal} {detail}. verify/mil_executor.py was validated "
+            f"against coremltools {VALIDATED_VERSION} (installed: {ct.__version__}); update its adapter."
+        )
+
+
+def test_coremltools_is_the_validated_version():
+    need(ct.__version__ == VALIDATED_VERSION, "coremltools.__version__", f"is {ct.__version__}")
+
+
+@pytest.mark.parametrize(
+    "module, names",
+    [
+        ("coremltools.proto.Model_pb2", ["Model"]),
+        ("coremltools.proto.FeatureTypes_pb2", ["ArrayFeatureType"]),
+        ("coremltools.converters.mil.frontend.milproto.load", ["load"]),
+        ("coremltools.converters.mil.mil.types", ["tensor", "is_tensor", "nptype_from_builtin"]),
+        ("coremltools.converters.mil.mil.types.symbolic", ["is_symbolic"]),
+        ("coremltools.converters.mil.mil.var", ["Var"]),
+    ],
+)
+def test_modules_and_names_exist(module, names):
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as error:
+        pytest.fail(f"coremltools internal moved: module {module} cannot be imported ({error})")
+    for name in names:
+        need(hasattr(loaded, name), f"{module}.{name}", "is missing")
+
+
+def test_milproto_load_signature():
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    params = list(inspect.signature(load).parameters)
+    need(
+        params[:3] == ["model_spec", "specification_version", "file_weights_dir"],
+        "milproto.load.load(model_spec, specification_version, file_weights_dir)",
+        f"has parameters {params}",
+    )
+
+
+def test_var_keeps_its_value_and_type_slots():
+    from coremltools.converters.mil.mil.var import Var
+
+    slots = getattr(Var, "__slots__", ())
+    need("_sym_val" in slots, "Var._sym_val", f"is not a slot ({slots})")
+    need("_sym_type" in slots, "Var._sym_type", f"is not a slot ({slots})")
+    for prop in ("val", "sym_val", "sym_type", "dtype", "shape"):
+        need(
+            isinstance(inspect.getattr_static(Var, prop), property), f"Var.{prop}", "is no longer a property"
+        )
+
+
+def test_types_tensor_builds_concrete_shapes():
+    from coremltools.converters.mil.mil import types
+
+    t = types.tensor(types.fp16, (2, 3))
+    need(types.is_tensor(t), "types.is_tensor(types.tensor(...))", "is False")
+    need(tuple(t.get_shape()) == (2, 3), "types.tensor(...).get_shape()", f"is {t.get_shape()}")
+    need(t.get_primitive() == types.fp16, "types.tensor(...).get_primitive()")
+    need(types.nptype_from_builtin(types.fp16) == np.float16, "types.nptype_from_builtin(fp16)")
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    """A tiny saved ML Program: y = softmax(x @ w) with a flexible length, loaded by the executor."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol(), 4))], opset_version=ct.target.iOS16)
+    def prog(x):
+        w = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
+        return mb.softmax(x=mb.matmul(x=x, y=w), axis=-1, name="y")
+
+    shapes = ct.EnumeratedShapes(shapes=[[1, 2, 4], [1, 4, 4]])
+    mlmodel = ct.convert(
+        prog,
+        inputs=[ct.TensorType(name="x", shape=shapes)],
+        convert_to="mlprogram",
+        minimum_deployment_target=coreml.DEPLOYMENT_TARGET,
+        compute_precision=ct.precision.FLOAT32,
+    )
+    path = str(tmp_path_factory.mktemp("tiny") / "tiny.mlpackage")
+    coreml.save_mlpackage(mlmodel, path)
+    return mil_executor.load_mlpackage(path)
+
+
+def test_loaded_program_shape(program):
+    function = program.function
+    need(isinstance(function.inputs, dict), "Function.inputs", f"is {type(function.inputs)}, not a dict")
+    need(list(function.inputs) == ["x"], "Function.inputs keys", f"are {list(function.inputs)}")
+    need(isinstance(function.outputs, list | tuple), "Function.outputs", f"is {type(function.outputs)}")
+    ops = list(function.operations)
+    need(all(hasattr(op, "op_type") and hasattr(op, "name") for op in ops), "Operation.op_type/.name")
+    need(all(isinstance(op.outputs, list) for op in ops), "Operation.outputs", "is not a list of Var")
+    need(all(callable(getattr(op, "value_inference", None)) for op in ops), "Operation.value_inference")
+    matmul = next(op for op in ops if op.op_type == "matmul")
+    need(hasattr(matmul, "x") and hasattr(matmul.x, "sym_type"), "Operation input access by name (op.x)")
+    need(matmul.transpose_x is not None, "Operation optional input access (op.transpose_x)")
+
+
+def test_value_inference_reads_values_written_to_sym_val(program):
+    x = np.random.default_rng(0).standard_normal((1, 2, 4)).astype(np.float32)
+    got = mil_executor.evaluate(program, {"x": x})["y"]
+    logits = x @ (np.arange(8, dtype=np.float32).reshape(4, 2) / 8)
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    need(
+        np.allclose(got, expected, atol=1e-6),
+        "Var._sym_val -> Var.val -> value_inference",
+        "gave wrong values",
+    )

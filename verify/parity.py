@@ -1,0 +1,220 @@
+"""Numeric parity and behaviour checks over logits functions, whatever the backend.
+
+A logits function maps input ids, NumPy int [B, T], to logits, NumPy float [B, T, vocab]. Eager
+PyTorch, TorchScript, the Core ML program (verify/mil_executor.py) and llama.cpp all provide one,
+so every artifact is checked by the same code against the same fp32 eager reference.
+
+Behaviour without re-generating on each backend: eager greedy decoding gives each question a
+continuation; prompt + continuation, padded after the end with the pad id to the smallest contract
+length that fits, goes through the artifact once, and its argmax must match eager's at every
+generated position. Attention is causal, so padding after a sequence never changes the logits
+before it, and one forward per question checks every decoding step (a Core ML executor forward at
+T64 costs ~0.16 s; re-generating token by token would cost ~20x that). Packing several questions
+into one row is not valid: attention would cross from one question into the next.
+
+Near ties: where eager's top-1 logit beats its top-2 by less than the contract's near_tie_margin,
+an argmax flip is within numeric tolerance (an error of d per logit flips only margins below 2d),
+so it is counted and reported, not failed.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    max_abs_diff: float  # inf if the artifact produced a NaN or inf
+    top1_agreement: float  # argmax matches at positions that are not near ties (1.0 if there are none)
+    top1_agreement_all: float  # argmax matches at every position
+    positions: int
+    near_ties: int  # positions where the reference's top-1 beats its top-2 by less than the margin
+
+
+def compare_logits(ref: np.ndarray, got: np.ndarray, near_tie_margin: float = 0.0) -> Comparison:
+    """ref and got: [..., vocab] of the same shape (ValueError otherwise).
+
+    Top-1 agreement leaves out near ties (see the module docstring): on random ids a trained model
+    has many positions without a clear favourite, where fp16 rounding may pick either token.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    if ref.shape != got.shape:
+        raise ValueError(f"logits shape {got.shape}, expected {ref.shape}")
+    if ref.ndim < 1 or ref.size == 0:
+        raise ValueError(f"logits shape {ref.shape} holds no positions")
+    if not np.isfinite(got).all():
+        max_abs = float("inf")
+    else:
+        max_abs = float(np.abs(ref - got).max())
+    agree = ref.argmax(-1) == got.argmax(-1)
+    decisive = _margins(ref) >= near_tie_margin
+    return Comparison(
+        max_abs_diff=max_abs,
+        top1_agreement=float(agree[decisive].mean()) if decisive.any() else 1.0,
+        top1_agreement_all=float(agree.mean()),
+        positions=int(agree.size),
+        near_ties=int((~decisive).sum()),
+    )
+
+
+def smallest_length(n: int, lengths: Sequence[int]) -> int | None:
+    """The smallest of `lengths` that holds n tokens, or None if none does."""
+    fitting = [t for t in sorted(lengths) if t >= n]
+    return fitting[0] if fitting else None
+
+
+def pad_row(ids: Sequence[int], length: int, pad_id: int) -> np.ndarray:
+    """[1, length] int32: ids, then pad_id up to length (ValueError if ids are longer)."""
+    if len(ids) > length:
+        raise ValueError(f"{len(ids)} ids do not fit in length {length}")
+    row = np.full((1, length), pad_id, dtype=np.int32)
+    row[0, : len(ids)] = np.asarray(ids, dtype=np.int32)
+    return row
+
+
+def random_row(length: int, vocab_size: int, seed: int) -> np.ndarray:
+    """[1, length] int32 ids drawn uniformly; the same (length, vocab_size, seed) gives the same row."""
+    rng = np.random.default_rng([seed, length])
+    return rng.integers(0, vocab_size, size=(1, length), dtype=np.int32)
+
+
+def text_row(sequences: Sequence[Sequence[int]], length: int, pad_id: int) -> np.ndarray:
+    """[1, length] int32: real token sequences one after another, cut at length (padded if too few).
+
+    For numeric parity only: attention crosses sequence boundaries here, which is fine because
+    both sides compute the same thing, and it fills every position with realistic text.
+    """
+    ids: list[int] = []
+    for sequence in sequences:
+        if len(ids) >= length:
+            break
+        ids.extend(sequence)
+    return pad_row(ids[:length], length, pad_id)
+
+
+def numeric_inputs(
+    length: int, vocab_size: int, seed: int, sequences: Sequence[Sequence[int]], pad_id: int
+) -> list[np.ndarray]:
+    """The rows every artifact is compared on at one length: seeded random ids, then real text."""
+    rows = [random_row(length, vocab_size, seed)]
+    if sequences:
+        rows.append(text_row(sequences, length, pad_id))
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    question: int  # index into the prompts given to behaviour_check
+    position: int  # index of the generated token within the continuation
+    expected: int  # eager's argmax
+    got: int  # the artifact's argmax
+    margin: float  # eager's top-1 minus top-2 logit there
+
+
+@dataclasses.dataclass(frozen=True)
+class BehaviourResult:
+    questions: int  # questions checked
+    skipped: int  # questions whose prompt alone does not fit the longest length
+    positions: int  # generated positions compared
+    agreed: int  # positions where the artifact's argmax is eager's
+    near_tie_positions: int  # positions where eager's margin is below near_tie_margin
+    near_tie_flips: int  # disagreements at near ties: counted, not failed
+    mismatches: tuple[Mismatch, ...]  # disagreements outside near ties: each one fails the check
+    seconds: float  # wall time of the artifact's forwards (for logs, not for reports)
+
+    @property
+    def ok(self) -> bool:
+        return self.questions > 0 and not self.mismatches
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.positions if self.positions else 0.0
+
+
+def _margins(logits: np.ndarray) -> np.ndarray:
+    top2 = np.partition(logits.astype(np.float64), -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def behaviour_check(
+    eager_forward: LogitsFn,
+    artifact_forward: LogitsFn,
+    prompts_ids: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    lengths: Sequence[int],
+    pad_id: int,
+    near_tie_margin: float,
+    eager_batch: int = 64,
+) -> BehaviourResult:
+    """Argmax agreement with eager on eager's own greedy continuations, one artifact forward each.
+
+    eager_forward may take a batch [B, T]; artifact_forward gets [1, T] (the contract's shape).
+    A sequence longer than the longest length is cut there (continuation positions past it are
+    not checked).
+    """
+    if len(prompts_ids) != len(continuations):
+        raise ValueError(f"{len(prompts_ids)} prompts but {len(continuations)} continuations")
+    longest = max(lengths)
+    # (question, row length, sequence, first compared logit index, number of compared positions)
+    items = []
+    skipped = 0
+    for q, (prompt, continuation) in enumerate(zip(prompts_ids, continuations, strict=True)):
+        sequence = list(prompt) + list(continuation)
+        sequence = sequence[:longest]
+        count = len(sequence) - len(prompt)
+        if not prompt or count <= 0:
+            skipped += 1
+            continue
+        items.append((q, smallest_length(len(sequence), lengths), sequence, len(prompt) - 1, count))
+
+    eager_logits: dict[int, np.ndarray] = {}
+    by_length: dict[int, list] = {}
+    for item in items:
+        by_length.setdefault(item[1], []).append(item)
+    for length, group in sorted(by_length.items()):
+        for start in range(0, len(group), eager_batch):
+            chunk = group[start : start + eager_batch]
+            batch = np.concatenate([pad_row(item[2], length, pad_id) for item in chunk])
+            out = np.asarray(eager_forward(batch))
+            for row, item in enumerate(chunk):
+                first, count = item[3], item[4]
+                eager_logits[item[0]] = out[row, first : first + count]
+
+    positions = agreed = near_ties = near_flips = 0
+    mismatches = []
+    elapsed = 0.0
+    for q, length, sequence, first, count in items:
+        row = pad_row(sequence, length, pad_id)
+        began = time.monotonic()
+        got_logits = np.asarray(artifact_forward(row))
+        elapsed += time.monotonic() - began
+        if got_logits.ndim != 3 or got_logits.shape[:2] != (1, length):
+            raise ValueError(f"artifact logits shape {got_logits.shape} for input {row.shape}")
+        ref = eager_logits[q]
+        expected = ref.argmax(-1)
+        got = got_logits[0, first : first + count].argmax(-1)
+        margins = _margins(ref)
+        tie = margins < near_tie_margin
+        positions += count
+        agreed += int((expected == got).sum())
+        near_ties += int(tie.sum())
+        for i in np.flatnonzero(expected != got):
+            if tie[i]:
+                near_flips += 1
+            else:
+                mismatches.append(Mismatch(q, int(i), int(expected[i]), int(got[i]), float(margins[i])))
+    return BehaviourResult(
+        questions=len(items),
+        skipped=skipped,
+        positions=positions,
+        agreed=agreed,
+        near_tie_positions=near_ties,
+        near_tie_flips=near_flips,
+        mismatches=tuple(mismatches),
+        seconds=elapsed,
+    )
