@@ -6,11 +6,11 @@ import uuid
 
 import coremltools as ct
 import pytest
-import torch
 
 from common.errors import InputError
 from conversion import coreml
-from training.model import ModelConfig, Rotary, Student, init_weights
+from training.model import ModelConfig, Student, init_weights
+from verify import frozen_students
 
 LENGTHS = [64, 128, 256]
 METADATA = {
@@ -25,16 +25,6 @@ def student() -> Student:
     model = Student(ModelConfig())
     init_weights(model, seed=0)
     return model.eval()
-
-
-class FrozenRotary(Rotary):
-    """The reference pipeline's bug: positions from int(T), which tracing turns into a constant."""
-
-    def forward(self, input_ids):
-        positions = torch.arange(int(input_ids.shape[1]), dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
 
 
 def tree(path: str) -> dict[str, bytes]:
@@ -194,8 +184,7 @@ def test_bad_precision_and_metadata_are_input_errors():
 
 
 def test_frozen_length_trace_is_refused():
-    model = student()
-    model.rotary = FrozenRotary(model.cfg.head_dim, model.cfg.rope_theta)
+    model = frozen_students.frozen_rotary_student()
     with pytest.raises(InputError, match="fails at length 64 .* a shape was frozen"):
         coreml.convert(model, LENGTHS, 128, "fp16", METADATA)
 

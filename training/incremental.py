@@ -34,9 +34,8 @@ class Cache:
 
 
 def _rotary(model: Student, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    freqs = positions[:, None] * model.rotary.inv_freq[None, :]
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos(), angles.sin()
+    # The model's own cos/sin tables, gathered at arbitrary positions.
+    return model.rotary.cos[positions], model.rotary.sin[positions]
 
 
 def _run(
@@ -58,7 +57,7 @@ def _run(
         offsets = torch.arange(steps)
     if self_mask is None:
         self_mask = torch.ones(steps, steps, dtype=torch.bool).tril()
-    cos, sin = _rotary(model, (past + offsets).float())
+    cos, sin = _rotary(model, past + offsets)
     mask = torch.cat((torch.ones(steps, past, dtype=torch.bool), self_mask), dim=1)
     x = model.embed(ids.long())
     layers = []

@@ -67,17 +67,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    def __init__(self, head_dim: int, theta: float):
+    """cos/sin tables for positions 0..max_seq_len-1, sliced to the input's runtime length.
+
+    Tables rather than angles computed per call: position * frequency in fp16 (Core ML's default
+    precision) is off by ~0.1 rad near position 255, which shows as logit error growing with
+    length. Table values lie in [-1, 1], where fp16 is accurate everywhere.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        freqs = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [max_seq_len, head_dim]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Positions 0..T-1 from the runtime length: cumsum over ones, never int(T).
-        positions = torch.ones_like(input_ids[0], dtype=torch.float32).cumsum(0) - 1.0
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
-        return angles.cos(), angles.sin()
+        # The slice end is the traced runtime length, never int(T), so exports stay dynamic.
+        length = input_ids.shape[-1]
+        return self.cos[:length], self.sin[:length]
 
 
 class Attention(nn.Module):
@@ -137,7 +145,7 @@ class Student(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

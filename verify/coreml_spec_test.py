@@ -6,8 +6,8 @@ import torch
 
 from common.errors import InputError
 from conversion import coreml
-from training.model import ModelConfig, Rotary, Student, init_weights
-from verify import coreml_spec
+from training.model import ModelConfig, Student, init_weights
+from verify import coreml_spec, frozen_students
 
 LENGTHS = [64, 128, 256]
 METADATA = {"short_description": "test", "version": "1"}
@@ -32,16 +32,6 @@ def student() -> Student:
     return model.eval()
 
 
-class FrozenRotary(Rotary):
-    """The reference pipeline's bug: positions from int(T), which the trace turns into a constant."""
-
-    def forward(self, input_ids):
-        positions = torch.arange(int(input_ids.shape[1]), dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
-
-
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("good") / "student.mlpackage")
@@ -51,8 +41,7 @@ def package(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frozen_package(tmp_path_factory):
-    model = student()
-    model.rotary = FrozenRotary(model.cfg.head_dim, model.cfg.rope_theta)
+    model = frozen_students.frozen_rotary_student()
     traced = torch.jit.trace(model, torch.zeros(1, 128, dtype=torch.int32), check_trace=False)
     path = str(tmp_path_factory.mktemp("frozen") / "frozen.mlpackage")
     coreml.save_mlpackage(coreml.convert_traced(traced, LENGTHS, 128, "fp16", METADATA), path)

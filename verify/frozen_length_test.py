@@ -17,56 +17,14 @@ import torch
 
 from common.errors import InputError
 from conversion import coreml, torchscript
-from training import model as model_lib
-from verify import coreml_spec, mil_executor
+from verify import coreml_spec, frozen_students, mil_executor
 
 torch.set_num_threads(1)
 
 LENGTHS = [64, 128, 256]
 
 
-class FrozenRotary(model_lib.Rotary):
-    """Positions from int(T): tracing records T as a constant."""
-
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(int(input_ids.shape[1]), dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
-
-
-class FrozenViewAttention(model_lib.Attention):
-    """Head split with view(b, t, ...) from int() sizes, as the reference pipeline wrote it."""
-
-    def forward(self, x, cos, sin):
-        b, t = int(x.shape[0]), int(x.shape[1])
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + model_lib.rotate_half(q) * sin
-        k = k * cos + model_lib.rotate_half(k) * sin
-        groups = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
-
-
-def frozen_rotary_student() -> model_lib.Student:
-    student = model_lib.Student(model_lib.ModelConfig())
-    model_lib.init_weights(student, seed=5)
-    student.rotary = FrozenRotary(student.cfg.head_dim, student.cfg.rope_theta)
-    return student.eval()
-
-
-def frozen_view_student() -> model_lib.Student:
-    student = model_lib.Student(model_lib.ModelConfig())
-    model_lib.init_weights(student, seed=5)
-    for block in student.blocks:
-        block.attn.__class__ = FrozenViewAttention
-    return student.eval()
-
-
-VARIANTS = [frozen_rotary_student, frozen_view_student]
+VARIANTS = [frozen_students.frozen_rotary_student, frozen_students.frozen_view_student]
 
 
 @pytest.mark.parametrize("make", VARIANTS)
@@ -102,7 +60,7 @@ def test_trace_length_check_refuses_a_frozen_trace(make):
 @pytest.fixture(scope="module")
 def frozen_package(tmp_path_factory):
     """The frozen trace converted anyway, as the reference pipeline did (coremltools does not object)."""
-    model = frozen_rotary_student()
+    model = frozen_students.frozen_rotary_student()
     traced = torchscript.trace(model, 128)
     mlmodel = coreml.convert_traced(
         traced, LENGTHS, 128, "fp16", {"short_description": "frozen", "version": "1"}

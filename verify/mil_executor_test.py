@@ -23,8 +23,8 @@ from torch.nn import functional as F
 
 from common.errors import InputError
 from conversion import coreml
-from training.model import ModelConfig, Rotary, Student, init_weights
-from verify import mil_executor
+from training.model import ModelConfig, Student, init_weights
+from verify import frozen_students, mil_executor
 
 LENGTHS = [64, 128, 256]
 METADATA = {"short_description": "test", "version": "1"}
@@ -155,7 +155,7 @@ def test_every_op_of_the_student_has_a_per_op_test(packages, precision):
     missing = sorted(used - set(OP_CASES))
     assert not missing, f"the student's {precision} program uses {missing}: add a case to OP_CASES"
     # The list DESIGN.md's measurement expects, so a changed conversion is noticed.
-    assert {"linear", "matmul", "softmax", "band_part", "silu", "cumsum", "gather"} <= used
+    assert {"linear", "matmul", "softmax", "band_part", "silu", "slice_by_index", "gather"} <= used
 
 
 def _ids(length):
@@ -212,19 +212,8 @@ def test_repeated_runs_at_mixed_lengths_are_stable(packages):
     np.testing.assert_array_equal(mil_executor.run(program, _ids(64)), first)
 
 
-class FrozenRotary(Rotary):
-    """The reference pipeline's bug: positions from int(T), which the trace turns into a constant."""
-
-    def forward(self, input_ids):
-        positions = torch.arange(int(input_ids.shape[1]), dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
-
-
 def test_frozen_length_student_is_caught_at_other_lengths(tmp_path):
-    model = student()
-    model.rotary = FrozenRotary(model.cfg.head_dim, model.cfg.rope_theta)
+    model = frozen_students.frozen_rotary_student()
     traced = torch.jit.trace(model, torch.zeros(1, 128, dtype=torch.int32), check_trace=False)
     # The same conversion as conversion/coreml.py, minus its trace check (which would refuse this).
     mlmodel = coreml.convert_traced(traced, LENGTHS, 128, "fp16", METADATA)
