@@ -19,11 +19,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(BAD_INPUT)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """app.run(main), turning InputError into `error: <message>` and exit status 2."""
+def run(main: Callable[[list[str]], None], accept_args: bool = False) -> None:
+    """app.run(main), turning InputError into `error: <message>` and exit status 2.
+
+    Positional arguments are refused (a mistyped flag is a clear error) unless accept_args.
+    """
 
     def guarded(argv: list[str]) -> None:
-        if len(argv) > 1:
+        if len(argv) > 1 and not accept_args:
             print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
             sys.exit(BAD_INPUT)
         try:

@@ -61,7 +61,9 @@ def _pipeline_stage_impl(ctx):
             "OPENBLAS_NUM_THREADS": "1",
         },
     )
-    return [DefaultInfo(files = depset(directories or outputs))]
+    default = directories or outputs
+    # runfiles too: a binary or test that lists this stage in `data` must see its directories.
+    return [DefaultInfo(files = depset(default), runfiles = ctx.runfiles(files = default))]
 
 _pipeline_stage = rule(
     implementation = _pipeline_stage_impl,

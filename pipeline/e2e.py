@@ -5,16 +5,14 @@ seconds. It prints one row per artifact (stage, file, size, sha256 prefix, gate)
 artifacts to dist/ in the workspace (or --out_dir), and exits 1 when a gate failed.
 """
 
-import hashlib
 import json
 import os
 import shutil
 
 from absl import flags
 
-from common import atomic, cli
+from common import atomic, cli, digest
 from common.errors import InputError
-from training.checkpoint import sha256_file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("artifact", [], "stage=gate=path of one artifact (set by the BUILD file).")
@@ -22,25 +20,6 @@ flags.DEFINE_string("report", None, "report.json from //verify:verify_contracts 
 flags.DEFINE_string(
     "out_dir", None, "Where to copy the artifacts. Default: dist/ in the workspace that ran `bazel run`."
 )
-
-
-def tree_sha256(path: str) -> str:
-    """sha256 of a file, or of a directory's sorted (relative path, file digest) list."""
-    if os.path.isfile(path):
-        return sha256_file(path)
-    lines = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            lines.append(f"{os.path.relpath(full, path)}\0{sha256_file(full)}\n")
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def tree_size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
 
 
 def human_size(size: int) -> str:
@@ -79,22 +58,32 @@ def main(argv: list[str]) -> None:
     cli.require_flag(FLAGS.report, "report")
     with open(FLAGS.report, encoding="utf-8") as handle:
         report = json.load(handle)
-    gates = report.get("gates", {})
+    gates = {
+        artifact: all(check.get("ok", True) for checks in scopes.values() for check in checks.values())
+        for artifact, scopes in report["results"].items()
+    }
     out_dir = FLAGS.out_dir or default_out_dir()
     os.makedirs(out_dir, exist_ok=True)
     rows = [("stage", "artifact", "size", "sha256", "gate")]
     for spec in FLAGS.artifact:
         stage, gate, path = parse_artifact(spec)
         verdict = "-" if gate == "-" else ("PASS" if gates.get(gate) else "FAIL")
-        rows.append(
-            (stage, os.path.basename(path), human_size(tree_size(path)), tree_sha256(path)[:12], verdict)
-        )
+        facts = digest.describe(path)
+        rows.append((stage, os.path.basename(path), human_size(facts["size"]), facts["sha256"][:12], verdict))
         copy_artifact(path, out_dir)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     ok = bool(report.get("gates_ok"))
-    print(f"\ngates_ok: {str(ok).lower()}   lengths: {report.get('lengths')}   artifacts in {out_dir}")
+    lengths = sorted(
+        {
+            int(scope[1:])
+            for scopes in report["results"].values()
+            for scope, checks in scopes.items()
+            if "max_abs_diff" in checks
+        }
+    )
+    print(f"\ngates_ok: {str(ok).lower()}   lengths checked: {lengths}   artifacts copied to {out_dir}")
     if not ok:
         raise SystemExit(1)
 

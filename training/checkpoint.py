@@ -12,18 +12,11 @@ import safetensors
 import safetensors.torch
 
 from common import atomic
+from common.digest import sha256_file  # noqa: F401  (re-exported: callers use checkpoint.sha256_file)
 from common.errors import InputError
 from training.model import MODEL_TYPE, ModelConfig, Student
 
 REQUIRED_METADATA = ("model_type", "config", "tokenizer_sha256", "dataset_sha256", "steps")
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save(weights_path: str, metadata_path: str, model: Student, metadata: dict) -> None:

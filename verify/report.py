@@ -19,13 +19,11 @@ the contract itself pins only the checkpoint and the TorchScript file). A direct
 Core ML .mlpackage) is digested as sha256 over its sorted relative paths and each file's sha256.
 """
 
-import hashlib
 import json
 import math
 import operator
-import os
 
-from common import atomic
+from common import atomic, digest
 
 FORMAT = "m8b-verify-report"
 VERSION = 1
@@ -37,31 +35,7 @@ def scope(length: int) -> str:
     return f"T{length}"
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def describe_artifact(path: str) -> dict:
-    """{"sha256", "size"} of a file; a directory also gets "files" and a tree digest."""
-    if os.path.isfile(path):
-        return {"sha256": _file_sha256(path), "size": os.path.getsize(path)}
-    files = sorted(
-        os.path.relpath(os.path.join(directory, name), path)
-        for directory, _, names in os.walk(path)
-        for name in names
-    )
-    digest = hashlib.sha256()
-    size = 0
-    for rel in files:
-        full = os.path.join(path, rel)
-        digest.update(rel.replace(os.sep, "/").encode() + b"\0")
-        digest.update(bytes.fromhex(_file_sha256(full)))
-        size += os.path.getsize(full)
-    return {"sha256": digest.hexdigest(), "size": size, "files": len(files)}
+describe_artifact = digest.describe
 
 
 def _rounded(value):

@@ -57,6 +57,12 @@ flags.DEFINE_string("out_report", None, "Output report JSON (required).")
 flags.DEFINE_integer("behaviour_questions", 200, "Held-out questions replayed through every artifact (>= 1).")
 flags.DEFINE_integer("text_sequences", 40, "Held-out sequences that fill the real-text row at each length.")
 flags.DEFINE_integer("seed", 0, "Seed for the random-ids row at each length.")
+flags.DEFINE_bool(
+    "exit_nonzero_on_failed_gates",
+    True,
+    "Exit 1 when a gate fails. The pipeline turns this off so the report of a failed run is still "
+    "built and cached; //pipeline:gates_test then fails on it.",
+)
 flags.DEFINE_integer("max_new_tokens", 32, "Longest eager greedy reply in the behaviour checks.")
 
 FLAGS = flags.FLAGS
@@ -346,7 +352,7 @@ def main(argv: list[str]) -> None:
     report.save(FLAGS.out_report)
     print(report.summary())
     logging.info("verification took %.2f s; report %s", time.monotonic() - started, FLAGS.out_report)
-    if not report.gates_ok:
+    if not report.gates_ok and FLAGS.exit_nonzero_on_failed_gates:
         sys.exit(1)
 
 

@@ -1,0 +1,77 @@
+"""`bazel run //pipeline:ask -- "Will it rain tomorrow?"`: the exported model answers a question.
+
+--backend=torchscript runs the TorchScript artifact; --backend=gguf runs the GGUF file through
+llama.cpp. Greedy with --greedy, otherwise sampling with --temperature and --seed (same seed,
+same answer).
+"""
+
+import sys
+
+from absl import flags
+
+from common import cli
+from common.errors import InputError
+from data import prompt
+from data.tokenizer import Tokenizer
+from training import generate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
+flags.DEFINE_string("torchscript", None, "TorchScript artifact (set by the BUILD file).")
+flags.DEFINE_string("gguf", None, "GGUF artifact (set by the BUILD file).")
+flags.DEFINE_string("tokenizer", None, "Tokenizer JSON (set by the BUILD file).")
+flags.DEFINE_bool("greedy", False, "Always take the most likely token (ignores --temperature and --seed).")
+flags.DEFINE_float("temperature", 0.8, "Sampling temperature (> 0) when not --greedy.")
+flags.DEFINE_integer("seed", 0, "Sampling seed: the same seed gives the same answer.")
+flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.")
+
+MAX_LENGTH = 256  # the longest contract length
+
+
+def torchscript_forward(path: str):
+    from conversion import torchscript
+
+    module = torchscript.load(path)
+    forward = torchscript.numpy_forward(module)
+    return lambda ids: forward(ids.numpy())
+
+
+def gguf_forward(path: str):
+    from verify import gguf_check
+
+    gguf_check.read_gguf(path)  # a damaged file is a clear error before llama.cpp sees it
+    llama = gguf_check.load_llama(path)
+    return lambda ids: gguf_check.gguf_logits(llama, ids.numpy())
+
+
+def main(argv: list[str]) -> None:
+    question = " ".join(argv[1:]).strip()
+    if not question:
+        raise InputError('no question: usage: ask [--backend=torchscript|gguf] -- "Will it rain tomorrow?"')
+    if not FLAGS.greedy and FLAGS.temperature <= 0:
+        raise InputError(
+            f"--temperature must be > 0 when sampling, got {FLAGS.temperature} (or use --greedy)"
+        )
+    cli.require_flag(FLAGS.tokenizer, "tokenizer")
+    tokenizer = Tokenizer.load(FLAGS.tokenizer)
+    path = FLAGS.torchscript if FLAGS.backend == "torchscript" else FLAGS.gguf
+    cli.require_flag(path, FLAGS.backend)
+    forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path)
+    ids = prompt.build_model_input(tokenizer, question)
+    if len(ids) >= MAX_LENGTH:
+        raise InputError(f"question: {len(ids)} tokens; at most {MAX_LENGTH - 1} fit the model")
+    new = generate.generate(
+        forward,
+        ids,
+        eos_id=tokenizer.eos_id,
+        max_new_tokens=FLAGS.max_new_tokens,
+        temperature=0.0 if FLAGS.greedy else FLAGS.temperature,
+        seed=FLAGS.seed,
+        max_length=MAX_LENGTH,
+    )
+    print(tokenizer.decode(new).strip())
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    cli.run(main, accept_args=True)
