@@ -111,10 +111,7 @@ def main(argv: list[str]) -> None:
         path = os.path.join(tmp, "bench.gguf")
         gguf_export.export(model, tokenizer, path, dtype=FLAGS.dtype)
         # Default runtime settings (f16 KV cache), as Ollama would run the file.
-        llama = gguf_check.load_llama(path, f32_kv_cache=False)
-        llama.set_cache(None)
-        llama._ctx  # noqa: B018  (loaded)
-        llama.n_threads = FLAGS.threads
+        llama = gguf_check.load_llama(path, f32_kv_cache=False, n_threads=FLAGS.threads)
     methods = {
         "torchscript": lambda p: torchscript_greedy(module, p, FLAGS.new_tokens),
         "llama.cpp full": lambda p: llama_full_greedy(llama, p, FLAGS.new_tokens),
@@ -132,7 +129,9 @@ def main(argv: list[str]) -> None:
                 run(p)
             rates[name].append(len(prompts) * FLAGS.new_tokens / (time.perf_counter() - start))
     base = statistics.median(rates["torchscript"])
-    print(f"greedy decoding, {len(prompts)} prompts x {FLAGS.new_tokens} new tokens, {FLAGS.threads} thread(s)")
+    print(
+        f"greedy decoding, {len(prompts)} prompts x {FLAGS.new_tokens} new tokens, {FLAGS.threads} thread(s)"
+    )
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"  {name:15s} {median:9.1f} tokens/s   x{median / base:5.2f} vs torchscript")

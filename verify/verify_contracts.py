@@ -130,7 +130,8 @@ def _load_inputs():
     heldout = sorted(dataset.split("heldout"), key=lambda r: r.id)
     if not heldout:
         raise InputError(f"--dataset: {FLAGS.dataset} has no held-out records to check behaviour on")
-    return contract, tokenizer, model, heldout
+    strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
+    return contract, tokenizer, model, heldout, strings
 
 
 def _check_outputs(report, backend: Backend, contract, rows_by_length, refs_by_length) -> None:
@@ -245,7 +246,16 @@ def _check_coreml_interface(report, contract, program) -> None:
     report.check(COREML, report_lib.scope(probe), "executor_rejects_length", rejected, "==", True)
 
 
-def _load_backends(contract) -> list[Backend]:
+def _check_gguf_tokenizer(report, gguf_check, llama, tokenizer, strings) -> None:
+    """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do."""
+    mismatches = gguf_check.tokenize_mismatches(llama, tokenizer, strings)
+    for text, theirs, ours in mismatches[:3]:
+        logging.error("llama.cpp tokenizes %r as %s, ours as %s", text, theirs, ours)
+    report.note(GGUF, report_lib.ALL, "tokenizer_strings", len(strings))
+    report.check(GGUF, report_lib.ALL, "tokenizer_mismatches", len(mismatches), "==", 0)
+
+
+def _load_backends(contract, tokenizer, strings) -> list[Backend]:
     """Every artifact loaded up front, so a missing or unreadable one is bad input before any work."""
     module = torchscript.load(FLAGS.torchscript)
     backends = [
@@ -282,6 +292,9 @@ def _load_backends(contract) -> list[Backend]:
                 lambda ids: gguf_check.logits(model, ids),
                 "gguf_max_abs",
                 "gguf_top1_agreement_min",
+                interface_check=lambda report, contract: _check_gguf_tokenizer(
+                    report, gguf_check, model, tokenizer, strings
+                ),
             )
         )
     return backends
@@ -307,8 +320,8 @@ def main(argv: list[str]) -> None:
     # report), and no OpenMP spinning against the other process on a busy 2-core machine.
     torch.set_num_threads(1)
     started = time.monotonic()
-    contract, tokenizer, model, heldout = _load_inputs()
-    backends = _load_backends(contract)
+    contract, tokenizer, model, heldout, strings = _load_inputs()
+    backends = _load_backends(contract, tokenizer, strings)
 
     report = report_lib.Report(contract.model_name, checkpoint.sha256_file(FLAGS.contract))
     report.add_artifact("weights", FLAGS.weights)

@@ -1,0 +1,94 @@
+"""Exports a student checkpoint to a llama-architecture GGUF file and its Ollama Modelfile.
+
+    export_gguf --weights=student.safetensors --metadata=student.json --tokenizer=tokenizer.json \\
+        --out=magic-8-ball.gguf --modelfile_out=Modelfile [--dtype=f32]
+
+Matrices are stored in f32 by default (--dtype=f16 halves them); norm weights always in f32. The
+tokenizer must be the one the checkpoint was trained with (its sha256 equals the checkpoint
+metadata's tokenizer_sha256). Same inputs and flags -> byte-identical outputs. Bad input exits 2
+with one line naming the problem, and nothing is written.
+"""
+
+import os
+import time
+
+import torch
+from absl import flags, logging
+
+from common import atomic, cli
+from common.errors import InputError
+from conversion import gguf_export, modelfile
+from data import tokenizer as tokenizer_lib
+from training import checkpoint
+
+flags.DEFINE_string("weights", None, "Student checkpoint weights (safetensors) (required).")
+flags.DEFINE_string("metadata", None, "Student checkpoint metadata JSON (required).")
+flags.DEFINE_string(
+    "tokenizer", None, "Tokenizer JSON the student was trained with; its digest must match the checkpoint's."
+)
+flags.DEFINE_string("out", None, "Output GGUF file, e.g. magic-8-ball.gguf (required).")
+flags.DEFINE_string(
+    "modelfile_out",
+    None,
+    "Output Ollama Modelfile (required); in the same directory as --out, since it says FROM ./<gguf>.",
+)
+flags.DEFINE_enum("dtype", "f32", list(gguf_export.DTYPES), "Storage type of the weight matrices.")
+
+FLAGS = flags.FLAGS
+
+
+def _check_output(path: str, flag: str) -> None:
+    """Fails before the export work, not after it, when an output cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
+    if os.path.isdir(path):
+        raise InputError(f"--{flag}: {path} is a directory; give a file path")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    for name in ("weights", "metadata", "tokenizer", "out", "modelfile_out"):
+        cli.require_flag(FLAGS[name].value, name)
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    _check_output(FLAGS.out, "out")
+    _check_output(FLAGS.modelfile_out, "modelfile_out")
+    if os.path.dirname(os.path.abspath(FLAGS.out)) != os.path.dirname(os.path.abspath(FLAGS.modelfile_out)):
+        raise InputError(
+            f"--modelfile_out: {FLAGS.modelfile_out} is not in the directory of --out {FLAGS.out}; "
+            "the Modelfile's FROM ./<gguf> is relative to its own directory, so put both in one directory"
+        )
+    tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
+    metadata = checkpoint.load_metadata(FLAGS.metadata)
+    if metadata["tokenizer_sha256"] != tokenizer.digest:
+        raise InputError(
+            f"--tokenizer: {FLAGS.tokenizer} has sha256 {tokenizer.digest}, but {FLAGS.metadata} was trained "
+            f"with tokenizer {metadata['tokenizer_sha256']}; pass the tokenizer the checkpoint was "
+            "trained with"
+        )
+    model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+    try:
+        text = modelfile.render(os.path.basename(FLAGS.out))
+    except ValueError as error:
+        raise InputError(f"--out: {error}") from None
+    data = gguf_export.to_bytes(model, tokenizer, dtype=FLAGS.dtype, tokenizer_sha256=tokenizer.digest)
+    # Both outputs or neither: each write is atomic, and a failed Modelfile write takes the GGUF back out.
+    atomic.write_bytes(FLAGS.out, data)
+    try:
+        atomic.write_text(FLAGS.modelfile_out, text)
+    except BaseException:
+        os.remove(FLAGS.out)
+        raise
+    logging.info(
+        "exported %s (%s, %d bytes) and %s in %.2f s",
+        FLAGS.out,
+        FLAGS.dtype,
+        len(data),
+        FLAGS.modelfile_out,
+        time.monotonic() - start,
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

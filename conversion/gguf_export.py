@@ -1,0 +1,159 @@
+"""Writes the student as a llama-architecture GGUF file that llama.cpp (and so Ollama) runs.
+
+Layout: llama.cpp's "llama" architecture with GQA, SwiGLU, RMSNorm and RoPE, and the tokenizer as
+tokenizer.ggml.model = "llama" (SPM; data/tokenizer.py reproduces its ids exactly).
+
+RoPE. The student rotates HF-style: the two halves of each head form the rotation pairs
+(training/model.py rotate_half). llama.cpp's llama architecture rotates adjacent pairs (0,1), (2,3),
+... So the rows of the Q and K projections are permuted, per head, from [half 0 | half 1] to
+interleaved order, exactly as llama.cpp's own HF converter does. Attention scores are dot products
+over a head's dimensions, so the same permutation on Q and K leaves them unchanged; V and the output
+projection keep their order. `permute_qk=False` writes the unpermuted (wrong) layout: it exists so a
+test can show that the parity check catches it.
+
+Precision. Matrices are f32 by default (dtype="f32"): the file is small (~2.5 MB) and llama.cpp then
+differs from PyTorch only by summation order and its KV cache. dtype="f16" stores the matrices in
+f16. Norm weights are always f32 (llama.cpp expects 1-D tensors in f32).
+
+Same model, tokenizer and options -> byte-identical file (GGUFWriter writes no timestamps).
+"""
+
+import logging
+import os
+import tempfile
+
+import gguf
+import numpy as np
+import torch
+
+from common import atomic
+from common.errors import InputError
+from training.model import MODEL_TYPE, Student
+
+ARCH = "llama"
+MODEL_NAME = MODEL_TYPE  # "magic-8-ball"
+CONTEXT_LENGTH = 256
+# Our own key: the sha256 of the tokenizer JSON the weights were trained with, so a GGUF file can be
+# matched to its tokenizer without unpacking the vocabulary.
+TOKENIZER_SHA256_KEY = "magic_8_ball.tokenizer_sha256"
+DTYPES = ("f32", "f16")
+
+# GGUFWriter logs the temporary file name it writes to at INFO; that is noise in a build log.
+logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
+
+
+def permute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Per head, rows [x0..x(h/2-1) | y0..y(h/2-1)] -> [x0, y0, x1, y1, ...] (llama.cpp's converter)."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def gguf_tensors(model: Student, permute_qk: bool = True) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in PyTorch [out, in] layout) for every tensor, in file order."""
+    cfg = model.cfg
+    state = {
+        name: t.detach().to(torch.float32).contiguous().numpy() for name, t in model.state_dict().items()
+    }
+    tensors = [("token_embd.weight", state["embed.weight"])]
+    for i in range(cfg.n_layers):
+        p = f"blocks.{i}."
+        q, k = state[p + "attn.q_proj.weight"], state[p + "attn.k_proj.weight"]
+        if permute_qk:
+            q, k = permute_rows(q, cfg.n_heads), permute_rows(k, cfg.n_kv_heads)
+        tensors += [
+            (f"blk.{i}.attn_norm.weight", state[p + "attn_norm.weight"]),
+            (f"blk.{i}.attn_q.weight", q),
+            (f"blk.{i}.attn_k.weight", k),
+            (f"blk.{i}.attn_v.weight", state[p + "attn.v_proj.weight"]),
+            (f"blk.{i}.attn_output.weight", state[p + "attn.o_proj.weight"]),
+            (f"blk.{i}.ffn_norm.weight", state[p + "ffn_norm.weight"]),
+            (f"blk.{i}.ffn_gate.weight", state[p + "ffn.gate_proj.weight"]),
+            (f"blk.{i}.ffn_up.weight", state[p + "ffn.up_proj.weight"]),
+            (f"blk.{i}.ffn_down.weight", state[p + "ffn.down_proj.weight"]),
+        ]
+    tensors += [("output_norm.weight", state["norm.weight"]), ("output.weight", state["lm_head.weight"])]
+    return tensors
+
+
+def _check(model: Student, tokenizer, dtype: str) -> None:
+    cfg = model.cfg
+    if dtype not in DTYPES:
+        raise InputError(f"dtype: {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise InputError(
+            f"tokenizer: {tokenizer.vocab_size} tokens, but the model's vocab_size is {cfg.vocab_size}"
+        )
+    if cfg.max_seq_len < CONTEXT_LENGTH:
+        raise InputError(f"model: max_seq_len {cfg.max_seq_len} is below the GGUF context {CONTEXT_LENGTH}")
+    if cfg.head_dim % 2 or cfg.n_heads % cfg.n_kv_heads:
+        raise InputError(
+            f"model: head_dim {cfg.head_dim} / heads {cfg.n_heads}/{cfg.n_kv_heads} not llama-shaped"
+        )
+
+
+def to_bytes(
+    model: Student,
+    tokenizer,
+    dtype: str = "f32",
+    permute_qk: bool = True,
+    tokenizer_sha256: str | None = None,
+) -> bytes:
+    """The GGUF file's bytes. tokenizer_sha256 defaults to tokenizer.digest."""
+    _check(model, tokenizer, dtype)
+    cfg = model.cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.gguf")
+        writer = gguf.GGUFWriter(path, ARCH)
+        writer.add_name(MODEL_NAME)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_context_length(CONTEXT_LENGTH)
+        writer.add_embedding_length(cfg.d_model)
+        writer.add_block_count(cfg.n_layers)
+        writer.add_feed_forward_length(cfg.ffn_hidden)
+        writer.add_head_count(cfg.n_heads)
+        writer.add_head_count_kv(cfg.n_kv_heads)
+        writer.add_layer_norm_rms_eps(cfg.norm_eps)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_rope_freq_base(cfg.rope_theta)
+        writer.add_vocab_size(cfg.vocab_size)
+
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokenizer.pieces)
+        writer.add_token_scores(tokenizer.scores)
+        writer.add_token_types(tokenizer.token_types)
+        writer.add_bos_token_id(tokenizer.bos_id)
+        writer.add_eos_token_id(tokenizer.eos_id)
+        writer.add_unk_token_id(tokenizer.unk_id)
+        writer.add_pad_token_id(tokenizer.pad_id)
+        # The prompt is [bos] + encode("Q: ...\nA:"), and the model stops itself at eos.
+        writer.add_add_bos_token(True)
+        writer.add_add_eos_token(False)
+        writer.add_add_space_prefix(False)
+        writer.add_string(TOKENIZER_SHA256_KEY, tokenizer_sha256 or tokenizer.digest)
+
+        for name, array in gguf_tensors(model, permute_qk):
+            if dtype == "f16" and array.ndim == 2:
+                array = array.astype(np.float16)
+            writer.add_tensor(name, np.ascontiguousarray(array))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def export(
+    model: Student,
+    tokenizer,
+    path: str,
+    dtype: str = "f32",
+    permute_qk: bool = True,
+    tokenizer_sha256: str | None = None,
+) -> None:
+    """Writes the GGUF file to `path` atomically (complete or absent)."""
+    atomic.write_bytes(path, to_bytes(model, tokenizer, dtype, permute_qk, tokenizer_sha256))
