@@ -50,9 +50,12 @@ def _bare_loop(model: Student, batches: list[distill.Batch], cfg: distill.TrainC
         logits = model(batch.input_ids)[batch.loss_mask]
         log_probs = F.log_softmax(logits, dim=-1)
         ce = F.nll_loss(log_probs, batch.targets[batch.loss_mask])
-        valid = batch.topk_valid[batch.loss_mask]
-        teacher_logp = F.log_softmax(batch.topk_logprobs[batch.loss_mask].masked_fill(~valid, -1e9), dim=-1)
-        student_logp = log_probs.gather(-1, batch.topk_ids[batch.loss_mask])
+        # Top-k rows are stored per completion position, in the same order as loss_mask's rows.
+        valid = batch.topk_valid[batch.completion_mask]
+        teacher_logp = F.log_softmax(
+            batch.topk_logprobs[batch.completion_mask].masked_fill(~valid, -1e9), dim=-1
+        )
+        student_logp = log_probs.gather(-1, batch.topk_ids[batch.completion_mask])
         student_logp = F.log_softmax(student_logp.masked_fill(~valid, -1e9), dim=-1)
         kl = (teacher_logp.exp() * (teacher_logp - student_logp).masked_fill(~valid, 0.0)).sum(-1).mean()
         loss = kl + 0.5 * ce
