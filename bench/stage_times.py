@@ -50,10 +50,17 @@ def stage_commands(tools: dict[str, str], out: str) -> list[tuple[str, list[str]
             5.0,
         ),
         (
+            "export GGUF + Modelfile",
+            [tools["export_gguf"], *checkpoint, f"--tokenizer={a}/tokenizer.json",
+             f"--out={out}/m.gguf", f"--modelfile_out={out}/Modelfile"],
+            5.0,
+        ),
+        (
             "verify every artifact at T64/T128/T256",
             [tools["verify_contracts"], *checkpoint, f"--contract={a}/contract.json",
              f"--tokenizer={a}/tokenizer.json", f"--dataset={a}/kd.jsonl",
              f"--torchscript={a}/magic-8-ball.pt", f"--mlpackage={a}/magic-8-ball.mlpackage",
+             f"--gguf={a}/magic-8-ball.gguf",
              f"--out_report={out}/report.json"],
             30.0,
         ),

@@ -1,5 +1,6 @@
 """Runs an absl main so that bad input is one clear line on stderr and exit status 2."""
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -42,3 +43,12 @@ def require_flag(value, flag: str) -> None:
     """Raises InputError naming --flag when a required flag is unset or empty."""
     if value is None or value == "":
         raise InputError(f"--{flag} is required")
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Fails before any work, not after it, when --flag's output file cannot be written there."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
+    if os.path.isdir(path):
+        raise InputError(f"--{flag}: {path} is a directory; give a file path")

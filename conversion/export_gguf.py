@@ -37,23 +37,14 @@ flags.DEFINE_enum("dtype", "f32", list(gguf_export.DTYPES), "Storage type of the
 FLAGS = flags.FLAGS
 
 
-def _check_output(path: str, flag: str) -> None:
-    """Fails before the export work, not after it, when an output cannot be written."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
-    if os.path.isdir(path):
-        raise InputError(f"--{flag}: {path} is a directory; give a file path")
-
-
 def main(argv: list[str]) -> None:
     del argv
     for name in ("weights", "metadata", "tokenizer", "out", "modelfile_out"):
         cli.require_flag(FLAGS[name].value, name)
     torch.set_num_threads(1)
     start = time.monotonic()
-    _check_output(FLAGS.out, "out")
-    _check_output(FLAGS.modelfile_out, "modelfile_out")
+    cli.check_output_path(FLAGS.out, "out")
+    cli.check_output_path(FLAGS.modelfile_out, "modelfile_out")
     if os.path.dirname(os.path.abspath(FLAGS.out)) != os.path.dirname(os.path.abspath(FLAGS.modelfile_out)):
         raise InputError(
             f"--modelfile_out: {FLAGS.modelfile_out} is not in the directory of --out {FLAGS.out}; "

@@ -52,15 +52,6 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
-def _check_output(path: str, flag: str) -> None:
-    """Fails before the export work, not after it, when an output cannot be written."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
-    if os.path.isdir(path):
-        raise InputError(f"--{flag}: {path} is a directory; give a file path")
-
-
 def main(argv: list[str]) -> None:
     del argv
     for name in ("weights", "metadata", "tokenizer", "out_torchscript", "out_contract"):
@@ -70,8 +61,8 @@ def main(argv: list[str]) -> None:
     # ~50x slower.
     torch.set_num_threads(1)
     start = time.monotonic()
-    _check_output(FLAGS.out_torchscript, "out_torchscript")
-    _check_output(FLAGS.out_contract, "out_contract")
+    cli.check_output_path(FLAGS.out_torchscript, "out_torchscript")
+    cli.check_output_path(FLAGS.out_contract, "out_contract")
     lengths = parse_lengths(FLAGS.lengths)
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     metadata = checkpoint.load_metadata(FLAGS.metadata)

@@ -26,22 +26,14 @@ flags.DEFINE_float(
 flags.DEFINE_integer("topk", 8, "Teacher log-probabilities kept per completion position, 1..32.")
 
 
-def _check_output(path: str, flag: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
-    if os.path.isdir(path):
-        raise InputError(f"--{flag}: {path} is a directory; give a file path")
-
-
 def main(argv: list[str]) -> None:
     del argv
     cli.require_flag(FLAGS.out, "out")
     cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")
     if os.path.abspath(FLAGS.out) == os.path.abspath(FLAGS.tokenizer_out):
         raise InputError("--out and --tokenizer_out name the same file; give two paths")
-    _check_output(FLAGS.out, "out")
-    _check_output(FLAGS.tokenizer_out, "tokenizer_out")
+    cli.check_output_path(FLAGS.out, "out")
+    cli.check_output_path(FLAGS.tokenizer_out, "tokenizer_out")
     generate.check_options(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk)
 
     logging.info("training the tokenizer on every string the dataset can produce")
