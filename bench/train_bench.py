@@ -40,11 +40,13 @@ def _fresh_model(vocab_size: int) -> Student:
     return model
 
 
-def _bare_loop(model: Student, batches: list[distill.Batch], cfg: distill.TrainConfig) -> None:
+def _bare_loop(
+    model: Student, batches: list[distill.Batch], cfg: distill.TrainConfig, loss_cfg: distill.LossConfig
+) -> None:
     """What a hand-written loop does: forward, loss, backward, clip, step. Nothing else."""
     model.train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay, foreach=False
+        model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, foreach=False
     )
     for batch in batches:
         logits = model(batch.input_ids)[batch.loss_mask]
@@ -85,12 +87,13 @@ def main(argv: list[str]) -> None:
     order = distill.BatchOrder(data.lengths, cfg.batch_size, cfg.seed)  # the trainer's own order
     batches = [data.select(order.next()) for _ in range(cfg.steps)]
     tokens = sum(b.num_tokens for b in batches)
+    loss_cfg = distill.LossConfig()
 
     def ours() -> None:
-        distill.train(_fresh_model(vocab_size), data, None, cfg, distill.LossConfig())
+        distill.train(_fresh_model(vocab_size), data, None, cfg, loss_cfg)
 
     def bare() -> None:
-        _bare_loop(_fresh_model(vocab_size), batches, cfg)
+        _bare_loop(_fresh_model(vocab_size), batches, cfg, loss_cfg)
 
     rates: dict[str, list[float]] = {"trainer": [], "bare": []}
     bare()  # warm-up: first-call allocations and kernel selection

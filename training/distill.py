@@ -43,17 +43,20 @@ from training.model import Student
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
+    # Defaults tuned on make_toy_kd's default dataset. CE on sampled tokens is noisy: 0.5 and 0.2
+    # gave per-kind TV 0.08 and 0.067 where 0.05 gives 0.04; 0.02 starves the off-list mass (0.069).
     temperature: float = 1.0
     kl_weight: float = 1.0
-    ce_weight: float = 0.5
-    student_support: str = "topk"
+    ce_weight: float = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 600
+    # Defaults: ~4800 train records, 300 steps of 64 (4 epochs) take ~30 s on 2 free cores and give
+    # the held-out targets with margin (max per-kind TV ~0.04 for seeds 0 and 1; 200 steps: 0.07).
+    steps: int = 300
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1.5e-3
     warmup: int = 30
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
     weight_decay: float = 0.01
@@ -197,9 +200,8 @@ def distill_loss(z: torch.Tensor, batch: Batch, cfg: LossConfig) -> LossParts:
     teacher_logp = F.log_softmax((logprobs / t).masked_fill(~valid, -math.inf), dim=-1)
     teacher_p = teacher_logp.exp()  # exactly 0 at padding entries
     student_logp_t = log_probs if t == 1.0 else F.log_softmax(z.float() / t, dim=-1)
-    student_logp = student_logp_t.gather(-1, ids)
-    if cfg.student_support == "topk":
-        student_logp = F.log_softmax(student_logp.masked_fill(~valid, -math.inf), dim=-1)
+    # Renormalised over the k ids (module docstring); padding entries get no mass.
+    student_logp = F.log_softmax(student_logp_t.gather(-1, ids).masked_fill(~valid, -math.inf), dim=-1)
     # Padding entries contribute 0 * (0 - finite) = 0; masked_fill avoids 0 * -inf = nan.
     diff = teacher_logp.masked_fill(~valid, 0.0) - student_logp.masked_fill(~valid, 0.0)
     kl = (teacher_p * diff).sum(-1).mean() * (t * t)

@@ -160,7 +160,8 @@ def main(argv: list[str]) -> None:
             "ce_weight": FLAGS.ce_weight,
             "seed": FLAGS.seed,
             "threads": FLAGS.threads,
-            "optimizer": "AdamW(betas=(0.9, 0.95), eps=1e-8)",
+            "optimizer": f"AdamW(betas=(0.9, {train_cfg.beta2}), eps=1e-8)",
+            "loss": "kl_weight * T^2 * KL(top-k, both sides renormalised) + ce_weight * CE",
         },
     }
     if FLAGS.out_history:
