@@ -66,12 +66,7 @@ def main(argv: list[str]) -> None:
     lengths = parse_lengths(FLAGS.lengths)
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     metadata = checkpoint.load_metadata(FLAGS.metadata)
-    if metadata["tokenizer_sha256"] != tokenizer.digest:
-        raise InputError(
-            f"--tokenizer: {FLAGS.tokenizer} has sha256 {tokenizer.digest}, but {FLAGS.metadata} was trained "
-            f"with tokenizer {metadata['tokenizer_sha256']}; pass the tokenizer the checkpoint was "
-            "trained with"
-        )
+    checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
     model, metadata = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     max_seq_len = model.cfg.max_seq_len
     try:

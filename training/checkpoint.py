@@ -50,6 +50,16 @@ def load_metadata(metadata_path: str) -> dict:
     return metadata
 
 
+def require_tokenizer(metadata: dict, metadata_path: str, tokenizer_digest: str, tokenizer_path: str) -> None:
+    """Raises InputError unless the checkpoint was trained with this tokenizer (by sha256)."""
+    if metadata["tokenizer_sha256"] != tokenizer_digest:
+        raise InputError(
+            f"--tokenizer: {tokenizer_path} has sha256 {tokenizer_digest}, but {metadata_path} was trained "
+            f"with tokenizer {metadata['tokenizer_sha256']}; pass the tokenizer the checkpoint was "
+            "trained with"
+        )
+
+
 def load(
     weights_path: str, metadata_path: str, expected_vocab_size: int | None = None
 ) -> tuple[Student, dict]:
