@@ -2,7 +2,8 @@
 
 Bazel builds every stage before this runs (they are its data), so a warm cache makes it a few
 seconds. It prints one row per artifact (stage, file, size, sha256 prefix, gate), copies the
-artifacts to dist/ in the workspace (or --out_dir), and exits 1 when a gate failed.
+artifacts to dist/ in the workspace (or --out_dir), names the HTML report (report.html), and exits
+1 when a gate failed.
 """
 
 import json
@@ -84,6 +85,9 @@ def main(argv: list[str]) -> None:
         }
     )
     print(f"\ngates_ok: {str(ok).lower()}   lengths checked: {lengths}   artifacts copied to {out_dir}")
+    pages = [path for _, _, path in map(parse_artifact, FLAGS.artifact) if path.endswith(".html")]
+    for page in pages:
+        print(f"report for people: {os.path.join(out_dir, os.path.basename(page))} (opens offline)")
     if not ok:
         raise SystemExit(1)
 

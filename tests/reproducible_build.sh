@@ -17,7 +17,7 @@ for run in first second; do
   "$bazel" --output_base="$base" build //pipeline:artifacts
   bin=$("$bazel" --output_base="$base" info bazel-bin 2>/dev/null)
   (cd "$bin/pipeline" && find kd.jsonl tokenizer.json student.* loss_history.jsonl magic-8-ball.* \
-    contract.json report.json Modelfile -type f 2>/dev/null | LC_ALL=C sort | xargs sha256sum) >"$work/$run.sha256"
+    contract.json report.json report.html Modelfile -type f 2>/dev/null | LC_ALL=C sort | xargs sha256sum) >"$work/$run.sha256"
 done
 
 echo "== sha256 of every artifact file"

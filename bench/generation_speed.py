@@ -1,0 +1,105 @@
+"""Greedy generation tokens/s: TorchScript beside llama.cpp running the GGUF export of the same model.
+
+Same student, same prompts, same number of new tokens (eos is ignored so every run does equal
+work). Three ways to decode, trials alternating:
+  torchscript        torch.jit.trace of the student, full recompute of the sequence per token
+                     (how training/generate.py drives every backend)
+  llama.cpp full     llama.cpp, full recompute per token (the same work as TorchScript)
+  llama.cpp kv       llama.cpp with its KV cache, one new token per step (how Ollama runs it)
+"""
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+from absl import logging
+
+from bench.table import Row
+from common.errors import InputError
+from conversion import gguf_export
+from data import prompt as prompt_lib
+from verify import gguf_check
+
+QUESTIONS = [
+    "Will it rain tomorrow?",
+    "Should I learn to play the guitar? 🎱",
+    "Is my cat secretly a genius?",
+    "Will I win the lottery this year? ✨",
+    "Can I finish the marathon?",
+    "Am I going to get the job? 🔮",
+    "Should I move to a new city?",
+    "Is today my lucky day? 🌟",
+]
+TORCHSCRIPT = "generation: TorchScript (full recompute)"
+LLAMA_FULL = "generation: llama.cpp (full recompute)"
+LLAMA_KV = "generation: llama.cpp (KV cache)"
+
+
+def torchscript_greedy(module, prompt_ids, new_tokens):
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = module(torch.tensor([ids], dtype=torch.int32))
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+def llama_full_greedy(llama, prompt_ids, new_tokens):
+    ids = list(prompt_ids)
+    for _ in range(new_tokens):
+        logits = gguf_check.gguf_logits(llama, np.array([ids], np.int32))
+        ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+def llama_kv_greedy(llama, prompt_ids, new_tokens):
+    llama.reset()
+    llama.eval(list(prompt_ids))
+    out = []
+    for _ in range(new_tokens):
+        out.append(int(np.argmax(llama.scores[llama.n_tokens - 1])))
+        llama.eval([out[-1]])
+    return out
+
+
+def measure(
+    model, tokenizer, prompts: int, new_tokens: int, repeats: int, threads: int, dtype: str = "f32"
+) -> list[Row]:
+    """[TorchScript (baseline), llama.cpp full, llama.cpp kv] in new tokens/s."""
+    if new_tokens < 1 or repeats < 1 or not 1 <= prompts <= len(QUESTIONS):
+        raise InputError(f"new tokens and repeats must be >= 1, prompts in 1..{len(QUESTIONS)}")
+    inputs = [prompt_lib.build_model_input(tokenizer, q) for q in QUESTIONS[:prompts]]
+    longest = max(len(p) for p in inputs) + new_tokens
+    if longest > gguf_check.N_CTX:
+        raise InputError(f"new tokens: prompts would reach {longest} tokens; at most {gguf_check.N_CTX}")
+    module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.gguf")
+        gguf_export.export(model, tokenizer, path, dtype=dtype)
+        # Default runtime settings (f16 KV cache), as Ollama would run the file.
+        # Every evaluation on `threads` threads, multi-token ones too, as TorchScript runs.
+        llama = gguf_check.load_llama(path, f32_kv_cache=False, n_threads=threads, n_threads_batch=threads)
+    methods = {
+        TORCHSCRIPT: lambda p: torchscript_greedy(module, p, new_tokens),
+        LLAMA_FULL: lambda p: llama_full_greedy(llama, p, new_tokens),
+        LLAMA_KV: lambda p: llama_kv_greedy(llama, p, new_tokens),
+    }
+    # Warm up each once; the greedy tokens should agree (same model, f32 vs llama.cpp rounding).
+    replies = {name: [run(p) for p in inputs] for name, run in methods.items()}
+    same = sum(r == replies[TORCHSCRIPT][i] for i, r in enumerate(replies[LLAMA_KV]))
+    logging.info("llama.cpp kv greedy reply equals TorchScript's on %d/%d prompts", same, len(inputs))
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            for p in inputs:
+                run(p)
+            rates[name].append(len(inputs) * new_tokens / (time.perf_counter() - start))
+    logging.info("generation: %d prompts x %d new tokens, %d thread(s)", len(inputs), new_tokens, threads)
+    return [
+        Row(TORCHSCRIPT, "tokens/s", tuple(rates[TORCHSCRIPT])),
+        Row(LLAMA_FULL, "tokens/s", tuple(rates[LLAMA_FULL]), TORCHSCRIPT),
+        Row(LLAMA_KV, "tokens/s", tuple(rates[LLAMA_KV]), TORCHSCRIPT),
+    ]

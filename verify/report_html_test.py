@@ -1,0 +1,105 @@
+import re
+
+from data import teacher
+from verify import report_html
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _inputs(hostile: str = "", failing: bool = False):
+    report = {
+        "model_name": "magic-8-ball" + hostile,
+        "contract_sha256": "ab" * 32,
+        "artifacts": {
+            "torchscript": {"sha256": "cd" * 32, "size": 2_500_000},
+            "coreml": {"sha256": "ef" * 32, "size": 1_300_000, "files": 3},
+        },
+        "results": {
+            "torchscript": {
+                f"T{n}": {
+                    "max_abs_diff": {"value": 2e-7 * n, "op": "<=", "bound": 1e-4, "ok": True},
+                    "top1_agreement": {"value": 1.0},
+                }
+                for n in (64, 128, 256)
+            },
+            "coreml": {
+                "T64": {"max_abs_diff": {"value": 0.5 if failing else 0.04, "op": "<=", "bound": 0.1,
+                                         "ok": not failing}},
+                "T96": {"spec_supports_length": {"value": False, "op": "==", "bound": False, "ok": True}},
+                "all": {"behaviour": {"error": "RuntimeError: " + hostile, "ok": False}} if hostile else {},
+            },
+        },
+        "gates_ok": not failing and not hostile,
+    }  # fmt: skip
+    contract = {
+        "model_name": "magic-8-ball",
+        "model_type": "magic-8-ball",
+        "vocab_size": 512,
+        "lengths": [64, 128, 256],
+        "tokenizer_sha256": "12" * 32,
+        "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [1, "T"]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "T", 512]}],
+        "tolerances": {"torchscript_max_abs": 1e-4},
+    }
+    metadata = {
+        "parameter_count": 623_232,
+        "final_train_loss": 0.5,
+        "heldout_loss": 0.55,
+        "training": {"steps": 3, "loss": "kl" + hostile},
+    }
+    history = [
+        {"step": 1, "loss": 3.0, "heldout_loss": None},
+        {"step": 2, "loss": 1.0, "heldout_loss": None},
+        {"step": 3, "loss": 0.5, "heldout_loss": 0.55},
+    ]
+    answers = list(teacher.ANSWERS)
+    answers[3] += hostile
+    uniform = [1 / len(answers)] * len(answers)
+    quality = {
+        "questions": 2,
+        "canonical_rate": 0.5,
+        "mean_kl": 0.01,
+        "max_tv": 0.02,
+        "non_canonical": [{"question": "Will it? " + hostile, "reply": hostile, "ended": False}],
+        "per_kind": {
+            "will" + hostile: {"questions": 1, "tv": 0.02, "mean_kl": 0.01, "student": uniform,
+                               "teacher": uniform},
+            "is": {"questions": 1, "tv": 0.0, "mean_kl": 0.0, "student": uniform, "teacher": uniform},
+        },
+    }  # fmt: skip
+    examples = {"will" + hostile: "Will I " + hostile + "?", "is": "Is it & so?"}
+    return report, contract, metadata, history, quality, answers, examples
+
+
+def test_every_section_and_figure_is_there():
+    page = report_html.page(*_inputs())
+    for section in report_html.SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert page.count("<svg") == 3  # loss curves, distributions, parity
+    assert "Content-Security-Policy" in page and "<script" not in page
+    assert "623,232" in page
+    for length in (64, 128, 256):  # the parity table has a column per contract length
+        assert f"<th>T{length}: measured, bound</th>" in page
+    assert "<td>T96</td>" in page  # a probe outside the contract is listed with the other checks
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page), "the page must not fetch anything"
+
+
+def test_hostile_strings_are_escaped_everywhere():
+    page = report_html.page(*_inputs(HOSTILE))
+    assert HOSTILE not in page
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Is it &amp; so?" in page
+
+
+def test_same_inputs_give_the_same_bytes():
+    first = report_html.page(*_inputs()).encode()
+    second = report_html.page(*_inputs()).encode()
+    assert first == second
+    assert b"Date" not in first and b"/tmp" not in first
+
+
+def test_failures_are_shown():
+    page = report_html.page(*_inputs(failing=True))
+    assert '<span class="fail">FAIL</span>' in page
+    assert report_html.artifact_gates(_inputs(failing=True)[0]) == {"torchscript": True, "coreml": False}
