@@ -21,8 +21,10 @@ def read_metadata(dist_info):
     name, requires = None, []
     with open(os.path.join(dist_info, "METADATA"), encoding="utf-8") as handle:
         for line in handle:
-            if not line.strip():
-                break  # headers end at the first blank line
+            if line in ("\n", "\r\n"):
+                break  # headers end at the first empty line
+            if line[0] in " \t":
+                continue  # a folded header's continuation, possibly only whitespace (License: ...)
             key, _, value = line.partition(":")
             if key == "Name":
                 name = value.strip()
