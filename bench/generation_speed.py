@@ -80,7 +80,7 @@ def measure(
         gguf_export.export(model, tokenizer, path, dtype=dtype)
         # Default runtime settings (f16 KV cache), as Ollama would run the file.
         # Every evaluation on `threads` threads, multi-token ones too, as TorchScript runs.
-        llama = gguf_check.load_llama(path, f32_kv_cache=False, n_threads=threads, n_threads_batch=threads)
+        llama = gguf_check.load_llama(path, f32_kv_cache=False, n_threads=threads)
     methods = {
         TORCHSCRIPT: lambda p: torchscript_greedy(module, p, new_tokens),
         LLAMA_FULL: lambda p: llama_full_greedy(llama, p, new_tokens),

@@ -119,15 +119,15 @@ def _silence_llama_cpp() -> None:
     _SILENT.append(quiet)  # the C side keeps the pointer: keep the callback alive
 
 
-def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2, n_threads_batch: int | None = None):
+def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2):
     """llama_cpp.Llama over a validated GGUF file, returning logits for every position.
 
     f32_kv_cache: llama.cpp keeps K and V in f16 by default (as Ollama does). With an f32 cache an
     f32 GGUF reproduces PyTorch to ~2e-5 instead of ~7e-3, so parity measures the file itself and
     even a small layout error stands out; pass False to measure what the default runtime does.
-    n_threads_batch: threads for multi-token evaluation; None keeps llama-cpp-python's default (all
-    cores). Benchmarks pass n_threads: a pool that spins on every core of a busy 2-core machine made
-    full-sequence evaluation 10-100x slower.
+    n_threads: threads for single- and multi-token evaluation alike. llama-cpp-python's default for
+    the latter is every core, and a pool spinning on every core of a busy machine made full-sequence
+    evaluation 10-100x slower.
     """
     read_gguf(path)
     import llama_cpp
@@ -141,7 +141,7 @@ def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2, n_threa
             n_batch=N_CTX,
             logits_all=True,
             n_threads=n_threads,
-            **({"n_threads_batch": n_threads_batch} if n_threads_batch else {}),
+            n_threads_batch=n_threads,
             verbose=False,
             **cache,
         )
