@@ -52,3 +52,17 @@ def check_output_path(path: str, flag: str) -> None:
         raise InputError(f"--{flag}: output directory {parent} does not exist; create it first")
     if os.path.isdir(path):
         raise InputError(f"--{flag}: {path} is a directory; give a file path")
+    if not os.access(parent, os.W_OK):  # a read-only filesystem stops root too
+        raise InputError(f"--{flag}: output directory {parent} is not writable")
+
+
+def check_distinct_outputs(paths: dict[str, str]) -> None:
+    """InputError when two output flags ({flag: path}) name the same file: one would overwrite the other."""
+    seen: dict[str, str] = {}
+    for flag, path in paths.items():
+        if not path:
+            continue
+        key = os.path.abspath(path)
+        if key in seen:
+            raise InputError(f"--{seen[key]} and --{flag} name the same file {path}; give two paths")
+        seen[key] = flag

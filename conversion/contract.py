@@ -191,10 +191,13 @@ def load_contract(path: str) -> Contract:
         raise InputError(f"{path}: contract not found") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a contract JSON file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the contract: {error.strerror}") from None
     try:
         values = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error}); re-run the export step") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError covers bad UTF-8, bad JSON and numbers of over 4300 digits; RecursionError deep nesting.
+        raise InputError(f"{path}: not valid JSON ({str(error)[:200]}); re-run the export step") from None
     return from_dict(values, path)
 
 
@@ -296,6 +299,13 @@ def _validated(c: Contract, where: str) -> Contract:
     return c
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON int too big for a float
+        return False
+
+
 def _validate_tolerances(tolerances, where: str) -> None:
     if not isinstance(tolerances, dict):
         raise InputError(f"{where}: tolerances: must be an object")
@@ -308,7 +318,7 @@ def _validate_tolerances(tolerances, where: str) -> None:
         value = tolerances.get(key)
         if value is None:
             raise InputError(f"{where}: tolerances.{key}: missing")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             raise InputError(f"{where}: tolerances.{key}: must be a finite number, got {value!r}")
         if key in _FRACTION_KEYS and not 0.0 < value <= 1.0:
             raise InputError(f"{where}: tolerances.{key}: must be in (0, 1], got {value!r}")

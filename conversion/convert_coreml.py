@@ -7,6 +7,8 @@ Same inputs and flags -> byte-identical package. The package is written atomical
 exits 2 with one line naming the problem, and nothing is written.
 """
 
+import os
+
 from absl import flags, logging
 
 from common import cli
@@ -33,6 +35,12 @@ def main(argv: list[str]) -> None:
         cli.require_flag(FLAGS[name].value, name)
     if not FLAGS.out.endswith(".mlpackage"):
         raise InputError(f"--out: {FLAGS.out} must end in .mlpackage")
+    # The package is a directory that replaces any old one; check its parent before converting.
+    parent = os.path.dirname(os.path.abspath(FLAGS.out))
+    if not os.path.isdir(parent):
+        raise InputError(f"--out: output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"--out: output directory {parent} is not writable")
     contract = contract_lib.load_contract(FLAGS.contract)
     model, meta = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
     weights_sha256 = checkpoint.sha256_file(FLAGS.weights)

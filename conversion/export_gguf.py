@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
         cli.require_flag(FLAGS[name].value, name)
     torch.set_num_threads(1)
     start = time.monotonic()
+    cli.check_distinct_outputs({"out": FLAGS.out, "modelfile_out": FLAGS.modelfile_out})
     cli.check_output_path(FLAGS.out, "out")
     cli.check_output_path(FLAGS.modelfile_out, "modelfile_out")
     if os.path.dirname(os.path.abspath(FLAGS.out)) != os.path.dirname(os.path.abspath(FLAGS.modelfile_out)):

@@ -10,6 +10,7 @@ and nothing is written.
 """
 
 import hashlib
+import io
 import os
 import time
 
@@ -61,6 +62,7 @@ def main(argv: list[str]) -> None:
     # ~50x slower.
     torch.set_num_threads(1)
     start = time.monotonic()
+    cli.check_distinct_outputs({"out_torchscript": FLAGS.out_torchscript, "out_contract": FLAGS.out_contract})
     cli.check_output_path(FLAGS.out_torchscript, "out_torchscript")
     cli.check_output_path(FLAGS.out_contract, "out_contract")
     lengths = parse_lengths(FLAGS.lengths)
@@ -76,6 +78,8 @@ def main(argv: list[str]) -> None:
 
     module = torchscript.export(model, lengths, max_seq_len, FLAGS.default_length)
     data = torchscript.to_bytes(module)
+    # The loaders refuse any archive that strays from what export writes: hold our own to that first.
+    torchscript.check_archive(io.BytesIO(data))
     contract = contract_lib.make_contract(
         vocab_size=model.cfg.vocab_size,
         tokenizer_sha256=tokenizer.digest,

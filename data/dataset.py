@@ -112,6 +112,17 @@ def _check_header(header) -> None:
         raise _Problem("vocab_size", f"is {vocab!r}; must be an int above {tokenizer_lib.FIRST_NORMAL_ID}")
 
 
+def _is_logprob(value) -> bool:
+    """A finite number <= 0. JSON ints have no size limit: one too big for a float is not a logprob
+    (math.isfinite would raise OverflowError on it)."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(value) and value <= 0
+    except OverflowError:
+        return False
+
+
 def _check_ids(field: str, ids, vocab: int) -> None:
     if not isinstance(ids, list) or not all(_is_int(i) for i in ids):
         raise _Problem(field, "must be a list of ints")
@@ -161,7 +172,7 @@ def _check_record(obj, header: dict) -> Record:
                 f"topk_logprobs[{pos}]", f"has {len(logprobs)} entries but topk_ids[{pos}] has {len(ids)}"
             )
         for lp in logprobs:
-            if type(lp) not in (int, float) or not math.isfinite(lp) or lp > 0:
+            if not _is_logprob(lp):
                 raise _Problem(f"topk_logprobs[{pos}]", f"{lp!r} is not a finite log-probability <= 0")
         total = math.fsum(math.exp(lp) for lp in logprobs)
         if total > 1.0 + 1e-3:
@@ -204,6 +215,11 @@ def read_dataset(path: str) -> Dataset:
                 obj = json.loads(text)
             except json.JSONDecodeError as error:
                 raise _Problem("json", f"not valid JSON ({error.msg} at column {error.colno})") from None
+            except (ValueError, RecursionError) as error:
+                # A number of over 4300 digits (ValueError) or nesting deeper than Python's recursion limit.
+                raise _Problem(
+                    "json", f"not valid JSON ({type(error).__name__}: {str(error)[:80]})"
+                ) from None
             if number == 1:
                 _check_header(obj)
                 header = obj

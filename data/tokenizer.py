@@ -198,8 +198,9 @@ class Tokenizer:
             raise InputError(f"{path}: cannot read tokenizer: {error.strerror}") from None
         try:
             doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"{path}: not a tokenizer JSON file ({error})") from None
+        except (ValueError, RecursionError) as error:
+            # ValueError: bad UTF-8, bad JSON, a number of over 4300 digits; RecursionError: deep nesting.
+            raise InputError(f"{path}: not a tokenizer JSON file ({str(error)[:200]})") from None
         if not isinstance(doc, dict):
             raise InputError(f"{path}: a tokenizer file holds a JSON object")
         if doc.get("format") != FORMAT:

@@ -48,6 +48,12 @@ def main(argv: list[str]) -> None:
     question = " ".join(argv[1:]).strip()
     if not question:
         raise InputError('no question: usage: ask [--backend=torchscript|gguf] -- "Will it rain tomorrow?"')
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise InputError("question: holds bytes that are not UTF-8; ask in UTF-8 text") from None
+    if FLAGS.max_new_tokens < 1:
+        raise InputError(f"--max_new_tokens: {FLAGS.max_new_tokens}; must be at least 1")
     if not FLAGS.greedy and FLAGS.temperature <= 0:
         raise InputError(
             f"--temperature must be > 0 when sampling, got {FLAGS.temperature} (or use --greedy)"

@@ -5,11 +5,14 @@ dataset digest, training facts). Loading checks it before building the model, so
 another model type or vocabulary is a clear error, never a silent misload.
 """
 
+import dataclasses
 import hashlib
 import json
+import os
 
 import safetensors
 import safetensors.torch
+import torch
 
 from common import atomic
 from common.digest import sha256_file  # noqa: F401  (re-exported: callers use checkpoint.sha256_file)
@@ -26,7 +29,11 @@ def save(weights_path: str, metadata_path: str, model: Student, metadata: dict) 
     full = dict(metadata, model_type=MODEL_TYPE, config=model.cfg.to_dict())
     full["weights_sha256"] = hashlib.sha256(data).hexdigest()
     atomic.write_bytes(weights_path, data)
-    atomic.write_text(metadata_path, json.dumps(full, indent=2, sort_keys=True) + "\n")
+    try:
+        atomic.write_text(metadata_path, json.dumps(full, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        os.remove(weights_path)  # both files or neither (a full disk, say)
+        raise
 
 
 def load_metadata(metadata_path: str) -> dict:
@@ -35,8 +42,13 @@ def load_metadata(metadata_path: str) -> dict:
             metadata = json.load(handle)
     except FileNotFoundError:
         raise InputError(f"{metadata_path}: checkpoint metadata not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{metadata_path}: not valid JSON checkpoint metadata ({error})") from None
+    except OSError as error:
+        raise InputError(f"{metadata_path}: cannot read checkpoint metadata: {error.strerror}") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError: bad UTF-8, bad JSON, a number of over 4300 digits; RecursionError: deep nesting.
+        raise InputError(
+            f"{metadata_path}: not valid JSON checkpoint metadata ({str(error)[:200]})"
+        ) from None
     if not isinstance(metadata, dict):
         raise InputError(f"{metadata_path}: metadata must be a JSON object")
     for field in REQUIRED_METADATA:
@@ -60,15 +72,35 @@ def require_tokenizer(metadata: dict, metadata_path: str, tokenizer_digest: str,
         )
 
 
+def _model_config(values, metadata_path: str) -> ModelConfig:
+    """metadata["config"] as a ModelConfig: known fields, each of its default's type, positive, consistent."""
+    if not isinstance(values, dict):
+        raise InputError(f"{metadata_path}: config: must be a JSON object of model settings")
+    try:
+        cfg = ModelConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{metadata_path}: config: {error}") from None
+    for field in dataclasses.fields(ModelConfig):
+        value, kind = getattr(cfg, field.name), type(field.default)
+        right_type = type(value) is kind or (kind is float and type(value) is int)
+        if not right_type or (kind is not bool and not value > 0):
+            raise InputError(
+                f"{metadata_path}: config.{field.name}: is {value!r}; must be a positive {kind.__name__}"
+            )
+    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
+        raise InputError(
+            f"{metadata_path}: config: d_model {cfg.d_model}, n_heads {cfg.n_heads}, n_kv_heads "
+            f"{cfg.n_kv_heads}: heads must split d_model evenly into even head sizes, in whole groups"
+        )
+    return cfg
+
+
 def load(
     weights_path: str, metadata_path: str, expected_vocab_size: int | None = None
 ) -> tuple[Student, dict]:
     """Returns (model in eval mode, metadata). Raises InputError for anything wrong."""
     metadata = load_metadata(metadata_path)
-    try:
-        cfg = ModelConfig.from_dict(metadata["config"])
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{metadata_path}: config: {error}") from None
+    cfg = _model_config(metadata["config"], metadata_path)
     if expected_vocab_size is not None and cfg.vocab_size != expected_vocab_size:
         raise InputError(
             f"{metadata_path}: config.vocab_size: {cfg.vocab_size}, "
@@ -79,6 +111,8 @@ def load(
             data = handle.read()
     except FileNotFoundError:
         raise InputError(f"{weights_path}: checkpoint weights not found") from None
+    except OSError as error:
+        raise InputError(f"{weights_path}: cannot read checkpoint weights: {error.strerror}") from None
     expected_digest = metadata.get("weights_sha256")
     if expected_digest and hashlib.sha256(data).hexdigest() != expected_digest:
         raise InputError(
@@ -89,8 +123,10 @@ def load(
         tensors = safetensors.torch.load(data)
     except (safetensors.SafetensorError, ValueError, OSError) as error:
         raise InputError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    model = Student(cfg)
-    expected = model.state_dict()
+    # The expected shapes from a model on the meta device (no memory): a config that asks for a huge
+    # model is refused by its shapes before anything that size is allocated.
+    with torch.device("meta"):
+        expected = Student(cfg).state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -104,6 +140,7 @@ def load(
                 f"{weights_path}: {name}: shape {tuple(tensor.shape)} {tensor.dtype}, "
                 f"expected {tuple(expected[name].shape)} {expected[name].dtype}"
             )
+    model = Student(cfg)
     model.load_state_dict(tensors)
     model.eval()
     return model, metadata

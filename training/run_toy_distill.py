@@ -9,6 +9,7 @@ the end, atomically: a failed run leaves none. Bad input exits 2 with one line n
 
 import csv
 import io
+import os
 
 import torch
 from absl import flags, logging
@@ -59,6 +60,12 @@ def _check_flags() -> None:
             raise InputError(f"--{name}: must be >= 0, got {FLAGS[name].value}")
     if FLAGS.kl_weight == 0 and FLAGS.ce_weight == 0:
         raise InputError("--kl_weight and --ce_weight are both 0; nothing would be trained")
+    # Outputs are checked before training, not after minutes of it.
+    outputs = {name: FLAGS[name].value for name in ("out_weights", "out_metadata", "out_history")}
+    cli.check_distinct_outputs(outputs)
+    for name, path in outputs.items():
+        if path:
+            cli.check_output_path(path, name)
 
 
 def _check_records(path: str, records: list, cfg: ModelConfig) -> None:
@@ -166,7 +173,12 @@ def main(argv: list[str]) -> None:
     }
     if FLAGS.out_history:
         atomic.write_text(FLAGS.out_history, history_csv(result.history))
-    checkpoint.save(FLAGS.out_weights, FLAGS.out_metadata, model, metadata)
+    try:
+        checkpoint.save(FLAGS.out_weights, FLAGS.out_metadata, model, metadata)
+    except BaseException:
+        if FLAGS.out_history:  # every output or none
+            os.remove(FLAGS.out_history)
+        raise
 
 
 if __name__ == "__main__":

@@ -47,16 +47,20 @@ def read_spec(path: str) -> tuple[proto.Model_pb2.Model, str]:
         root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
     except FileNotFoundError:
         raise InputError(f"{path}: not a Core ML package (no Manifest.json)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except (ValueError, RecursionError, KeyError, TypeError, OSError) as error:
         raise InputError(f"{manifest_path}: corrupt package manifest ({error!r})") from None
-    model_path = os.path.join(path, "Data", root)
+    data_dir = os.path.normpath(os.path.join(path, "Data"))
+    model_path = os.path.normpath(os.path.join(data_dir, root)) if isinstance(root, str) else ""
+    if not model_path.startswith(data_dir + os.sep):
+        # The manifest is untrusted too: never read a file outside the package it describes.
+        raise InputError(f"{manifest_path}: the root model path {root!r} points outside the package")
     spec = proto.Model_pb2.Model()
     try:
         with open(model_path, "rb") as handle:
             spec.ParseFromString(handle.read())
     except FileNotFoundError:
         raise InputError(f"{path}: the manifest names {model_path}, which is missing") from None
-    except DecodeError as error:
+    except (DecodeError, OSError) as error:
         raise InputError(f"{model_path}: corrupt Core ML model spec ({error})") from None
     if spec.WhichOneof("Type") != "mlProgram":
         raise InputError(f"{model_path}: not an ML Program (found {spec.WhichOneof('Type')!r})")

@@ -314,6 +314,7 @@ def main(argv: list[str]) -> None:
     )
     for name in required:
         cli.require_flag(FLAGS[name].value, name)
+    cli.check_output_path(FLAGS.out_report, "out_report")  # before minutes of checks, not after
     if FLAGS.behaviour_questions < 1:
         raise InputError(f"--behaviour_questions: {FLAGS.behaviour_questions}; must be at least 1")
     # One intra-op thread: numbers that do not depend on the thread count (a deterministic

@@ -1,0 +1,856 @@
+"""Every binary, every class of bad input: exit 2, a message naming the file or flag and the problem,
+no traceback, and nothing left in the output directory.
+
+One table, one row per case. A row names the binary, spoils one of the good inputs (the pipeline's
+own artifacts) or flags, and lists what the `error:` line must mention; "{flag}" in a mention
+stands for that flag's value (usually the spoiled file's path). Each row is one real run of the
+binary's launcher, as a user would type it.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import pytest
+
+from tests import harness, mounts, spoil
+
+A = harness.artifact
+
+
+def _outputs(binary: str, out: str) -> dict:
+    """The output flags of each binary, all inside `out`."""
+    o = lambda name: os.path.join(out, name)  # noqa: E731
+    return {
+        "make_toy_kd": {"out": o("kd.jsonl"), "tokenizer_out": o("tokenizer.json")},
+        "run_toy_distill": {
+            "out_weights": o("student.safetensors"),
+            "out_metadata": o("student.json"),
+            "out_history": o("loss_history.csv"),
+        },
+        "export_pytorch": {"out_torchscript": o("magic-8-ball.pt"), "out_contract": o("contract.json")},
+        "convert_coreml": {"out": o("magic-8-ball.mlpackage")},
+        "export_gguf": {"out": o("magic-8-ball.gguf"), "modelfile_out": o("Modelfile")},
+        "verify_contracts": {"out_report": o("report.json")},
+        "ask": {},
+    }[binary]
+
+
+def _inputs(binary: str, s: spoil.Spoiler) -> dict:
+    """Good inputs and flags: with these every binary would succeed (and quickly)."""
+    checkpoint = {"weights": A("weights"), "metadata": A("metadata")}
+    return {
+        "make_toy_kd": {"n": 40},
+        "run_toy_distill": {
+            "in": s.small,
+            "tokenizer": A("tokenizer"),
+            "steps": 1,
+            "batch_size": 4,
+            "threads": 1,
+        },
+        "export_pytorch": {**checkpoint, "tokenizer": A("tokenizer")},
+        "convert_coreml": {**checkpoint, "contract": A("contract")},
+        "export_gguf": {**checkpoint, "tokenizer": A("tokenizer")},
+        "verify_contracts": {
+            **checkpoint,
+            "contract": A("contract"),
+            "tokenizer": A("tokenizer"),
+            "dataset": s.small,
+            "torchscript": A("torchscript"),
+            "mlpackage": A("mlpackage"),
+            "gguf": A("gguf"),
+            "behaviour_questions": 2,
+            "text_sequences": 2,
+        },
+        "ask": {
+            "tokenizer": A("tokenizer"),
+            "torchscript": A("torchscript"),
+            "gguf": A("gguf"),
+            "greedy": "true",
+            "max_new_tokens": 4,
+        },
+    }[binary]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    binary: str
+    name: str
+    # (spoiler, output directory) -> flag overrides; None removes a flag.
+    spoil: Callable[[spoil.Spoiler, str], dict]
+    mention: tuple[str, ...]
+    argv: tuple[str, ...] | None = None  # None: the binary's usual arguments (ask: a question)
+    readonly_out: bool = False  # the output directory is a read-only filesystem
+
+    @property
+    def id(self) -> str:
+        return f"{self.binary}-{self.name.replace(' ', '_')}"
+
+
+def _case(binary, name, spoil_fn, *mention, argv=None, readonly_out=False) -> Case:
+    return Case(binary, name, spoil_fn, tuple(mention), None if argv is None else tuple(argv), readonly_out)
+
+
+# ---- spoiled inputs shared by several rows -------------------------------------------------------
+
+
+def _record(s, name, edit, line=2):
+    """The small dataset with record line `line` (the first train record) changed by edit(obj)."""
+    return s.record_edit(s.small, name, line, edit)
+
+
+def _set(key, value):
+    def edit(obj):
+        obj[key] = value
+
+    return edit
+
+
+def _drop(key):
+    def edit(obj):
+        del obj[key]
+
+    return edit
+
+
+def _metadata(s, name, edit):
+    return s.json_edit(A("metadata"), name, edit)
+
+
+def _contract(s, name, edit):
+    return s.json_edit(A("contract"), name, edit)
+
+
+def _other_vocab(doc):
+    doc["config"]["vocab_size"] = 1000
+
+
+def _contract_lengths(lengths):
+    def edit(doc):
+        doc["lengths"] = lengths
+
+    return edit
+
+
+def _mlpackage(s, name, damage):
+    """A copy of the pipeline's .mlpackage with one of its files damaged by damage(package dir)."""
+    package = s.package_copy(A("mlpackage"), name + ".mlpackage")
+    damage(package)
+    return package
+
+
+def _model_file(package):
+    return os.path.join(package, "Data", "com.apple.CoreML", "model.mlmodel")
+
+
+def _weight_file(package):
+    return os.path.join(package, "Data", "com.apple.CoreML", "weights", "weight.bin")
+
+
+def _rewrite(path, change):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(change(data))
+
+
+def _flip(offsets):
+    def change(data):
+        data = bytearray(data)
+        for offset in offsets:
+            data[offset] ^= 0xFF
+        return bytes(data)
+
+    return change
+
+
+def _cut(fraction):
+    return lambda data: data[: int(len(data) * fraction)]
+
+
+NON_UTF8 = b"\xff\xfe not UTF-8 \xc3\x28"
+LONG_PROMPT = list(range(300, 400)) * 3  # 300 ids: longer than the 256 the model (and contract) allow
+
+
+# ---- the table -----------------------------------------------------------------------------------
+
+CASES = [
+    # make_toy_kd: only flags and outputs.
+    _case("make_toy_kd", "missing out flag", lambda s, o: {"out": None}, "--out is required"),
+    _case(
+        "make_toy_kd",
+        "same output twice",
+        lambda s, o: {"tokenizer_out": os.path.join(o, "kd.jsonl")},
+        "--out and --tokenizer_out",
+        "same file",
+    ),
+    _case("make_toy_kd", "n below 2", lambda s, o: {"n": 1}, "--n", "at least 2"),
+    _case("make_toy_kd", "n not an int", lambda s, o: {"n": "many"}, "--n", "many"),
+    _case(
+        "make_toy_kd", "heldout fraction 1.5", lambda s, o: {"heldout_fraction": 1.5}, "--heldout_fraction"
+    ),
+    _case("make_toy_kd", "topk 33", lambda s, o: {"topk": 33}, "--topk", "1..32"),
+    _case(
+        "make_toy_kd",
+        "output dir missing",
+        lambda s, o: {"out": os.path.join(o, "absent", "kd.jsonl")},
+        "--out",
+        "does not exist",
+    ),
+    _case("make_toy_kd", "output is a directory", lambda s, o: {"out": o}, "--out", "is a directory"),
+    _case("make_toy_kd", "positional argument", lambda s, o: {}, "unexpected arguments", argv=["extra"]),
+    _case("make_toy_kd", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
+    # run_toy_distill: the dataset (every record rule), the tokenizer, flags, outputs.
+    _case(
+        "run_toy_distill",
+        "dataset missing",
+        lambda s, o: {"in": s.missing("absent.jsonl")},
+        "{in}",
+        "not found",
+    ),
+    _case("run_toy_distill", "dataset empty", lambda s, o: {"in": s.empty("empty.jsonl")}, "{in}:1", "empty"),
+    _case(
+        "run_toy_distill",
+        "dataset truncated",
+        lambda s, o: {"in": s.truncated(s.small, "cut.jsonl", 0.5)},
+        "{in}:",
+        "truncated last line",
+    ),
+    _case(
+        "run_toy_distill",
+        "dataset not utf8",
+        lambda s, o: {
+            "in": s.lines_edit(s.small, "latin.jsonl", 2, lambda raw: raw[:40] + NON_UTF8 + raw[40:])
+        },
+        "{in}:2",
+        "not UTF-8",
+    ),
+    _case(
+        "run_toy_distill",
+        "dataset not json",
+        lambda s, o: {"in": s.lines_edit(s.small, "junk.jsonl", 3, lambda raw: b"{not json")},
+        "{in}:3",
+        "not valid JSON",
+    ),
+    _case(
+        "run_toy_distill",
+        "record wrong type",
+        lambda s, o: {"in": _record(s, "type.jsonl", _set("prompt_ids", "Q: hi"))},
+        "{in}:2",
+        "prompt_ids",
+        "list of ints",
+    ),
+    _case(
+        "run_toy_distill",
+        "record missing field",
+        lambda s, o: {"in": _record(s, "field.jsonl", _drop("topk_logprobs"))},
+        "{in}:2",
+        "topk_logprobs",
+        "missing",
+    ),
+    _case(
+        "run_toy_distill",
+        "header missing field",
+        lambda s, o: {"in": _record(s, "header.jsonl", _drop("tokenizer_sha256"), line=1)},
+        "{in}:1",
+        "tokenizer_sha256",
+    ),
+    _case(
+        "run_toy_distill",
+        "token id out of range",
+        lambda s, o: {"in": _record(s, "id.jsonl", lambda r: r["prompt_ids"].append(600))},
+        "{in}:2",
+        "600",
+        "outside the vocabulary",
+    ),
+    _case(
+        "run_toy_distill",
+        "token id beyond model vocab",
+        # The header claims a bigger vocabulary, so the file is valid; the model's 512 is not.
+        lambda s, o: {
+            "in": s.record_edit(
+                _record(s, "vocab0.jsonl", lambda r: r["prompt_ids"].append(600)),
+                "vocab.jsonl",
+                1,
+                _set("vocab_size", 1024),
+            )
+        },
+        "{in}",
+        "token id 600",
+        "vocabulary of 512",
+    ),
+    _case(
+        "run_toy_distill",
+        "sequence too long",
+        lambda s, o: {"in": _record(s, "long.jsonl", _set("prompt_ids", LONG_PROMPT))},
+        "{in}",
+        "longer than the model's 256",
+    ),
+    _case(
+        "run_toy_distill",
+        "tokenizer truncated",
+        lambda s, o: {"tokenizer": s.truncated(A("tokenizer"), "tokenizer_cut.json")},
+        "{tokenizer}",
+        "not a tokenizer JSON file",
+    ),
+    _case(
+        "run_toy_distill",
+        "tokenizer wrong type",
+        lambda s, o: {"tokenizer": s.json_edit(A("tokenizer"), "tok_type.json", _set("pieces", "abc"))},
+        "{tokenizer}",
+        "pieces",
+    ),
+    _case(
+        "run_toy_distill",
+        "tokenizer not the dataset's",
+        lambda s, o: {"in": _record(s, "digest.jsonl", _set("tokenizer_sha256", "0" * 64), line=1)},
+        "{in}:1",
+        "tokenizer_sha256",
+    ),
+    _case(
+        "run_toy_distill",
+        "conflicting loss weights",
+        lambda s, o: {"kl_weight": 0, "ce_weight": 0},
+        "--kl_weight and --ce_weight",
+    ),
+    _case("run_toy_distill", "steps zero", lambda s, o: {"steps": 0}, "--steps", "> 0"),
+    _case(
+        "run_toy_distill",
+        "same output twice",
+        lambda s, o: {"out_metadata": os.path.join(o, "student.safetensors")},
+        "--out_weights",
+        "--out_metadata",
+        "same file",
+    ),
+    _case(
+        "run_toy_distill",
+        "output dir missing",
+        lambda s, o: {"out_weights": os.path.join(o, "absent", "w.safetensors")},
+        "--out_weights",
+        "does not exist",
+    ),
+    _case("run_toy_distill", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
+    # export_pytorch: the checkpoint (weights + metadata), the tokenizer, lengths.
+    _case(
+        "export_pytorch",
+        "weights missing",
+        lambda s, o: {"weights": s.missing("absent.safetensors")},
+        "{weights}",
+        "not found",
+    ),
+    _case(
+        "export_pytorch",
+        "weights empty",
+        lambda s, o: {"weights": s.empty("empty.safetensors")},
+        "{weights}",
+        "truncated or were changed",
+    ),
+    _case(
+        "export_pytorch",
+        "weights truncated",
+        lambda s, o: {"weights": s.truncated(A("weights"), "cut.safetensors")},
+        "{weights}",
+        "truncated or were changed",
+    ),
+    _case(
+        "export_pytorch",
+        "weights a directory",
+        lambda s, o: {"weights": s.directory("dir.safetensors")},
+        "{weights}",
+        "cannot read checkpoint weights",
+    ),
+    _case(
+        "export_pytorch",
+        "metadata not utf8",
+        lambda s, o: {"metadata": s.write("latin.json", b'{"model_type": "' + NON_UTF8 + b'"}')},
+        "{metadata}",
+        "not valid JSON",
+    ),
+    _case(
+        "export_pytorch",
+        "metadata missing field",
+        lambda s, o: {"metadata": _metadata(s, "nomodel.json", _drop("model_type"))},
+        "{metadata}",
+        "model_type: missing",
+    ),
+    _case(
+        "export_pytorch",
+        "metadata another model type",
+        lambda s, o: {"metadata": _metadata(s, "llama.json", _set("model_type", "llama-7b"))},
+        "{metadata}",
+        "not a Magic 8 Ball checkpoint",
+    ),
+    _case(
+        "export_pytorch",
+        "metadata another vocabulary",
+        lambda s, o: {"metadata": _metadata(s, "vocab.json", _other_vocab)},
+        "{metadata}",
+        "vocab_size",
+        "1000",
+    ),
+    _case(
+        "export_pytorch",
+        "metadata config wrong type",
+        lambda s, o: {"metadata": _metadata(s, "dmodel.json", lambda d: d["config"].update(d_model="128"))},
+        "{metadata}",
+        "d_model",
+    ),
+    _case(
+        "export_pytorch",
+        "metadata not an object",
+        lambda s, o: {"metadata": s.write("list.json", b"[1, 2, 3]\n")},
+        "{metadata}",
+        "JSON object",
+    ),
+    _case(
+        "export_pytorch",
+        "tokenizer not the checkpoint's",
+        lambda s, o: {"metadata": _metadata(s, "tok.json", _set("tokenizer_sha256", "0" * 64))},
+        "--tokenizer",
+        "0000000000",
+    ),
+    _case("export_pytorch", "length above max", lambda s, o: {"lengths": "64,128,512"}, "--lengths", "512"),
+    _case("export_pytorch", "lengths not ints", lambda s, o: {"lengths": "64,big"}, "--lengths", "64,big"),
+    _case(
+        "export_pytorch",
+        "conflicting default length",
+        lambda s, o: {"lengths": "64,256", "default_length": 128},
+        "default_length",
+        "128",
+    ),
+    _case(
+        "export_pytorch",
+        "same output twice",
+        lambda s, o: {"out_contract": os.path.join(o, "magic-8-ball.pt")},
+        "--out_torchscript",
+        "--out_contract",
+        "same file",
+    ),
+    _case(
+        "export_pytorch",
+        "output dir missing",
+        lambda s, o: {"out_contract": os.path.join(o, "absent", "contract.json")},
+        "--out_contract",
+        "does not exist",
+    ),
+    _case("export_pytorch", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
+    # convert_coreml: checkpoint and contract (every contract rule reachable from a file).
+    _case(
+        "convert_coreml",
+        "contract missing",
+        lambda s, o: {"contract": s.missing("absent.json")},
+        "{contract}",
+        "contract not found",
+    ),
+    _case(
+        "convert_coreml",
+        "contract empty",
+        lambda s, o: {"contract": s.empty("empty_contract.json")},
+        "{contract}",
+        "not valid JSON",
+    ),
+    _case(
+        "convert_coreml",
+        "contract truncated",
+        lambda s, o: {"contract": s.truncated(A("contract"), "cut_contract.json")},
+        "{contract}",
+        "not valid JSON",
+    ),
+    _case(
+        "convert_coreml",
+        "contract not utf8",
+        lambda s, o: {"contract": s.write("latin_contract.json", NON_UTF8)},
+        "{contract}",
+        "not valid JSON",
+    ),
+    _case(
+        "convert_coreml",
+        "contract wrong type",
+        lambda s, o: {"contract": _contract(s, "type_contract.json", _contract_lengths("64,128"))},
+        "{contract}",
+        "lengths",
+    ),
+    _case(
+        "convert_coreml",
+        "contract missing field",
+        lambda s, o: {"contract": _contract(s, "nofield_contract.json", _drop("tolerances"))},
+        "{contract}",
+        "tolerances: missing",
+    ),
+    _case(
+        "convert_coreml",
+        "contract length above max",
+        lambda s, o: {"contract": _contract(s, "long_contract.json", _contract_lengths([64, 128, 512]))},
+        "{contract}",
+        "512",
+        "max_seq_len",
+    ),
+    _case(
+        "convert_coreml",
+        "contract length zero",
+        lambda s, o: {"contract": _contract(s, "zero_contract.json", _contract_lengths([0, 128]))},
+        "{contract}",
+        "lengths",
+    ),
+    _case(
+        "convert_coreml",
+        "contract another model type",
+        lambda s, o: {"contract": _contract(s, "type2_contract.json", _set("model_type", "llama"))},
+        "{contract}",
+        "model_type",
+    ),
+    _case(
+        "convert_coreml",
+        "metadata another model type",
+        lambda s, o: {"metadata": _metadata(s, "gpt.json", _set("model_type", "gpt2"))},
+        "{metadata}",
+        "not a Magic 8 Ball checkpoint",
+    ),
+    _case(
+        "convert_coreml",
+        "weights bytes flipped",
+        lambda s, o: {"weights": s.flipped(A("weights"), "flip.safetensors", [100, -100])},
+        "{weights}",
+        "truncated or were changed",
+    ),
+    _case(
+        "convert_coreml",
+        "out not mlpackage",
+        lambda s, o: {"out": os.path.join(o, "m.zip")},
+        "--out",
+        ".mlpackage",
+    ),
+    _case("convert_coreml", "precision unknown", lambda s, o: {"precision": "fp8"}, "--precision", "fp8"),
+    _case(
+        "convert_coreml",
+        "output dir missing",
+        lambda s, o: {"out": os.path.join(o, "absent", "m.mlpackage")},
+        "does not exist",
+    ),
+    _case("convert_coreml", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
+    # export_gguf: checkpoint, tokenizer, the two outputs.
+    _case(
+        "export_gguf",
+        "weights truncated",
+        lambda s, o: {"weights": s.truncated(A("weights"), "cut.safetensors", 0.9)},
+        "{weights}",
+        "truncated or were changed",
+    ),
+    _case(
+        "export_gguf",
+        "unpinned weights cut",
+        # Without weights_sha256 in the metadata the safetensors reader itself must catch the cut.
+        lambda s, o: {
+            "weights": s.truncated(A("weights"), "cut2.safetensors", 0.9),
+            "metadata": _metadata(s, "unpinned.json", _drop("weights_sha256")),
+        },
+        "{weights}",
+        "safetensors",
+    ),
+    _case(
+        "export_gguf",
+        "unpinned weights header flipped",
+        lambda s, o: {
+            "weights": s.flipped(A("weights"), "flip2.safetensors", [0, 9, 20]),
+            "metadata": _metadata(s, "unpinned2.json", _drop("weights_sha256")),
+        },
+        "{weights}",
+        "safetensors",
+    ),
+    _case(
+        "export_gguf",
+        "tokenizer not utf8",
+        lambda s, o: {"tokenizer": s.write("latin_tok.json", NON_UTF8)},
+        "{tokenizer}",
+        "not a tokenizer JSON file",
+    ),
+    _case(
+        "export_gguf",
+        "tokenizer missing field",
+        lambda s, o: {"tokenizer": s.json_edit(A("tokenizer"), "nofield_tok.json", _drop("scores"))},
+        "{tokenizer}",
+        "scores: missing",
+    ),
+    _case(
+        "export_gguf",
+        "metadata another vocabulary",
+        lambda s, o: {"metadata": _metadata(s, "vocab.json", _other_vocab)},
+        "{metadata}",
+        "vocab_size",
+    ),
+    _case(
+        "export_gguf",
+        "same output twice",
+        lambda s, o: {"modelfile_out": os.path.join(o, "magic-8-ball.gguf")},
+        "--out",
+        "--modelfile_out",
+        "same file",
+    ),
+    _case("export_gguf", "dtype unknown", lambda s, o: {"dtype": "q4_0"}, "--dtype", "q4_0"),
+    _case(
+        "export_gguf",
+        "outputs in two dirs",
+        lambda s, o: {"modelfile_out": s.path("Modelfile")},
+        "--modelfile_out",
+        "not in the directory of --out",
+    ),
+    _case("export_gguf", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
+    # verify_contracts: every artifact damaged, cross-file mismatches, flags.
+    _case(
+        "verify_contracts",
+        "torchscript truncated",
+        lambda s, o: {"torchscript": s.truncated(A("torchscript"), "cut.pt")},
+        "{torchscript}",
+        "not a TorchScript archive",
+    ),
+    _case(
+        "verify_contracts",
+        "torchscript bytes flipped",
+        lambda s, o: {"torchscript": s.flipped(A("torchscript"), "flip.pt", [2000, 50000])},
+        "{torchscript}",
+        "CRC mismatch",
+    ),
+    _case(
+        "verify_contracts",
+        "torchscript empty",
+        lambda s, o: {"torchscript": s.empty("empty.pt")},
+        "{torchscript}",
+        "not a TorchScript archive",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage model cut",
+        lambda s, o: {"mlpackage": _mlpackage(s, "cut_model", lambda p: _rewrite(_model_file(p), _cut(0.5)))},
+        "cut_model.mlpackage",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage model flipped",
+        lambda s, o: {
+            "mlpackage": _mlpackage(s, "flip_model", lambda p: _rewrite(_model_file(p), _flip([0, 1, 2])))
+        },
+        "flip_model.mlpackage",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage weights cut",
+        lambda s, o: {
+            "mlpackage": _mlpackage(s, "cut_weights", lambda p: _rewrite(_weight_file(p), _cut(0.5)))
+        },
+        "cut_weights.mlpackage",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage weights header flipped",
+        # weight.bin starts with a header, then each blob with a 0xDEADBEEF sentinel: flip those.
+        lambda s, o: {
+            "mlpackage": _mlpackage(s, "flip_weights", lambda p: _rewrite(_weight_file(p), _flip([64, 65])))
+        },
+        "flip_weights.mlpackage",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage manifest not json",
+        lambda s, o: {
+            "mlpackage": _mlpackage(
+                s, "manifest", lambda p: _rewrite(os.path.join(p, "Manifest.json"), _cut(0.3))
+            )
+        },
+        "Manifest.json",
+        "corrupt package manifest",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage manifest escapes",
+        lambda s, o: {
+            "mlpackage": _mlpackage(s, "escape", lambda p: _escape_manifest(os.path.join(p, "Manifest.json")))
+        },
+        "escape.mlpackage",
+        "outside the package",
+    ),
+    _case(
+        "verify_contracts",
+        "mlpackage not a directory",
+        lambda s, o: {"mlpackage": s.write("file.mlpackage", b"PK\x03\x04")},
+        "{mlpackage}",
+        "not found",
+    ),
+    _case(
+        "verify_contracts",
+        "gguf truncated",
+        lambda s, o: {"gguf": s.truncated(A("gguf"), "cut.gguf")},
+        "{gguf}",
+        "not a readable GGUF file",
+    ),
+    _case(
+        "verify_contracts",
+        "gguf magic flipped",
+        lambda s, o: {"gguf": s.flipped(A("gguf"), "magic.gguf", [0])},
+        "{gguf}",
+        "magic",
+    ),
+    _case(
+        "verify_contracts",
+        "gguf header count flipped",
+        # Byte 15 is the top byte of the tensor count: a count no file can hold.
+        lambda s, o: {"gguf": s.flipped(A("gguf"), "count.gguf", [15])},
+        "{gguf}",
+        "not a readable GGUF file",
+    ),
+    _case(
+        "verify_contracts",
+        "gguf too short",
+        lambda s, o: {"gguf": s.write("short.gguf", b"GGUF\x03\x00")},
+        "{gguf}",
+        "shorter than",
+    ),
+    _case(
+        "verify_contracts",
+        "contract another vocabulary",
+        lambda s, o: {"contract": _contract(s, "vocab_contract.json", _contract_vocab(1000))},
+        "{metadata}",
+        "vocab_size",
+    ),
+    _case(
+        "verify_contracts",
+        "contract length above max",
+        lambda s, o: {"contract": _contract(s, "long_contract.json", _contract_lengths([64, 128, 512]))},
+        "{contract}",
+        "512",
+    ),
+    _case(
+        "verify_contracts",
+        "dataset token id out of range",
+        lambda s, o: {"dataset": _record(s, "vid.jsonl", lambda r: r["completion_ids"].insert(0, 9999))},
+        "{dataset}:2",
+        "9999",
+    ),
+    _case(
+        "verify_contracts",
+        "weights not the contract's",
+        lambda s, o: {"weights": s.flipped(A("weights"), "other.safetensors", [-1])},
+        "--weights",
+        "artifacts.weights",
+    ),
+    _case(
+        "verify_contracts",
+        "behaviour questions zero",
+        lambda s, o: {"behaviour_questions": 0},
+        "--behaviour_questions",
+    ),
+    _case(
+        "verify_contracts",
+        "output dir missing",
+        lambda s, o: {"out_report": os.path.join(o, "absent", "report.json")},
+        "--out_report",
+        "does not exist",
+    ),
+    _case("verify_contracts", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
+    # ask: the question itself, the artifacts it loads, flags.
+    _case("ask", "no question", lambda s, o: {}, "no question", argv=[]),
+    _case("ask", "question with newline", lambda s, o: {}, "question", "line break", argv=["Will it\nrain?"]),
+    _case(
+        "ask", "question too long", lambda s, o: {}, "question", "at most 255", argv=["Will it rain? " * 60]
+    ),
+    _case(
+        "ask",
+        "question not utf8",
+        lambda s, o: {},
+        "question",
+        "UTF-8",
+        argv=[os.fsdecode(b"Will it rain \xff\xfe?")],
+    ),
+    _case(
+        "ask",
+        "sampling at temperature zero",
+        lambda s, o: {"greedy": "false", "temperature": 0},
+        "--temperature",
+        "--greedy",
+    ),
+    _case("ask", "max new tokens zero", lambda s, o: {"max_new_tokens": 0}, "--max_new_tokens"),
+    _case("ask", "backend unknown", lambda s, o: {"backend": "onnx"}, "--backend", "onnx"),
+    _case(
+        "ask",
+        "tokenizer empty",
+        lambda s, o: {"tokenizer": s.empty("empty_tok.json")},
+        "{tokenizer}",
+        "not a tokenizer JSON file",
+    ),
+    _case(
+        "ask",
+        "torchscript truncated",
+        lambda s, o: {"torchscript": s.truncated(A("torchscript"), "ask_cut.pt", 0.7)},
+        "{torchscript}",
+        "not a TorchScript archive",
+    ),
+    _case(
+        "ask",
+        "torchscript bytes flipped",
+        lambda s, o: {"torchscript": s.flipped(A("torchscript"), "ask_flip.pt", [3000])},
+        "{torchscript}",
+        "CRC mismatch",
+    ),
+    _case(
+        "ask",
+        "gguf truncated",
+        lambda s, o: {"backend": "gguf", "gguf": s.truncated(A("gguf"), "ask_cut.gguf", 0.6)},
+        "{gguf}",
+        "not a readable GGUF file",
+    ),
+    _case(
+        "ask",
+        "gguf version flipped",
+        lambda s, o: {"backend": "gguf", "gguf": s.flipped(A("gguf"), "ask_version.gguf", [4])},
+        "{gguf}",
+        "version",
+    ),
+]
+
+
+def _contract_vocab(vocab):
+    def edit(doc):
+        doc["vocab_size"] = vocab
+        doc["outputs"][0]["shape"][2] = vocab
+
+    return edit
+
+
+def _escape_manifest(path):
+    """Points the package's root model at a file outside the package (a path traversal)."""
+    with open(path, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    root = manifest["rootModelIdentifier"]
+    manifest["itemInfoEntries"][root]["path"] = "../../../../../../../../etc/hostname"
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+
+
+@pytest.fixture(scope="session")
+def spoiler(tmp_path_factory):
+    s = spoil.Spoiler(str(tmp_path_factory.mktemp("spoiled")))
+    s.small = spoil.small_dataset(A("dataset"), s.path("kd_small.jsonl"))
+    return s
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_fails_cleanly(case: Case, spoiler, tmp_path):
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    flags = {**_inputs(case.binary, spoiler), **_outputs(case.binary, out)}
+    flags.update(case.spoil(spoiler, out))
+    argv = case.argv
+    if argv is None:
+        argv = ("Will it rain tomorrow?",) if case.binary == "ask" else ()
+    mention = [text.format(**{k: v for k, v in flags.items() if v is not None}) for text in case.mention]
+
+    if case.readonly_out:
+        reason = mounts.unavailable()
+        if reason:
+            pytest.skip(reason)
+        harness.CASES_TRIED[case.binary] += 1
+        result, left = mounts.run_on_tmpfs(harness.command(case.binary, flags, argv), out, readonly=True)
+    else:
+        result = harness.run(case.binary, flags, argv)
+        left = harness.leftovers(out)
+    harness.assert_clean_failure(harness.Outcome(result.returncode, result.stderr, left), mention, case.id)
