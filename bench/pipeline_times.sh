@@ -15,6 +15,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
+# copy_workspace, free_port
+source "$src/tools/scratch/scratch.sh"
 repeats=1
 out=/dev/stdout
 bazel=./bazelw
@@ -60,10 +62,8 @@ add() { runs[$1]="${runs[$1]:+${runs[$1]},}$2"; echo "pipeline_times: $1: $2 s" 
 
 for ((i = 1; i <= repeats; i++)); do
   work=$(mktemp -d)
-  mkdir -p "$work/repo"
-  # The workspace's sources only: no bazel-* links, no dist/, no VCS data.
-  tar -C "$src" --exclude='./bazel-*' --exclude=./dist --exclude=./.git -cf - . | tar -C "$work/repo" -xf -
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  copy_workspace "$src" "$work/repo"
+  port=$(free_port)
   "$src/tools/remote_cache/cache.sh" start --port "$port" --store "$work/cache-store" --run "$work/cache-run" >&2
   flags=(--config=remote "--remote_cache=http://127.0.0.1:$port")
 

@@ -22,7 +22,9 @@ python=${PYTHON_BIN:-python3.11}
 work=$(mktemp -d)
 tree=$work/tree
 base=$work/output-base
-port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# copy_workspace, free_port
+source "$repo/tools/scratch/scratch.sh"
+port=$(free_port)
 cache=("$repo/tools/remote_cache/cache.sh" --port "$port" --store "$work/store" --run "$work/run")
 remote=(--config=remote "--remote_cache=http://127.0.0.1:$port")
 # The M8b* stages of pipeline/defs.bzl: training and conversion must never rerun needlessly.
@@ -42,8 +44,7 @@ bazel() { (cd "$tree" && ./bazelw --output_base="$base" "$@"); }
 spawns() { "$python" "$repo/tests/spawn_summary.py" "$@"; }
 digest() { (cd "$(bazel info bazel-bin 2>/dev/null)/pipeline" && sha256sum kd.jsonl tokenizer.json); }
 
-mkdir -p "$tree"
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$tree")
+copy_workspace "$repo" "$tree"
 "${cache[0]}" start "${cache[@]:1}"
 
 step "1. cold build, filling the cache"

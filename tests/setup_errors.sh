@@ -20,8 +20,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$tree"
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$tree")
+# copy_workspace
+source "$repo/tools/scratch/scratch.sh"
+copy_workspace "$repo" "$tree"
 failures=0
 
 # expect NAME STATUS PATTERN COMMAND...: runs COMMAND in the copy, wants exit STATUS and PATTERN
