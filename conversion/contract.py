@@ -44,7 +44,7 @@ import re
 
 from common import atomic
 from common.errors import InputError
-from training.model import MODEL_TYPE
+from training.config import MODEL_TYPE
 
 FORMAT = "m8b-contract"
 VERSION = 1
@@ -156,6 +156,27 @@ class Contract:
 
     def save(self, path: str) -> None:
         atomic.write_bytes(path, self.to_bytes())
+
+
+def check_lengths(lengths, default_length: int, max_seq_len: int) -> list[int]:
+    """Sorted lengths; InputError for an empty list, repeats, lengths outside 1..max_seq_len, or a
+    default_length that is not one of them. Every artifact must accept each length."""
+    lengths = list(lengths)
+    if not lengths:
+        raise InputError("lengths: empty; give at least one sequence length")
+    if len(set(lengths)) != len(lengths):
+        raise InputError(f"lengths: {lengths} repeats a length")
+    for length in lengths:
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise InputError(f"lengths: {length!r} is not a positive integer")
+        if length > max_seq_len:
+            raise InputError(
+                f"lengths: {length} is above the model's max_seq_len {max_seq_len}; "
+                "drop it from the contract or train a model with a longer context"
+            )
+    if default_length not in lengths:
+        raise InputError(f"default_length: {default_length} is not one of the lengths {sorted(lengths)}")
+    return sorted(lengths)
 
 
 def make_contract(

@@ -14,14 +14,14 @@ from absl import flags, logging
 from common import cli
 from common.errors import InputError
 from conversion import contract as contract_lib
-from conversion import coreml, torchscript
 from training import checkpoint
 
 flags.DEFINE_string("weights", None, "Student checkpoint weights (safetensors) (required).")
 flags.DEFINE_string("metadata", None, "Student checkpoint metadata JSON (required).")
 flags.DEFINE_string("contract", None, "contract.json from the export step: lengths and names (required).")
 flags.DEFINE_string("out", None, "Output package directory; must end in .mlpackage (required).")
-flags.DEFINE_enum("precision", "fp16", sorted(coreml.PRECISIONS), "Core ML compute precision.")
+# The names of conversion.coreml.PRECISIONS, spelled out so that reading flags needs no coremltools.
+flags.DEFINE_enum("precision", "fp16", ["fp16", "fp32"], "Core ML compute precision.")
 flags.DEFINE_string("model_version", "1", "Version string stored in the package metadata.")
 
 FLAGS = flags.FLAGS
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     if not os.access(parent, os.W_OK):
         raise InputError(f"--out: output directory {parent} is not writable")
     contract = contract_lib.load_contract(FLAGS.contract)
-    model, meta = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
+    meta, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
     weights_sha256 = checkpoint.sha256_file(FLAGS.weights)
     pinned = contract.artifacts.get("weights")
     if pinned is not None and pinned != weights_sha256:
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
         )
     lengths = list(contract.lengths)
     try:
-        torchscript.check_lengths(lengths, contract.default_length, model.cfg.max_seq_len)
+        contract_lib.check_lengths(lengths, contract.default_length, cfg.max_seq_len)
     except InputError as error:
         raise InputError(f"{FLAGS.contract}: {error}") from None
     metadata = {
@@ -72,6 +72,11 @@ def main(argv: list[str]) -> None:
     logging.info(
         "converting at lengths %s (default %d), %s", lengths, contract.default_length, FLAGS.precision
     )
+    # coremltools and torch only now, after every check of flags and files: bad input fails in well
+    # under a second instead of after their seconds-long imports.
+    from conversion import coreml
+
+    model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
     mlmodel = coreml.convert(model, lengths, contract.default_length, FLAGS.precision, metadata)
     coreml.save_mlpackage(mlmodel, FLAGS.out)
     logging.info("wrote %s", FLAGS.out)

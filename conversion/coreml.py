@@ -28,8 +28,10 @@ import torch
 
 from common import atomic
 from common.errors import InputError
+from conversion import contract as contract_lib
 from conversion import torchscript
-from training.model import MODEL_TYPE, Student
+from training.config import MODEL_TYPE
+from training.model import Student
 
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "logits"
@@ -127,7 +129,7 @@ def convert(
     the model's max_seq_len; torchscript.FrozenLengthError (an InputError) for a trace that only
     works at the default length.
     """
-    lengths = torchscript.check_lengths(lengths, default_length, model.cfg.max_seq_len)
+    lengths = contract_lib.check_lengths(lengths, default_length, model.cfg.max_seq_len)
     if precision not in PRECISIONS:
         raise InputError(f"precision: {precision!r}; expected one of {sorted(PRECISIONS)}")
     metadata = metadata or {}

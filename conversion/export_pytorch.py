@@ -14,13 +14,12 @@ import io
 import os
 import time
 
-import torch
 from absl import flags, logging
 
 from common import atomic, cli
 from common.errors import InputError
 from conversion import contract as contract_lib
-from conversion import torchscript
+from conversion import torchscript_archive
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
 
@@ -57,10 +56,6 @@ def main(argv: list[str]) -> None:
     del argv
     for name in ("weights", "metadata", "tokenizer", "out_torchscript", "out_contract"):
         cli.require_flag(FLAGS[name].value, name)
-    # One intra-op thread: this tiny model gains nothing from more, the numbers then never depend
-    # on the thread count, and on a busy 2-core machine OpenMP's spinning threads made each forward
-    # ~50x slower.
-    torch.set_num_threads(1)
     start = time.monotonic()
     cli.check_distinct_outputs({"out_torchscript": FLAGS.out_torchscript, "out_contract": FLAGS.out_contract})
     cli.check_output_path(FLAGS.out_torchscript, "out_torchscript")
@@ -69,17 +64,27 @@ def main(argv: list[str]) -> None:
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     metadata = checkpoint.load_metadata(FLAGS.metadata)
     checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
-    model, metadata = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
-    max_seq_len = model.cfg.max_seq_len
+    _, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     try:
-        lengths = torchscript.check_lengths(lengths, FLAGS.default_length, max_seq_len)
+        lengths = contract_lib.check_lengths(lengths, FLAGS.default_length, cfg.max_seq_len)
     except InputError as error:
         raise InputError(f"--lengths/--default_length: {error}") from None
 
-    module = torchscript.export(model, lengths, max_seq_len, FLAGS.default_length)
+    # torch only now, after every check of flags and files: bad input fails in well under a second
+    # instead of after torch's seconds-long import.
+    import torch
+
+    from conversion import torchscript
+
+    # One intra-op thread: this tiny model gains nothing from more, the numbers then never depend
+    # on the thread count, and on a busy 2-core machine OpenMP's spinning threads made each forward
+    # ~50x slower.
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+    module = torchscript.export(model, lengths, cfg.max_seq_len, FLAGS.default_length)
     data = torchscript.to_bytes(module)
     # The loaders refuse any archive that strays from what export writes: hold our own to that first.
-    torchscript.check_archive(io.BytesIO(data))
+    torchscript_archive.check_archive(io.BytesIO(data))
     contract = contract_lib.make_contract(
         vocab_size=model.cfg.vocab_size,
         tokenizer_sha256=tokenizer.digest,

@@ -28,7 +28,8 @@ import torch
 
 from common import atomic
 from common.errors import InputError
-from training.model import MODEL_TYPE, Student
+from training.config import MODEL_TYPE
+from training.model import Student
 
 ARCH = "llama"
 MODEL_NAME = MODEL_TYPE  # "magic-8-ball"

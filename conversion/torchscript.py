@@ -20,13 +20,8 @@ alignment, is what torch.jit.load expects). The only loss: runtime errors inside
 model no longer point at Python source lines.
 """
 
-import ast
 import contextlib
 import io
-import os
-import pickletools
-import re
-import zipfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -36,6 +31,7 @@ import torch.jit._state
 
 from common import atomic
 from common.errors import InputError
+from conversion import contract, torchscript_archive
 
 DEFAULT_LENGTH = 128
 DEFAULT_TOLERANCE = 1e-4  # the contract's torchscript_max_abs
@@ -43,26 +39,6 @@ DEFAULT_TOLERANCE = 1e-4  # the contract's torchscript_max_abs
 
 class FrozenLengthError(InputError):
     """The model's traced graph depends on one sequence length; it would fail at the others."""
-
-
-def check_lengths(lengths, default_length: int, max_seq_len: int) -> list[int]:
-    """Sorted lengths; InputError for an empty list, repeats, lengths outside 1..max_seq_len."""
-    lengths = list(lengths)
-    if not lengths:
-        raise InputError("lengths: empty; give at least one sequence length")
-    if len(set(lengths)) != len(lengths):
-        raise InputError(f"lengths: {lengths} repeats a length")
-    for length in lengths:
-        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-            raise InputError(f"lengths: {length!r} is not a positive integer")
-        if length > max_seq_len:
-            raise InputError(
-                f"lengths: {length} is above the model's max_seq_len {max_seq_len}; "
-                "drop it from the contract or train a model with a longer context"
-            )
-    if default_length not in lengths:
-        raise InputError(f"default_length: {default_length} is not one of the lengths {sorted(lengths)}")
-    return sorted(lengths)
 
 
 def guard_dynamic_length(model: torch.nn.Module, example_length: int, max_seq_len: int) -> None:
@@ -161,7 +137,7 @@ def export(
     InputError for a length outside 1..max_seq_len; FrozenLengthError (an InputError) when the
     model fixes the sequence length.
     """
-    lengths = check_lengths(lengths, default_length, max_seq_len)
+    lengths = contract.check_lengths(lengths, default_length, max_seq_len)
     model = model.eval()
     guard_dynamic_length(model, default_length, max_seq_len)
     traced = trace(model, default_length)
@@ -195,21 +171,10 @@ def load(path: str) -> torch.jit.ScriptModule:
 
     torch.jit.load compiles the archive's code and runs some of it while loading (a class's
     __setstate__), and TorchScript can call operators such as torch.save and torch.from_file: an
-    archive from elsewhere could write files just by being loaded. So check_archive() first holds
-    the archive to what export() writes (SECURITY.md); only then does torch.jit.load see it.
+    archive from elsewhere could write files just by being loaded. So torchscript_archive first
+    holds the archive to what export() writes (SECURITY.md); only then does torch.jit.load see it.
     """
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: TorchScript file not found")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise InputError(
-            f"{path}: not a TorchScript archive (a zip file): {error}; re-run the export"
-        ) from None
-    if damaged is not None:
-        raise InputError(f"{path}: damaged record {damaged} (CRC mismatch); re-run the export")
-    check_archive(path)
+    torchscript_archive.check_file(path)
     try:
         module = torch.jit.load(path, map_location="cpu")
     except RuntimeError as error:
@@ -217,108 +182,6 @@ def load(path: str) -> torch.jit.ScriptModule:
             f"{path}: not a loadable TorchScript model ({str(error).splitlines()[0]}); re-run the export"
         ) from None
     return module.eval()
-
-
-# ---- what an archive from export() may hold ------------------------------------------------------
-# An allowlist, not a denylist: the records to_bytes() writes, the pickle globals torch.jit.save uses
-# for our modules, and the operators the traced student calls. A change to training/model.py that
-# needs a new operator fails export_pytorch (it checks its own archive) until the operator is added
-# here; add only pure tensor operators, never one that touches files, processes or the network.
-_RECORD = re.compile(
-    r"^[\w.-]+/(data\.pkl|constants\.pkl|version|byteorder|\.data/serialization_id"
-    r"|data/\d+|constants/\d+|code/__torch__(/[\w/]+)?\.py)$"
-)
-_PICKLE_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict")}
-_STORAGES = {"FloatStorage", "DoubleStorage", "HalfStorage", "LongStorage", "IntStorage", "BoolStorage"}
-ALLOWED_OPS = frozenset(
-    {"ops.prim.NumToTensor"}
-    | {
-        f"torch.{name}"
-        for name in (
-            "add cat chunk embedding flatten linear mean mul neg pow repeat_interleave rsqrt "
-            "scaled_dot_product_attention silu size slice to transpose unflatten"
-        ).split()
-    }
-)
-_ALLOWED_BUILTINS = frozenset({"getattr", "int", "float", "bool", "len", "annotate", "unchecked_cast"})
-
-
-def _refuse(where: str, problem: str) -> InputError:
-    return InputError(
-        f"{where}: {problem}; not a TorchScript archive written by //conversion:export_pytorch, so it is "
-        "not loaded (loading runs the archive's code; see SECURITY.md)"
-    )
-
-
-def _check_pickle(where: str, name: str, data: bytes) -> None:
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("STACK_GLOBAL", "INST", "OBJ"):
-                raise _refuse(where, f"{name} uses pickle opcode {op.name}")
-            if op.name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                ok = module.startswith("__torch__.") or (module, attr) in _PICKLE_GLOBALS
-                if not ok and not (module == "torch" and attr in _STORAGES):
-                    raise _refuse(where, f"{name} refers to {module}.{attr}")
-    except InputError:
-        raise
-    except Exception as error:  # pickletools raises several types on malformed data
-        raise _refuse(where, f"{name} is not a valid pickle ({type(error).__name__})") from None
-
-
-def _dotted(node: ast.AST) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
-
-
-def _check_code(where: str, name: str, data: bytes) -> None:
-    try:
-        tree = ast.parse(data.decode("utf-8"))
-    except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
-        raise _refuse(where, f"{name} is not TorchScript source") from None
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name != "forward":
-            # __setstate__ runs during torch.jit.load; export() writes forward() only.
-            raise _refuse(where, f"{name} defines {node.name}()")
-        if isinstance(node, ast.Name) and node.id in ("torch", "ops"):
-            top = node
-            while isinstance(parents.get(top), ast.Attribute):
-                top = parents[top]
-            if _dotted(top) not in ALLOWED_OPS:
-                raise _refuse(
-                    where, f"{name} calls {_dotted(top) or node.id}, which the exporter never writes"
-                )
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id not in _ALLOWED_BUILTINS:
-                raise _refuse(where, f"{name} calls {node.func.id}()")
-
-
-def check_archive(source) -> None:
-    """InputError unless `source` (a path or file object) holds only what export() writes."""
-    where = source if isinstance(source, str) else "TorchScript archive"
-    try:
-        with zipfile.ZipFile(source) as archive:
-            names = archive.namelist()
-            records = {name: archive.read(name) for name in names}
-    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as error:
-        raise InputError(f"{where}: not a TorchScript archive (a zip file): {error}") from None
-    if len(records) != len(names):
-        # zipfile reads the last of two same-named records, torch's reader may take the first.
-        raise _refuse(where, "a record name appears twice")
-    prefixes = {name.split("/", 1)[0] for name in records}
-    if len(prefixes) != 1:
-        raise _refuse(where, f"records under {len(prefixes)} top-level directories")
-    for name, data in sorted(records.items()):
-        if not _RECORD.match(name):
-            raise _refuse(where, f"unexpected record {name}")
-        if name.endswith(".pkl"):
-            _check_pickle(where, name, data)
-        elif name.endswith(".py"):
-            _check_code(where, name, data)
 
 
 def numpy_forward(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:

@@ -11,9 +11,9 @@ from absl import flags
 
 from common import cli
 from common.errors import InputError
+from conversion import torchscript_archive
 from data import prompt
 from data.tokenizer import Tokenizer
-from training import generate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
@@ -28,7 +28,12 @@ flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.")
 MAX_LENGTH = 256  # the longest contract length
 
 
+# The model runtimes (torch, llama.cpp) are imported only once the question, the tokenizer and the
+# artifact have been checked: bad input fails in well under a second instead of after their imports.
+
+
 def torchscript_forward(path: str):
+    torchscript_archive.check_file(path)
     from conversion import torchscript
 
     module = torchscript.load(path)
@@ -62,10 +67,12 @@ def main(argv: list[str]) -> None:
     tokenizer = Tokenizer.load(FLAGS.tokenizer)
     path = FLAGS.torchscript if FLAGS.backend == "torchscript" else FLAGS.gguf
     cli.require_flag(path, FLAGS.backend)
-    forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path)
     ids = prompt.build_model_input(tokenizer, question)
     if len(ids) >= MAX_LENGTH:
         raise InputError(f"question: {len(ids)} tokens; at most {MAX_LENGTH - 1} fit the model")
+    forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path)
+    from training import generate
+
     new = generate.generate(
         forward,
         ids,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from common.errors import InputError
-from conversion import torchscript
+from conversion import torchscript, torchscript_archive
 from tests import harness, spoil
 from training import checkpoint
 from verify import gguf_check, mil_executor
@@ -412,6 +412,6 @@ def test_the_inventory_catches_unsafe_loads():
 
 
 def test_the_real_torchscript_archive_passes_the_check():
-    torchscript.check_archive(A("torchscript"))
+    torchscript_archive.check_file(A("torchscript"))
     with zipfile.ZipFile(A("torchscript")) as archive:
         assert any(name.endswith("data.pkl") for name in archive.namelist())

@@ -3,6 +3,10 @@
 The metadata says what the weights are (model_type, architecture config, tokenizer digest,
 dataset digest, training facts). Loading checks it before building the model, so a checkpoint of
 another model type or vocabulary is a clear error, never a silent misload.
+
+check() does every check that needs no torch (metadata, config, the weights' digest); binaries call
+it first, so a bad checkpoint fails in well under a second. save() and load() import torch and
+safetensors' torch half themselves, which is why this module's imports stay light.
 """
 
 import dataclasses
@@ -10,20 +14,19 @@ import hashlib
 import json
 import os
 
-import safetensors
-import safetensors.torch
-import torch
-
 from common import atomic
 from common.digest import sha256_file  # noqa: F401  (re-exported: callers use checkpoint.sha256_file)
 from common.errors import InputError
-from training.model import MODEL_TYPE, ModelConfig, Student
+from training.config import MODEL_TYPE, ModelConfig
 
 REQUIRED_METADATA = ("model_type", "config", "tokenizer_sha256", "dataset_sha256", "steps")
 
 
-def save(weights_path: str, metadata_path: str, model: Student, metadata: dict) -> None:
-    """Writes both files atomically. safetensors output is deterministic for equal tensors."""
+def save(weights_path: str, metadata_path: str, model, metadata: dict) -> None:
+    """Writes both files atomically (model: a training.model.Student). safetensors output is
+    deterministic for equal tensors."""
+    import safetensors.torch
+
     tensors = {name: t.detach().contiguous().clone() for name, t in sorted(model.state_dict().items())}
     data = safetensors.torch.save(tensors, metadata={"format": "pt"})
     full = dict(metadata, model_type=MODEL_TYPE, config=model.cfg.to_dict())
@@ -95,10 +98,9 @@ def _model_config(values, metadata_path: str) -> ModelConfig:
     return cfg
 
 
-def load(
-    weights_path: str, metadata_path: str, expected_vocab_size: int | None = None
-) -> tuple[Student, dict]:
-    """Returns (model in eval mode, metadata). Raises InputError for anything wrong."""
+def _read_checked(
+    weights_path: str, metadata_path: str, expected_vocab_size: int | None
+) -> tuple[dict, ModelConfig, bytes]:
     metadata = load_metadata(metadata_path)
     cfg = _model_config(metadata["config"], metadata_path)
     if expected_vocab_size is not None and cfg.vocab_size != expected_vocab_size:
@@ -119,6 +121,29 @@ def load(
             f"{weights_path}: sha256 does not match {metadata_path} weights_sha256; "
             "the weights are truncated or were changed"
         )
+    return metadata, cfg, data
+
+
+def check(
+    weights_path: str, metadata_path: str, expected_vocab_size: int | None = None
+) -> tuple[dict, ModelConfig]:
+    """(metadata, config) after every check that needs no torch; InputError for anything wrong.
+
+    load() repeats these checks and adds the tensors' own (names, shapes, dtypes).
+    """
+    metadata, cfg, _ = _read_checked(weights_path, metadata_path, expected_vocab_size)
+    return metadata, cfg
+
+
+def load(weights_path: str, metadata_path: str, expected_vocab_size: int | None = None) -> tuple:
+    """Returns (training.model.Student in eval mode, metadata). Raises InputError for anything wrong."""
+    import safetensors
+    import safetensors.torch
+    import torch
+
+    from training.model import Student
+
+    metadata, cfg, data = _read_checked(weights_path, metadata_path, expected_vocab_size)
     try:
         tensors = safetensors.torch.load(data)
     except (safetensors.SafetensorError, ValueError, OSError) as error:

@@ -11,42 +11,11 @@ unflatten/flatten, which carry no sizes, so TorchScript and Core ML keep a
 dynamic sequence length.
 """
 
-import dataclasses
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODEL_TYPE = "magic-8-ball"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int = 512
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    ffn_hidden: int = 512
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
-        return cls(**values)
+from training.config import ModelConfig
 
 
 class RMSNorm(nn.Module):

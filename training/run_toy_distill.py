@@ -11,18 +11,17 @@ import csv
 import io
 import os
 
-import torch
 from absl import flags, logging
 
 from common import atomic, cli
 from common.errors import InputError
 from data import dataset as kd_dataset
 from data.tokenizer import Tokenizer
-from training import checkpoint, distill
-from training.model import ModelConfig, Student, count_parameters, init_weights
+from training import checkpoint
+from training.config import LossConfig, ModelConfig, TrainConfig
 
-_DEFAULTS = distill.TrainConfig()
-_LOSS_DEFAULTS = distill.LossConfig()
+_DEFAULTS = TrainConfig()
+_LOSS_DEFAULTS = LossConfig()
 
 flags.DEFINE_string("in", None, "KD dataset JSONL written by data/make_toy_kd (required).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON; its sha256 must match the dataset header.")
@@ -95,10 +94,6 @@ def main(argv: list[str]) -> None:
     del argv
     _check_flags()
     in_path = FLAGS["in"].value
-    torch.manual_seed(FLAGS.seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(FLAGS.threads)
-
     tokenizer = Tokenizer.load(FLAGS.tokenizer)
     data = kd_dataset.read_dataset(in_path)
     expected = data.header.get("tokenizer_sha256")
@@ -116,12 +111,23 @@ def main(argv: list[str]) -> None:
 
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size)
     _check_records(in_path, data.records, cfg)
+
+    # torch only now, after every check of flags and files: bad input fails in well under a second
+    # instead of after torch's seconds-long import.
+    import torch
+
+    from training import distill
+    from training.model import Student, count_parameters, init_weights
+
+    torch.manual_seed(FLAGS.seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(FLAGS.threads)
     model = Student(cfg)
     init_weights(model, FLAGS.seed)
     n_params = count_parameters(model)
     print(f"parameters: {n_params:,} (untied embeddings)", flush=True)
 
-    train_cfg = distill.TrainConfig(
+    train_cfg = TrainConfig(
         steps=FLAGS.steps,
         batch_size=FLAGS.batch_size,
         lr=FLAGS.lr,
@@ -129,9 +135,7 @@ def main(argv: list[str]) -> None:
         seed=FLAGS.seed,
         heldout_every=FLAGS.heldout_every,
     )
-    loss_cfg = distill.LossConfig(
-        temperature=FLAGS.temperature, kl_weight=FLAGS.kl_weight, ce_weight=FLAGS.ce_weight
-    )
+    loss_cfg = LossConfig(temperature=FLAGS.temperature, kl_weight=FLAGS.kl_weight, ce_weight=FLAGS.ce_weight)
     train_data = distill.make_batch(train_records, tokenizer.bos_id, tokenizer.pad_id)
     heldout_data = distill.make_batch(heldout_records, tokenizer.bos_id, tokenizer.pad_id)
     logging.info("training on %d records, %d held out", len(train_records), len(heldout_records))

@@ -29,19 +29,21 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from absl import flags, logging
 
 from common import cli
 from common.errors import InputError
 from conversion import contract as contract_lib
-from conversion import torchscript
+from conversion import torchscript_archive
 from data import dataset as dataset_lib
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
-from training.generate import greedy_batch
-from verify import coreml_spec, mil_executor, parity
+from verify import parity
 from verify import report as report_lib
+
+# torch, coremltools (behind mil_executor and coreml_spec) and llama.cpp are imported where they
+# are used, after _check_inputs(): a bad flag or file then fails in well under a second, not after
+# ten seconds of imports.
 
 flags.DEFINE_string("contract", None, "contract.json written by the export step (required).")
 flags.DEFINE_string(
@@ -102,8 +104,8 @@ def _require_digest(flag: str, path: str, expected: str, what: str) -> None:
         )
 
 
-def _load_inputs():
-    """Reads and cross-checks contract, tokenizer, checkpoint and dataset; InputError on any mismatch."""
+def _check_inputs():
+    """Reads and cross-checks every input without torch or coremltools; InputError on any problem."""
     contract = contract_lib.load_contract(FLAGS.contract)
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     if tokenizer.digest != contract.tokenizer_sha256:
@@ -115,11 +117,11 @@ def _load_inputs():
         _require_digest(
             "weights", FLAGS.weights, contract.artifacts["weights"], f"{FLAGS.contract} artifacts.weights"
         )
-    model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
-    if max(contract.lengths) > model.cfg.max_seq_len:
+    _, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
+    if max(contract.lengths) > cfg.max_seq_len:
         raise InputError(
             f"{FLAGS.contract}: lengths: {max(contract.lengths)} is above the model's max_seq_len "
-            f"{model.cfg.max_seq_len}"
+            f"{cfg.max_seq_len}"
         )
     dataset = dataset_lib.read_dataset(FLAGS.dataset)
     if dataset.header.get("tokenizer_sha256") != contract.tokenizer_sha256:
@@ -131,7 +133,10 @@ def _load_inputs():
     if not heldout:
         raise InputError(f"--dataset: {FLAGS.dataset} has no held-out records to check behaviour on")
     strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
-    return contract, tokenizer, model, heldout, strings
+    torchscript_archive.check_file(FLAGS.torchscript)
+    if FLAGS.gguf:
+        _gguf_checker().read_gguf(FLAGS.gguf)  # the header and tensor table; llama.cpp loads it later
+    return contract, tokenizer, heldout, strings
 
 
 def _check_outputs(report, backend: Backend, contract, rows_by_length, refs_by_length) -> None:
@@ -223,6 +228,8 @@ def _unsupported_probe(lengths) -> int:
 
 def _check_coreml_interface(report, contract, program) -> None:
     """The package's spec against the contract, and a length between two contract lengths refused."""
+    from verify import coreml_spec, mil_executor
+
     for result in coreml_spec.check_spec(
         FLAGS.mlpackage,
         list(contract.lengths),
@@ -255,8 +262,21 @@ def _check_gguf_tokenizer(report, gguf_check, llama, tokenizer, strings) -> None
     report.check(GGUF, report_lib.ALL, "tokenizer_mismatches", len(mismatches), "==", 0)
 
 
+def _gguf_checker():
+    try:
+        from verify import gguf_check  # optional: only when --gguf is given
+    except ModuleNotFoundError as error:
+        if error.name != "verify.gguf_check":
+            raise
+        raise InputError("--gguf: this build has no GGUF checker (verify/gguf_check.py)") from None
+    return gguf_check
+
+
 def _load_backends(contract, tokenizer, strings) -> list[Backend]:
     """Every artifact loaded up front, so a missing or unreadable one is bad input before any work."""
+    from conversion import torchscript
+    from verify import mil_executor
+
     module = torchscript.load(FLAGS.torchscript)
     backends = [
         Backend(
@@ -278,12 +298,7 @@ def _load_backends(contract, tokenizer, strings) -> list[Backend]:
     )
 
     if FLAGS.gguf:
-        try:
-            from verify import gguf_check  # optional: only when --gguf is given
-        except ModuleNotFoundError as error:
-            if error.name != "verify.gguf_check":
-                raise
-            raise InputError("--gguf: this build has no GGUF checker (verify/gguf_check.py)") from None
+        gguf_check = _gguf_checker()
         model = gguf_check.load(FLAGS.gguf)
         backends.append(
             Backend(
@@ -319,9 +334,15 @@ def main(argv: list[str]) -> None:
         raise InputError(f"--behaviour_questions: {FLAGS.behaviour_questions}; must be at least 1")
     # One intra-op thread: numbers that do not depend on the thread count (a deterministic
     # report), and no OpenMP spinning against the other process on a busy 2-core machine.
-    torch.set_num_threads(1)
     started = time.monotonic()
-    contract, tokenizer, model, heldout, strings = _load_inputs()
+    contract, tokenizer, heldout, strings = _check_inputs()
+    import torch
+
+    from conversion import torchscript
+    from training.generate import greedy_batch
+
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
     backends = _load_backends(contract, tokenizer, strings)
 
     report = report_lib.Report(contract.model_name, checkpoint.sha256_file(FLAGS.contract))

@@ -5,6 +5,9 @@ packages are downloaded. Nothing is fetched at build or run time.
 """
 
 def _pip_install_impl(rctx):
+    # Every label is resolved before the first execute: resolving one later makes Bazel restart
+    # this function from the top, and the whole install (about a minute) ran twice.
+    generator = rctx.path(Label("//third_party/python:generate_build.py"))
     python = rctx.read(rctx.attr.python).strip()
     lock = rctx.path(rctx.attr.lock)
     rctx.report_progress("pip install --require-hashes -r %s" % rctx.attr.lock.name)
@@ -58,7 +61,6 @@ def _pip_install_impl(rctx):
         timeout = 1800,
     )
 
-    generator = rctx.path(Label("//third_party/python:generate_build.py"))
     result = rctx.execute([python, "-E", str(generator), "site", "BUILD.bazel"])
     if result.return_code != 0:
         fail("generating @%s//:BUILD.bazel failed: %s" % (rctx.name, result.stderr))
