@@ -1,9 +1,11 @@
 """Wall time of the conversion and verification stages, each run as a fresh process on the pipeline's
 artifacts, exactly as the build runs them.
 
-Each time includes the launcher, interpreter start and imports (torch, coremltools, llama.cpp);
-each stage's baseline row measures just that fixed cost (`<stage> --help`: the stage's every
-import, then exit), so a stage's ratio says how many times its start-up the whole stage takes.
+Each time includes the launcher, interpreter start and imports (torch, coremltools, llama.cpp).
+Each stage's baseline row is `<stage> --help`: the launcher, the interpreter and the light imports
+that parsing flags needs. The stages import torch, coremltools and llama.cpp only after checking
+their flags and inputs (bad input fails fast), so the baseline leaves those imports out, and a
+stage's ratio says how many times a bare start-up the whole stage takes, heavy imports included.
 The targets from the issues (conversion < 5 s, verification of every length < 30 s) are logged.
 """
 
@@ -49,7 +51,7 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
 
 
 def measure(tools: dict[str, str], artifacts: str, repeats: int) -> list[Row]:
-    """Per stage: its start-up baseline (`<stage> --help`), then the stage itself, runs alternating."""
+    """Per stage: its bare start-up (`<stage> --help`), then the stage itself, runs alternating."""
     missing = {"export_pytorch", "convert_coreml", "export_gguf", "verify_contracts"} - set(tools)
     if missing:
         raise InputError(f"--tool: no path for {sorted(missing)}")
@@ -61,7 +63,7 @@ def measure(tools: dict[str, str], artifacts: str, repeats: int) -> list[Row]:
         for name, command in stage_commands(tools, artifacts, out):
             startup, work = [], []
             for _ in range(repeats):
-                # --help exits non-zero by absl's convention; it is the imports we time, not the status.
+                # --help exits non-zero by absl's convention; it is the start-up we time, not the status.
                 startup.append(_timed([command[0], "--help"], check=False))
                 work.append(_timed(command))
             rows.append(Row(f"{name}: start-up only", "s", tuple(startup)))

@@ -10,13 +10,12 @@ Only the protobuf spec is read (coremltools.proto), so this runs anywhere.
 """
 
 import dataclasses
-import json
-import os
 
 from coremltools import proto
 from google.protobuf.message import DecodeError
 
 from common.errors import InputError
+from verify import mlpackage_manifest
 
 _ARRAY = proto.FeatureTypes_pb2.ArrayFeatureType
 DTYPE_NAMES = {
@@ -38,22 +37,7 @@ class CheckResult:
 
 def read_spec(path: str) -> tuple[proto.Model_pb2.Model, str]:
     """(root model spec, its file path) of a .mlpackage. InputError for a missing/corrupt package."""
-    if not os.path.isdir(path):
-        raise InputError(f"{path}: Core ML package not found (expected an .mlpackage directory)")
-    manifest_path = os.path.join(path, "Manifest.json")
-    try:
-        with open(manifest_path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-        root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: not a Core ML package (no Manifest.json)") from None
-    except (ValueError, RecursionError, KeyError, TypeError, OSError) as error:
-        raise InputError(f"{manifest_path}: corrupt package manifest ({error!r})") from None
-    data_dir = os.path.normpath(os.path.join(path, "Data"))
-    model_path = os.path.normpath(os.path.join(data_dir, root)) if isinstance(root, str) else ""
-    if not model_path.startswith(data_dir + os.sep):
-        # The manifest is untrusted too: never read a file outside the package it describes.
-        raise InputError(f"{manifest_path}: the root model path {root!r} points outside the package")
+    model_path = mlpackage_manifest.root_model_path(path)
     spec = proto.Model_pb2.Model()
     try:
         with open(model_path, "rb") as handle:

@@ -38,7 +38,7 @@ from conversion import torchscript_archive
 from data import dataset as dataset_lib
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
-from verify import parity
+from verify import mlpackage_manifest, parity
 from verify import report as report_lib
 
 # torch, coremltools (behind mil_executor and coreml_spec) and llama.cpp are imported where they
@@ -134,6 +134,7 @@ def _check_inputs():
         raise InputError(f"--dataset: {FLAGS.dataset} has no held-out records to check behaviour on")
     strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
     torchscript_archive.check_file(FLAGS.torchscript)
+    mlpackage_manifest.root_model_path(FLAGS.mlpackage)  # the package's layout; its spec comes later
     if FLAGS.gguf:
         _gguf_checker().read_gguf(FLAGS.gguf)  # the header and tensor table; llama.cpp loads it later
     return contract, tokenizer, heldout, strings
