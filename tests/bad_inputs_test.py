@@ -854,3 +854,25 @@ def test_bad_input_fails_cleanly(case: Case, spoiler, tmp_path):
         result = harness.run(case.binary, flags, argv)
         left = harness.leftovers(out)
     harness.assert_clean_failure(harness.Outcome(result.returncode, result.stderr, left), mention, case.id)
+
+
+# The frameworks that take seconds to import. Every binary checks its flags and inputs before
+# importing them, so that bad input fails in well under a second (and this suite stays fast).
+HEAVY_MODULES = ("torch", "coremltools", "llama_cpp")
+
+
+@pytest.mark.parametrize("binary", sorted(harness.BINARIES))
+def test_bad_input_fails_before_the_heavy_imports(binary, spoiler, tmp_path):
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    flags = {**_inputs(binary, spoiler), **_outputs(binary, out)}
+    # A missing input file: the checks that run before the heavy imports read it.
+    slot = next(name for name in ("tokenizer", "in", "weights", "out") if name in flags)
+    flags[slot] = os.path.join(out, "absent", "file")
+    argv = ("Will it rain tomorrow?",) if binary == "ask" else ()
+    env = {**harness.binary_env(), "PYTHONPROFILEIMPORTTIME": "1"}  # Python logs every import
+    result = harness.run(binary, flags, argv, count=False, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    loaded = sorted(set(HEAVY_MODULES) & imported)
+    assert not loaded, f"{binary} imported {loaded} before failing on a missing --{slot}"

@@ -79,7 +79,7 @@ def command(binary: str, flags: dict, argv: tuple = ()) -> list[str]:
 
 
 def run(
-    binary: str, flags: dict, argv: tuple = (), count: bool = True, **kwargs
+    binary: str, flags: dict, argv: tuple = (), count: bool = True, env: dict | None = None, **kwargs
 ) -> subprocess.CompletedProcess:
     if count:
         CASES_TRIED[binary] += 1
@@ -88,7 +88,7 @@ def run(
         capture_output=True,
         text=True,
         errors="replace",
-        env=binary_env(),
+        env=binary_env() if env is None else env,
         timeout=TIMEOUT_S,
         check=False,
         **kwargs,

@@ -333,15 +333,15 @@ def main(argv: list[str]) -> None:
     cli.check_output_path(FLAGS.out_report, "out_report")  # before minutes of checks, not after
     if FLAGS.behaviour_questions < 1:
         raise InputError(f"--behaviour_questions: {FLAGS.behaviour_questions}; must be at least 1")
-    # One intra-op thread: numbers that do not depend on the thread count (a deterministic
-    # report), and no OpenMP spinning against the other process on a busy 2-core machine.
     started = time.monotonic()
     contract, tokenizer, heldout, strings = _check_inputs()
-    import torch
+    import torch  # only now: see the note at the imports
 
     from conversion import torchscript
     from training.generate import greedy_batch
 
+    # One intra-op thread: numbers that do not depend on the thread count (a deterministic
+    # report), and no OpenMP spinning against the other process on a busy 2-core machine.
     torch.set_num_threads(1)
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
     backends = _load_backends(contract, tokenizer, strings)
