@@ -540,7 +540,7 @@ CASES = [
     _case(
         "export_gguf",
         "unpinned weights cut",
-        # Without weights_sha256 in the metadata the safetensors reader itself must catch the cut.
+        # Without weights_sha256 in the metadata the safetensors layout check must catch the cut.
         lambda s, o: {
             "weights": s.truncated(A("weights"), "cut2.safetensors", 0.9),
             "metadata": _metadata(s, "unpinned.json", _drop("weights_sha256")),

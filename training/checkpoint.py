@@ -12,6 +12,7 @@ safetensors' torch half themselves, which is why this module's imports stay ligh
 import dataclasses
 import hashlib
 import json
+import math
 import os
 
 from common import atomic
@@ -20,6 +21,12 @@ from common.errors import InputError
 from training.config import MODEL_TYPE, ModelConfig
 
 REQUIRED_METADATA = ("model_type", "config", "tokenizer_sha256", "dataset_sha256", "steps")
+
+# Bytes per element of the safetensors dtypes torch writes.
+_DTYPE_BYTES = {
+    **{"F64": 8, "F32": 4, "F16": 2, "BF16": 2},
+    **{"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1},
+}
 
 
 def save(weights_path: str, metadata_path: str, model, metadata: dict) -> None:
@@ -98,6 +105,46 @@ def _model_config(values, metadata_path: str) -> ModelConfig:
     return cfg
 
 
+def _check_safetensors_layout(data: bytes, weights_path: str) -> None:
+    """The file's layout, read with the standard library: an 8-byte header length, a JSON header of
+    {name: {dtype, shape, data_offsets}}, and tensor data that tiles the rest exactly. A cut, damaged
+    or foreign file (a pickle, say) fails here, before torch is imported; load() then reads the
+    tensors with safetensors itself and checks their names and shapes against the config."""
+
+    def unreadable(reason: str) -> InputError:
+        return InputError(f"{weights_path}: not a readable safetensors file ({reason})")
+
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > len(data) - 8:
+        raise unreadable(f"its header length does not fit its {len(data)} bytes")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise unreadable("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise unreadable("the header is not a JSON object")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            shape, width = info["shape"], _DTYPE_BYTES[info["dtype"]]
+            sized = all(type(d) is int and d >= 0 for d in shape) and type(begin) is type(end) is int
+        except (TypeError, KeyError, ValueError):
+            sized = False
+        if not sized or end - begin != math.prod(shape) * width:
+            raise unreadable(f"tensor {name!r} has no consistent dtype, shape and data_offsets")
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise unreadable(f"the tensor data has a gap or an overlap at byte {begin}")
+        position = end
+    if position != len(data) - 8 - size:
+        raise unreadable(f"{len(data) - 8 - size} bytes of tensor data where its header describes {position}")
+
+
 def _read_checked(
     weights_path: str, metadata_path: str, expected_vocab_size: int | None
 ) -> tuple[dict, ModelConfig, bytes]:
@@ -121,6 +168,7 @@ def _read_checked(
             f"{weights_path}: sha256 does not match {metadata_path} weights_sha256; "
             "the weights are truncated or were changed"
         )
+    _check_safetensors_layout(data, weights_path)
     return metadata, cfg, data
 
 
@@ -129,7 +177,7 @@ def check(
 ) -> tuple[dict, ModelConfig]:
     """(metadata, config) after every check that needs no torch; InputError for anything wrong.
 
-    load() repeats these checks and adds the tensors' own (names, shapes, dtypes).
+    load() repeats these checks and adds the tensors' names and shapes against the config.
     """
     metadata, cfg, _ = _read_checked(weights_path, metadata_path, expected_vocab_size)
     return metadata, cfg

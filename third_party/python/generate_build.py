@@ -1,8 +1,9 @@
 """Writes a BUILD file with one py_library per distribution installed under a --target dir.
 
-Usage: generate_build.py SITE_DIR BUILD_FILE. Run by pip.bzl with the pinned interpreter.
-Dependencies come from each distribution's Requires-Dist, with environment markers evaluated
-for this interpreter and extras left out.
+Usage: generate_build.py SITE_DIR BUILD_FILE [DEPS_REPO]. Run by pip.bzl with the pinned
+interpreter. Dependencies come from each distribution's Requires-Dist, with environment markers
+evaluated for this interpreter and extras left out. A dependency installed in SITE_DIR is a local
+label; with DEPS_REPO, any other one is @DEPS_REPO//:<name> (the lock is split over repositories).
 """
 
 import csv
@@ -57,7 +58,7 @@ def is_script(path):
         return handle.read(2) == b"#!"
 
 
-def runtime_deps(requires, installed):
+def runtime_deps(requires, installed, deps_repo):
     deps = set()
     for text in requires:
         requirement = Requirement(text)
@@ -65,11 +66,13 @@ def runtime_deps(requires, installed):
             continue
         dep = normalize(requirement.name)
         if dep in installed:
-            deps.add(dep)
+            deps.add(":" + dep)
+        elif deps_repo:
+            deps.add(f"@{deps_repo}//:{dep}")
     return sorted(deps)
 
 
-def main(site, build_file):
+def main(site, build_file, deps_repo=""):
     dists = {}
     for entry in sorted(os.listdir(site)):
         if entry.endswith(".dist-info"):
@@ -101,7 +104,7 @@ def main(site, build_file):
             '        exclude = ["**/* *"],  # Bazel 4 labels cannot hold spaces',
             "    ),",
             '    imports = ["site"],',
-            f"    deps = {[':' + d for d in runtime_deps(requires, dists) if d != key]!r},",
+            f"    deps = {[d for d in runtime_deps(requires, dists, deps_repo) if d != ':' + key]!r},",
             ")",
             "",
         ]
@@ -110,4 +113,4 @@ def main(site, build_file):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -4,13 +4,60 @@
 packages are downloaded. Nothing is fetched at build or run time.
 """
 
+def _normalize(name):
+    return name.lower().replace("-", "_").replace(".", "_")
+
+def _lock_entries(text):
+    """{normalized name: entry text} of a hash-locked requirements file: each entry is a
+    `name==version \\` line followed by its `--hash=...` continuation lines."""
+    entries = {}
+    name = None
+    for line in text.splitlines():
+        if name == None:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name = _normalize(line.split("==")[0].strip())
+            entries[name] = line
+        else:
+            entries[name] += "\n" + line
+        if not line.rstrip().endswith("\\"):
+            name = None
+    return entries
+
+def _select(rctx, entries):
+    """The names this repository installs: `only` if given, else every entry but `exclude`."""
+    unknown = [n for n in rctx.attr.only + rctx.attr.exclude if _normalize(n) not in entries]
+    if unknown:
+        fail("@%s: %s not in %s; `only` and `exclude` name distributions of the lock." % (
+            rctx.name,
+            ", ".join(unknown),
+            rctx.attr.lock,
+        ))
+    if rctx.attr.only:
+        return sorted([_normalize(n) for n in rctx.attr.only])
+    skipped = [_normalize(n) for n in rctx.attr.exclude]
+    return [n for n in sorted(entries) if n not in skipped]
+
 def _pip_install_impl(rctx):
     # Every label is resolved before the first execute: resolving one later makes Bazel restart
     # this function from the top, and the whole install (about a minute) ran twice.
     generator = rctx.path(Label("//third_party/python:generate_build.py"))
     python = rctx.read(rctx.attr.python).strip()
-    lock = rctx.path(rctx.attr.lock)
-    rctx.report_progress("pip install --require-hashes -r %s" % rctx.attr.lock.name)
+    environment = dict(rctx.attr.environment)
+    if rctx.attr.cmake_project_include:
+        include = rctx.path(rctx.attr.cmake_project_include)
+        environment["CMAKE_ARGS"] = " ".join([
+            environment.get("CMAKE_ARGS", ""),
+            "-DCMAKE_PROJECT_INCLUDE=%s" % include,
+        ]).strip()
+    environment["PIP_ROOT_USER_ACTION"] = "ignore"
+    entries = _lock_entries(rctx.read(rctx.attr.lock))
+    names = _select(rctx, entries)
+    rctx.file("requirements.txt", "\n".join([entries[n] for n in names]) + "\n")
+    rctx.report_progress("pip install --require-hashes: %d distributions of %s" % (
+        len(names),
+        rctx.attr.lock.name,
+    ))
     result = rctx.execute(
         [
             python,
@@ -27,13 +74,9 @@ def _pip_install_impl(rctx):
             "--target",
             "site",
             "-r",
-            str(lock),
+            "requirements.txt",
         ],
-        environment = {
-            # llama-cpp-python builds from source: portable x86-64 code, not this CPU's.
-            "CMAKE_ARGS": "-DGGML_NATIVE=OFF",
-            "PIP_ROOT_USER_ACTION": "ignore",
-        },
+        environment = environment,
         timeout = 3600,
         quiet = False,
     )
@@ -61,7 +104,7 @@ def _pip_install_impl(rctx):
         timeout = 1800,
     )
 
-    result = rctx.execute([python, "-E", str(generator), "site", "BUILD.bazel"])
+    result = rctx.execute([python, "-E", str(generator), "site", "BUILD.bazel", rctx.attr.deps_repo])
     if result.return_code != 0:
         fail("generating @%s//:BUILD.bazel failed: %s" % (rctx.name, result.stderr))
 
@@ -70,6 +113,16 @@ pip_install = repository_rule(
     attrs = {
         "lock": attr.label(mandatory = True, allow_single_file = True),
         "python": attr.label(mandatory = True, allow_single_file = True, doc = "file holding the interpreter path"),
+        "only": attr.string_list(doc = "install just these locked distributions"),
+        "exclude": attr.string_list(doc = "install every locked distribution but these"),
+        "deps_repo": attr.string(
+            doc = "where dependencies that this repository does not install live (@<deps_repo>//:<name>)",
+        ),
+        "environment": attr.string_dict(doc = "environment of pip, and so of source builds"),
+        "cmake_project_include": attr.label(
+            allow_single_file = True,
+            doc = "a CMake file that source builds include after every project() (CMAKE_PROJECT_INCLUDE)",
+        ),
     },
     doc = "pip-installs a hash-locked requirements file; @<name>//:<distribution> per distribution.",
 )
