@@ -1,9 +1,10 @@
 """Writes a BUILD file with one py_library per distribution installed under a --target dir.
 
 Usage: generate_build.py SITE_DIR BUILD_FILE [DEPS_REPO]. Run by pip.bzl with the pinned
-interpreter. Dependencies come from each distribution's Requires-Dist, with environment markers
-evaluated for this interpreter and extras left out. A dependency installed in SITE_DIR is a local
-label; with DEPS_REPO, any other one is @DEPS_REPO//:<name> (the lock is split over repositories).
+interpreter. Beside BUILD_FILE it writes distributions.txt, the names it made targets for.
+Dependencies come from each distribution's Requires-Dist, with environment markers evaluated for
+this interpreter and extras left out. A dependency installed in SITE_DIR is a local label; with
+DEPS_REPO, any other one is @DEPS_REPO//:<name> (the lock is split over repositories).
 """
 
 import csv
@@ -96,6 +97,8 @@ def main(site, build_file, deps_repo=""):
         "",
         'package(default_visibility = ["//visibility:public"])',
         "",
+        'exports_files(["distributions.txt"])',
+        "",
     ]
     for key, (dist_info, requires) in sorted(dists.items()):
         patterns = []
@@ -124,6 +127,10 @@ def main(site, build_file, deps_repo=""):
         ]
     with open(build_file, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines))
+    with open(
+        os.path.join(os.path.dirname(build_file), "distributions.txt"), "w", encoding="utf-8"
+    ) as handle:
+        handle.write("".join(f"{key}\n" for key in sorted(dists)))
 
 
 if __name__ == "__main__":
