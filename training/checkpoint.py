@@ -177,7 +177,7 @@ def check(
 ) -> tuple[dict, ModelConfig]:
     """(metadata, config) after every check that needs no torch; InputError for anything wrong.
 
-    load() repeats these checks and adds the tensors' names and shapes against the config.
+    load() repeats these checks and adds the tensors' names, shapes and dtypes against the config.
     """
     metadata, cfg, _ = _read_checked(weights_path, metadata_path, expected_vocab_size)
     return metadata, cfg

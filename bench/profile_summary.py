@@ -1,0 +1,57 @@
+"""Summarises a Bazel JSON profile (`--profile=FILE`): the figures BENCHMARKS.md quotes for a cold
+`./bazelw test //...` that `bazel analyze-profile` does not print.
+
+    python3.11 bench/profile_summary.py /tmp/cold.prof
+
+Prints the phase start times, each repository fetch that took over a second, and the slot time of
+all actions (their durations summed: on 2 cores, at most twice the execution phase).
+"""
+
+import gzip
+import json
+import sys
+
+
+def summary(events: list) -> list[str]:
+    start = min(event["ts"] for event in events if "ts" in event)
+
+    def seconds(micros: float) -> str:
+        return f"{micros / 1e6:8.1f} s"
+
+    lines = []
+    for event in events:
+        if event.get("cat") == "build phase marker":
+            lines.append(f"{seconds(event['ts'] - start)}  phase: {event['name']}")
+        elif event.get("name", "").startswith("//external:") and event.get("dur", 0) > 1e6:
+            lines.append(
+                f"{seconds(event['ts'] - start)}  fetch {event['name'][11:]}: {seconds(event['dur'])}"
+            )
+    slot = sum(e.get("dur", 0) for e in events if e.get("ph") == "X" and e.get("cat") == "action processing")
+    lines.append(f"action slot time: {seconds(slot).strip()}")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(
+            "usage: profile_summary.py PROFILE (a file written by bazel --profile=PROFILE)", file=sys.stderr
+        )
+        return 2
+    try:
+        with open(argv[1], "rb") as handle:
+            raw = handle.read()
+        profile = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+        events = profile["traceEvents"] if isinstance(profile, dict) else profile
+        lines = summary(events)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(
+            f"{argv[1]}: not a readable Bazel JSON profile ({error}); write one with --profile=FILE",
+            file=sys.stderr,
+        )
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
