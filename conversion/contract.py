@@ -7,10 +7,10 @@
      "inputs":  [{"name": "input_ids", "dtype": "int32",   "shape": [1, "T"]}],
      "outputs": [{"name": "logits",    "dtype": "float32", "shape": [1, "T", 512]}],
      "artifacts": {"weights": "<sha256>", "torchscript": "<sha256>"},
-     "tolerances": {...}}
+     "gates": {...}}
 
 "T" stands for each of `lengths`. Verification reads shapes and bounds from here; nothing downstream
-re-derives them by probing an artifact (DESIGN.md, "Contract").
+re-derives them by probing an artifact.
 
 Which digests live in `artifacts`: the contract is written once, by the export step, and never
 rewritten. It pins the checkpoint it was exported from ("weights") and the TorchScript file written
@@ -22,56 +22,30 @@ the sha256 and size of every artifact it checked, Core ML and GGUF included; the
 manifest, and it names the contract by digest. `with_artifact` returns a new contract (the export
 step builds its contract with it); it never edits a saved file.
 
-Tolerances (all measured on this machine against fp32 eager PyTorch on a trained student):
-  torchscript_max_abs        1e-4: the same kernels run, so only op-order noise is allowed.
-  coreml_fp16_max_abs        fp16 compute in the Core ML program (see DEFAULT_TOLERANCES).
-  gguf_max_abs               llama.cpp on the GGUF weights.
-  coreml_top1_agreement_min  0.99 and gguf_top1_agreement_min 0.999: the fraction of positions whose
-                             argmax matches eager, near ties left out (verify/parity.py).
-                             (interfaces.md named one "top1_agreement_min"; the two backends
-                             differ, so each has its own key.)
-  near_tie_margin            a position whose eager top-1 beats its top-2 by less than this is a
-                             near tie: behaviour checks count an argmax flip there, they do not fail
-                             on it. At least 2x the largest max_abs bound, because an error of d
-                             per logit can flip an argmax only when the margin is below 2d.
+Gates ("gates", conversion/gates.py): the artifacts to verify, the precision each computes in, and
+every numeric bound with the floor it was derived from and its factor. Floors are measured on the
+same model and inputs by //verify:measure_floors (verify/floors.py explains each one); the export
+step turns them into bounds when it writes the contract.
 """
 
 import dataclasses
 import hashlib
 import json
-import math
 import re
 
 from common import atomic
 from common.errors import InputError
+from conversion import gates as gates_lib
 from training.config import MODEL_TYPE
 
 FORMAT = "m8b-contract"
-VERSION = 1
+VERSION = 2  # 2: "gates" (bounds from floors) replaced fixed "tolerances"
 MODEL_NAME = "magic-8-ball"
 DEFAULT_LENGTHS = (64, 128, 256)
 DEFAULT_LENGTH = 128
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "logits"
 LENGTH_SYMBOL = "T"
-
-# Measured against fp32 eager on a 600-step student (logits up to ~23), random and real-text rows:
-# - Core ML fp16 (MIL executor): 0.03 / 0.07 / 0.11 at T64 / T128 / T256 when the RoPE angles are
-#   computed in fp16 (positions * inv_freq loses ~0.1 rad by position 255), 0.04 at every length
-#   when they are kept in fp32. 0.1 passes the latter with 2x headroom and flags the former.
-# - llama.cpp on an f32 GGUF: 0.008 / 0.009 / 0.014 (its f16 KV cache; 0.007 with an f32 cache).
-# The bounds stay within a few times the measured error, so a real regression (a wrong op, a
-# dropped norm, a mis-permuted head) is far outside them.
-DEFAULT_TOLERANCES = {
-    "torchscript_max_abs": 1e-4,
-    "coreml_fp16_max_abs": 0.1,
-    "gguf_max_abs": 0.05,
-    "coreml_top1_agreement_min": 0.99,
-    "gguf_top1_agreement_min": 0.999,
-    "near_tie_margin": 0.2,
-}
-_MAX_ABS_KEYS = ("torchscript_max_abs", "coreml_fp16_max_abs", "gguf_max_abs")
-_FRACTION_KEYS = ("coreml_top1_agreement_min", "gguf_top1_agreement_min")
 
 _FIELDS = (
     "format",
@@ -85,7 +59,7 @@ _FIELDS = (
     "inputs",
     "outputs",
     "artifacts",
-    "tolerances",
+    "gates",
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ARTIFACT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -115,7 +89,7 @@ class Contract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     artifacts: dict  # name -> sha256 hex; read-only by convention (the dataclass is frozen)
-    tolerances: dict  # see DEFAULT_TOLERANCES
+    gates: dict  # see conversion/gates.py
 
     def input_shape(self, length: int) -> tuple[int, ...]:
         return self.inputs[0].concrete(length)
@@ -142,7 +116,7 @@ class Contract:
             "inputs": [spec.to_dict() for spec in self.inputs],
             "outputs": [spec.to_dict() for spec in self.outputs],
             "artifacts": dict(sorted(self.artifacts.items())),
-            "tolerances": dict(sorted(self.tolerances.items())),
+            "gates": self.gates,
         }
 
     def to_bytes(self) -> bytes:
@@ -158,9 +132,20 @@ class Contract:
         atomic.write_bytes(path, self.to_bytes())
 
 
-def check_lengths(lengths, default_length: int, max_seq_len: int) -> list[int]:
+def parse_lengths(text: str, flag: str = "lengths") -> list[int]:
+    """`64,128,256` -> [64, 128, 256]; InputError naming --flag otherwise."""
+    try:
+        lengths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--{flag}: {text!r} is not a comma-separated list of integers") from None
+    if not lengths:
+        raise InputError(f"--{flag}: empty; give e.g. 64,128,256")
+    return lengths
+
+
+def check_lengths(lengths, default_length: int | None, max_seq_len: int) -> list[int]:
     """Sorted lengths; InputError for an empty list, repeats, lengths outside 1..max_seq_len, or a
-    default_length that is not one of them. Every artifact must accept each length."""
+    default_length (None: not checked) that is not one of them. Every artifact must accept each."""
     lengths = list(lengths)
     if not lengths:
         raise InputError("lengths: empty; give at least one sequence length")
@@ -174,7 +159,7 @@ def check_lengths(lengths, default_length: int, max_seq_len: int) -> list[int]:
                 f"lengths: {length} is above the model's max_seq_len {max_seq_len}; "
                 "drop it from the contract or train a model with a longer context"
             )
-    if default_length not in lengths:
+    if default_length is not None and default_length not in lengths:
         raise InputError(f"default_length: {default_length} is not one of the lengths {sorted(lengths)}")
     return sorted(lengths)
 
@@ -185,7 +170,7 @@ def make_contract(
     lengths=DEFAULT_LENGTHS,
     default_length: int = DEFAULT_LENGTH,
     artifacts: dict | None = None,
-    tolerances: dict | None = None,
+    gates: dict | None = None,
 ) -> Contract:
     """A validated contract for the student's one input and one output."""
     contract = Contract(
@@ -198,7 +183,7 @@ def make_contract(
         inputs=(TensorSpec(INPUT_NAME, "int32", (1, LENGTH_SYMBOL)),),
         outputs=(TensorSpec(OUTPUT_NAME, "float32", (1, LENGTH_SYMBOL, vocab_size)),),
         artifacts=dict(artifacts or {}),
-        tolerances=dict(DEFAULT_TOLERANCES if tolerances is None else tolerances),
+        gates=gates,
     )
     return _validated(contract, "contract")
 
@@ -245,7 +230,7 @@ def from_dict(values, where: str = "contract") -> Contract:
         inputs=_specs(values["inputs"], where, "inputs"),
         outputs=_specs(values["outputs"], where, "outputs"),
         artifacts=values["artifacts"],
-        tolerances=values["tolerances"],
+        gates=values["gates"],
     )
     return _validated(contract, where)
 
@@ -316,38 +301,5 @@ def _validated(c: Contract, where: str) -> Contract:
             raise InputError(f"{where}: artifacts.{name}: names are lowercase identifiers")
         if not isinstance(sha, str) or not _SHA256.match(sha):
             raise InputError(f"{where}: artifacts.{name}: must be 64 lowercase hex digits")
-    _validate_tolerances(c.tolerances, where)
+    gates_lib.validate_gates(c.gates, c.lengths, f"{where}: gates")
     return c
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # a JSON int too big for a float
-        return False
-
-
-def _validate_tolerances(tolerances, where: str) -> None:
-    if not isinstance(tolerances, dict):
-        raise InputError(f"{where}: tolerances: must be an object")
-    unknown = sorted(set(tolerances) - set(DEFAULT_TOLERANCES))
-    if unknown:
-        raise InputError(
-            f"{where}: tolerances.{unknown[0]}: unknown; expected {', '.join(DEFAULT_TOLERANCES)}"
-        )
-    for key in DEFAULT_TOLERANCES:
-        value = tolerances.get(key)
-        if value is None:
-            raise InputError(f"{where}: tolerances.{key}: missing")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-            raise InputError(f"{where}: tolerances.{key}: must be a finite number, got {value!r}")
-        if key in _FRACTION_KEYS and not 0.0 < value <= 1.0:
-            raise InputError(f"{where}: tolerances.{key}: must be in (0, 1], got {value!r}")
-        if key not in _FRACTION_KEYS and value <= 0:
-            raise InputError(f"{where}: tolerances.{key}: must be positive, got {value!r}")
-    largest = max(tolerances[key] for key in _MAX_ABS_KEYS)
-    if tolerances["near_tie_margin"] < 2 * largest:
-        raise InputError(
-            f"{where}: tolerances.near_tie_margin: {tolerances['near_tie_margin']} is below twice the "
-            f"largest max_abs bound ({largest}); an argmax flip within tolerance would fail behaviour checks"
-        )

@@ -11,6 +11,7 @@ and nothing is written.
 
 import hashlib
 import io
+import json
 import os
 import time
 
@@ -19,6 +20,7 @@ from absl import flags, logging
 from common import atomic, cli
 from common.errors import InputError
 from conversion import contract as contract_lib
+from conversion import gates as gates_lib
 from conversion import torchscript_archive
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
@@ -36,31 +38,53 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
     "default_length", contract_lib.DEFAULT_LENGTH, "The length to trace at; one of --lengths."
 )
+flags.DEFINE_string(
+    "floors", None, "floors.json from //verify:measure_floors for this checkpoint and --lengths (required)."
+)
+flags.DEFINE_list(
+    "verify_backends",
+    sorted(gates_lib.DEFAULT_BACKENDS),
+    "Artifacts the contract says must be verified: any of " + ", ".join(sorted(gates_lib.DEFAULT_BACKENDS)) + ".",
+)
 flags.DEFINE_string("out_torchscript", None, "Output TorchScript archive, e.g. model.pt (required).")
 flags.DEFINE_string("out_contract", None, "Output contract JSON, e.g. contract.json (required).")
 
 FLAGS = flags.FLAGS
 
 
-def parse_lengths(text: str) -> list[int]:
+def _gates(lengths: list[int], weights_sha256: str) -> dict:
+    """The contract's gates from --floors: bounds = floors x gates_lib.FACTOR_LIMIT."""
+    unknown = sorted(set(FLAGS.verify_backends) - set(gates_lib.DEFAULT_BACKENDS))
+    if unknown or not FLAGS.verify_backends:
+        raise InputError(
+            f"--verify_backends: {unknown or 'empty'}; choose from {', '.join(sorted(gates_lib.DEFAULT_BACKENDS))}"
+        )
     try:
-        lengths = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--lengths: {text!r} is not a comma-separated list of integers") from None
-    if not lengths:
-        raise InputError("--lengths: empty; give e.g. 64,128,256")
-    return lengths
+        with open(FLAGS.floors, "rb") as handle:
+            doc = json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"--floors: {FLAGS.floors} not found; build it with //verify:measure_floors") from None
+    except (OSError, ValueError, RecursionError) as error:
+        raise InputError(f"--floors: {FLAGS.floors} is not readable JSON ({str(error)[:200]})") from None
+    gates_lib.validate_floors(doc, lengths, FLAGS.floors)
+    if doc["checkpoint_sha256"] != weights_sha256:
+        raise InputError(
+            f"--floors: {FLAGS.floors} was measured on checkpoint {doc['checkpoint_sha256'][:12]}, "
+            f"not on --weights ({weights_sha256[:12]}); measure the floors of this checkpoint"
+        )
+    backends = {name: gates_lib.DEFAULT_BACKENDS[name] for name in FLAGS.verify_backends}
+    return gates_lib.make_gates(doc, backends)
 
 
 def main(argv: list[str]) -> None:
     del argv
-    for name in ("weights", "metadata", "tokenizer", "out_torchscript", "out_contract"):
+    for name in ("weights", "metadata", "tokenizer", "floors", "out_torchscript", "out_contract"):
         cli.require_flag(FLAGS[name].value, name)
     start = time.monotonic()
     cli.check_distinct_outputs({"out_torchscript": FLAGS.out_torchscript, "out_contract": FLAGS.out_contract})
     cli.check_output_path(FLAGS.out_torchscript, "out_torchscript")
     cli.check_output_path(FLAGS.out_contract, "out_contract")
-    lengths = parse_lengths(FLAGS.lengths)
+    lengths = contract_lib.parse_lengths(FLAGS.lengths)
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     metadata = checkpoint.load_metadata(FLAGS.metadata)
     checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
@@ -69,6 +93,7 @@ def main(argv: list[str]) -> None:
         lengths = contract_lib.check_lengths(lengths, FLAGS.default_length, cfg.max_seq_len)
     except InputError as error:
         raise InputError(f"--lengths/--default_length: {error}") from None
+    gates = _gates(lengths, checkpoint.sha256_file(FLAGS.weights))
 
     # torch only now, after every check of flags and files: bad input fails in well under a second
     # instead of after torch's seconds-long import.
@@ -90,6 +115,7 @@ def main(argv: list[str]) -> None:
         tokenizer_sha256=tokenizer.digest,
         lengths=lengths,
         default_length=FLAGS.default_length,
+        gates=gates,
     )
     contract = contract.with_artifact("weights", checkpoint.sha256_file(FLAGS.weights))
     contract = contract.with_artifact("torchscript", hashlib.sha256(data).hexdigest())

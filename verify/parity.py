@@ -28,15 +28,33 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    max_abs_diff: float  # inf if the artifact produced a NaN or inf
+    """How far an artifact's logits are from the reference's, in the style of llama.cpp's
+    perplexity tool (--kl-divergence): KL of the next-token distributions, "same top p", RMS dp."""
+
+    max_abs_diff: float  # largest |logit difference|; inf if the artifact produced a NaN or inf
+    rms_abs_diff: float  # root mean square logit difference: sees small systematic errors max hides
+    kl_mean: float  # mean over positions of KL(reference || artifact), nats
+    kl_max: float  # largest per-position KL
+    top1_disagreement: float  # share of positions whose argmax differs ("same top p" = 1 - this)
+    rms_dp: float  # RMS over positions of p_ref(top) - p_artifact(ref's top): probability error
     top1_agreement: float  # argmax matches at positions that are not near ties (1.0 if there are none)
-    top1_agreement_all: float  # argmax matches at every position
     positions: int
     near_ties: int  # positions where the reference's top-1 beats its top-2 by less than the margin
 
+    # The metrics a bound from a floor applies to (verify/floors.py); the rest are context.
+    GATED = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreement", "rms_dp")
+
+    def gated(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.GATED}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
 
 def compare_logits(ref: np.ndarray, got: np.ndarray, near_tie_margin: float = 0.0) -> Comparison:
-    """ref and got: [..., vocab] of the same shape (ValueError otherwise).
+    """ref and got: [..., vocab] of the same shape (ValueError otherwise), compared in float64.
 
     Top-1 agreement leaves out near ties (see the module docstring): on random ids a trained model
     has many positions without a clear favourite, where fp16 rounding may pick either token.
@@ -47,16 +65,30 @@ def compare_logits(ref: np.ndarray, got: np.ndarray, near_tie_margin: float = 0.
         raise ValueError(f"logits shape {got.shape}, expected {ref.shape}")
     if ref.ndim < 1 or ref.size == 0:
         raise ValueError(f"logits shape {ref.shape} holds no positions")
-    if not np.isfinite(got).all():
-        max_abs = float("inf")
-    else:
-        max_abs = float(np.abs(ref - got).max())
+    ref = ref.reshape(-1, ref.shape[-1])
+    got = got.reshape(-1, got.shape[-1])
     agree = ref.argmax(-1) == got.argmax(-1)
     decisive = _margins(ref) >= near_tie_margin
+    top1_agreement = float(agree[decisive].mean()) if decisive.any() else 1.0
+    if not np.isfinite(got).all():
+        inf = float("inf")
+        return Comparison(inf, inf, inf, inf, float(1 - agree.mean()), inf, top1_agreement, len(agree), 0)
+    diff = got - ref
+    log_p, log_q = _log_softmax(ref), _log_softmax(got)
+    p = np.exp(log_p)
+    # Clipped at 0: for near-identical distributions rounding can leave a KL of -1e-17.
+    kl = np.maximum((p * (log_p - log_q)).sum(-1), 0.0)
+    top = ref.argmax(-1)
+    rows = np.arange(len(top))
+    dp = p[rows, top] - np.exp(log_q[rows, top])
     return Comparison(
-        max_abs_diff=max_abs,
-        top1_agreement=float(agree[decisive].mean()) if decisive.any() else 1.0,
-        top1_agreement_all=float(agree.mean()),
+        max_abs_diff=float(np.abs(diff).max()),
+        rms_abs_diff=float(np.sqrt(np.mean(diff**2))),
+        kl_mean=float(kl.mean()),
+        kl_max=float(kl.max()),
+        top1_disagreement=float(1.0 - agree.mean()),
+        rms_dp=float(np.sqrt(np.mean(dp**2))),
+        top1_agreement=top1_agreement,
         positions=int(agree.size),
         near_ties=int((~decisive).sum()),
     )
@@ -126,6 +158,7 @@ class BehaviourResult:
     near_tie_flips: int  # disagreements at near ties: counted, not failed
     mismatches: tuple[Mismatch, ...]  # disagreements outside near ties: each one fails the check
     seconds: float  # wall time of the artifact's forwards (for logs, not for reports)
+    comparison: Comparison | None  # distribution metrics over every compared position (None: none)
 
     @property
     def ok(self) -> bool:
@@ -188,6 +221,7 @@ def behaviour_check(
     positions = agreed = near_ties = near_flips = 0
     mismatches = []
     elapsed = 0.0
+    refs, gots = [], []
     for q, length, sequence, first, count in items:
         row = pad_row(sequence, length, pad_id)
         began = time.monotonic()
@@ -197,7 +231,9 @@ def behaviour_check(
             raise ValueError(f"artifact logits shape {got_logits.shape} for input {row.shape}")
         ref = eager_logits[q]
         expected = ref.argmax(-1)
-        got = got_logits[0, first : first + count].argmax(-1)
+        refs.append(ref)
+        gots.append(got_logits[0, first : first + count])
+        got = gots[-1].argmax(-1)
         margins = _margins(ref)
         tie = margins < near_tie_margin
         positions += count
@@ -217,4 +253,5 @@ def behaviour_check(
         near_tie_flips=near_flips,
         mismatches=tuple(mismatches),
         seconds=elapsed,
+        comparison=compare_logits(np.concatenate(refs), np.concatenate(gots)) if refs else None,
     )

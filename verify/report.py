@@ -65,9 +65,12 @@ class Report:
         return checks
 
     def check(
-        self, artifact: str, where: str, name: str, value, op: str, bound, ok: bool | None = None
+        self, artifact: str, where: str, name: str, value, op: str, bound, ok: bool | None = None, floor=None
     ) -> bool:
         """Records `value op bound` (op one of <=, >=, ==) and returns the verdict.
+
+        `floor`: the measured floor the bound was derived from (conversion/gates.py), shown beside
+        the value and the bound.
 
         `ok` overrides the comparison for checks whose verdict is more than `op` (e.g. a spec check
         that accepts "unspecified" or "fixed" depending on the input); `op` then documents intent.
@@ -76,12 +79,10 @@ class Report:
             raise ValueError(f"op {op!r}; expected one of {sorted(_OPS)}")
         if ok is None:
             ok = bool(_OPS[op](value, bound)) and not (isinstance(value, float) and math.isnan(value))
-        self._slot(artifact, where, name)[name] = {
-            "value": _rounded(value),
-            "op": op,
-            "bound": _rounded(bound),
-            "ok": bool(ok),
-        }
+        entry = {"value": _rounded(value), "op": op, "bound": _rounded(bound), "ok": bool(ok)}
+        if floor is not None:
+            entry["floor"] = _rounded(floor)
+        self._slot(artifact, where, name)[name] = entry
         return ok
 
     def fail(self, artifact: str, where: str, name: str, error: str) -> None:
@@ -121,18 +122,19 @@ class Report:
 
     def summary(self) -> str:
         """A compact table for people: one line per check, failures marked."""
-        rows = [("artifact", "scope", "check", "value", "bound", "")]
+        rows = [("artifact", "scope", "check", "value", "floor", "bound", "")]
         for artifact, where, name, entry in sorted(self._checks(), key=_summary_order(self.results)):
             if "error" in entry:
                 value, bound = "error: " + entry["error"], ""
             else:
                 value = _format(entry["value"])
                 bound = f"{entry['op']} {_format(entry['bound'])}" if "op" in entry else "(note)"
+            floor = _format(entry["floor"]) if "floor" in entry else ""
             verdict = "" if "ok" not in entry else ("ok" if entry["ok"] else "FAIL")
-            rows.append((artifact, where, name, _clip(value), _clip(bound), verdict))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+            rows.append((artifact, where, name, _clip(value), floor, _clip(bound), verdict))
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
         lines = [
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5]
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[6]
             for row in rows
         ]
         lines.append(f"gates: {'PASS' if self.gates_ok else 'FAIL'}")

@@ -1,0 +1,335 @@
+"""Verification as a library: every artifact against the contract and fp32 eager PyTorch -> a Report.
+
+verify/verify_contracts.py is the binary over it; //tests:gate_power calls it on faulted artifacts.
+
+For each backend the contract names (contract "gates" -> "backends") and each contract length: the
+output shape and dtype the contract gives, then the distribution metrics of verify/parity.py
+(max and RMS logit error, mean and max KL, top-1 disagreement, RMS dp), each against its bound,
+a floor measured on the same model and inputs times a stated factor (conversion/gates.py). The
+behaviour replay (eager's greedy replies to held-out questions, one artifact forward each) adds the
+same metrics over every replayed position, and every argmax flip outside a near tie fails.
+Core ML also gets its interface checked from the spec; GGUF must tokenize every dataset string
+exactly as our tokenizer does.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+from absl import logging
+
+from common.errors import InputError
+from conversion import contract as contract_lib
+from conversion import gates as gates_lib
+from conversion import torchscript_archive
+from data import dataset as dataset_lib
+from data import tokenizer as tokenizer_lib
+from training import checkpoint
+from verify import inputs as inputs_lib
+from verify import mlpackage_manifest, parity
+from verify import report as report_lib
+
+TORCHSCRIPT, COREML, GGUF, GGUF_KV_F16 = "torchscript", "coreml", "gguf", "gguf_kv_f16"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    contract: str
+    weights: str
+    metadata: str
+    tokenizer: str
+    dataset: str
+    torchscript: str | None = None
+    mlpackage: str | None = None
+    gguf: str | None = None
+
+    def artifact(self, backend: str) -> str | None:
+        return {TORCHSCRIPT: self.torchscript, COREML: self.mlpackage, GGUF: self.gguf, GGUF_KV_F16: self.gguf}[
+            backend
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Everything read and cross-checked before any model runtime is imported."""
+
+    paths: Paths
+    contract: contract_lib.Contract
+    tokenizer: tokenizer_lib.Tokenizer
+    heldout: list
+    strings: list[str]  # every dataset string, for the GGUF tokenizer check
+    settings: inputs_lib.Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """An artifact as a logits function, and its own extra checks."""
+
+    name: str
+    path: str
+    forward: Callable[[np.ndarray], np.ndarray]
+    interface_check: Callable | None = None  # (report, contract) -> None
+
+
+def _require_digest(flag: str, path: str, expected: str, what: str) -> None:
+    actual = checkpoint.sha256_file(path)
+    if actual != expected:
+        raise InputError(
+            f"--{flag}: {path} has sha256 {actual}, but {what} is {expected}; "
+            "pass the files that belong together (from the same pipeline run)"
+        )
+
+
+def check_inputs(paths: Paths) -> Inputs:
+    """Reads and cross-checks every input without torch or coremltools; InputError on any problem."""
+    contract = contract_lib.load_contract(paths.contract)
+    for backend in contract.gates["backends"]:
+        flag = {TORCHSCRIPT: "torchscript", COREML: "mlpackage"}.get(backend, "gguf")
+        if not paths.artifact(backend):
+            raise InputError(
+                f"--{flag}: missing, but {paths.contract} says {backend} must be verified; "
+                "pass every artifact the contract names"
+            )
+    tokenizer = tokenizer_lib.Tokenizer.load(paths.tokenizer)
+    if tokenizer.digest != contract.tokenizer_sha256:
+        raise InputError(
+            f"--tokenizer: {paths.tokenizer} has sha256 {tokenizer.digest}, but {paths.contract} "
+            f"tokenizer_sha256 is {contract.tokenizer_sha256}"
+        )
+    if "weights" in contract.artifacts:
+        _require_digest("weights", paths.weights, contract.artifacts["weights"], f"{paths.contract} artifacts.weights")
+    _, cfg = checkpoint.check(paths.weights, paths.metadata, expected_vocab_size=contract.vocab_size)
+    if max(contract.lengths) > cfg.max_seq_len:
+        raise InputError(
+            f"{paths.contract}: lengths: {max(contract.lengths)} is above the model's max_seq_len {cfg.max_seq_len}"
+        )
+    dataset = dataset_lib.read_dataset(paths.dataset)
+    if dataset.header.get("tokenizer_sha256") != contract.tokenizer_sha256:
+        raise InputError(
+            f"--dataset: {paths.dataset} header tokenizer_sha256 is "
+            f"{dataset.header.get('tokenizer_sha256')}, but {paths.contract} says {contract.tokenizer_sha256}"
+        )
+    heldout = sorted(dataset.split("heldout"), key=lambda r: r.id)
+    if not heldout:
+        raise InputError(f"--dataset: {paths.dataset} has no held-out records to check behaviour on")
+    strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
+    if paths.torchscript:
+        torchscript_archive.check_file(paths.torchscript)
+    if paths.mlpackage:
+        mlpackage_manifest.root_model_path(paths.mlpackage)  # the layout; the spec is read later
+    if paths.gguf:
+        from verify import gguf_check
+
+        gguf_check.read_gguf(paths.gguf)  # header and tensor table; llama.cpp loads it later
+    settings = inputs_lib.Settings(**contract.gates["inputs"])
+    return Inputs(paths, contract, tokenizer, heldout, strings, settings)
+
+
+def first_line(error: BaseException, paths: Paths) -> str:
+    """The error's last line (TorchScript puts the real error last), without directories: the report
+    must not depend on where the files are."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[-1] if lines else ''}"
+    for path in (paths.torchscript, paths.mlpackage, paths.gguf):
+        if path:
+            text = text.replace(path, os.path.basename(path.rstrip("/")))
+    return text[:300]
+
+
+def _unsupported_probe(lengths) -> int:
+    """A length between the two shortest contract lengths (96 for 64, 128), else one past the longest."""
+    ordered = sorted(lengths)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b - a > 1:
+            return (a + b) // 2
+    return ordered[-1] + 1
+
+
+def check_coreml_interface(report, contract, path: str) -> None:
+    """The package's spec against the contract, and a length between two contract lengths refused."""
+    from verify import coreml_spec
+
+    for result in coreml_spec.check_spec(
+        path,
+        list(contract.lengths),
+        input_name=contract.inputs[0].name,
+        input_dtype=contract.inputs[0].dtype,
+        output_name=contract.outputs[0].name,
+        output_dtype=contract.outputs[0].dtype,
+        default_length=contract.default_length,
+    ):
+        report.check(COREML, report_lib.ALL, "spec_" + result.name, result.measured, "==", result.expected, ok=result.ok)
+    probe = _unsupported_probe(contract.lengths)
+    spec, _ = coreml_spec.read_spec(path)
+    supported = coreml_spec.supports_length(spec, probe, contract.inputs[0].name)
+    report.check(COREML, report_lib.scope(probe), "spec_supports_length", supported, "==", False)
+
+
+def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF) -> None:
+    """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do."""
+    from verify import gguf_check
+
+    mismatches = gguf_check.tokenize_mismatches(llama, tokenizer, strings)
+    for text, theirs, ours in mismatches[:3]:
+        logging.error("llama.cpp tokenizes %r as %s, ours as %s", text, theirs, ours)
+    report.note(name, report_lib.ALL, "tokenizer_strings", len(strings))
+    report.check(name, report_lib.ALL, "tokenizer_mismatches", len(mismatches), "==", 0)
+
+
+def load_backends(inputs: Inputs) -> list[Backend]:
+    """Every backend the contract names, loaded up front: a missing or unreadable artifact is bad
+    input before any work."""
+    from conversion import torchscript
+    from verify import gguf_check, mil_executor
+
+    paths, contract = inputs.paths, inputs.contract
+    backends = []
+    for name in sorted(contract.gates["backends"], key=list(gates_lib.DEFAULT_BACKENDS).index):
+        path = paths.artifact(name)
+        if name == TORCHSCRIPT:
+            backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
+        elif name == COREML:
+            program = mil_executor.load_mlpackage(path)
+            input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
+            backends.append(
+                Backend(
+                    name,
+                    path,
+                    lambda ids, program=program: mil_executor.run(program, ids, input_name, output_name),
+                    lambda report, contract, path=path: check_coreml_interface(report, contract, path),
+                )
+            )
+        else:
+            llama = gguf_check.load_llama(path, f32_kv_cache=name == GGUF)
+            check = None
+            if name == GGUF:  # one tokenizer check per file
+
+                def check(report, contract, llama=llama):
+                    del contract
+                    check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings)
+
+            backends.append(Backend(name, path, lambda ids, llama=llama: gguf_check.logits(llama, ids), check))
+    return backends
+
+
+def check_outputs(report, backend: Backend, contract, rows_by_length, refs_by_length, paths: Paths) -> None:
+    """Shape, dtype and every distribution metric against its floor-derived bound, at every length."""
+    gates = contract.gates
+    for length in contract.lengths:
+        where = report_lib.scope(length)
+        began = time.monotonic()
+        try:
+            outs = [np.asarray(backend.forward(row)) for row in rows_by_length[length]]
+        except Exception as error:  # an artifact that cannot run at a contract length fails its gate
+            report.fail(backend.name, where, "runs", first_line(error, paths))
+            continue
+        shapes = sorted({tuple(int(d) for d in out.shape) for out in outs})
+        dtypes = sorted({str(out.dtype) for out in outs})
+        expected_shape = list(contract.output_shape(length))
+        report.check(backend.name, where, "output_shape", [list(s) for s in shapes], "==", [expected_shape])
+        report.check(backend.name, where, "output_dtype", dtypes, "==", [contract.outputs[0].dtype])
+        if shapes != [tuple(expected_shape)]:
+            continue
+        comparison = parity.compare_logits(
+            np.concatenate(refs_by_length[length], axis=1),
+            np.concatenate(outs, axis=1),
+            gates_lib.near_tie_margin(gates, backend.name),
+        )
+        _check_metrics(report, backend.name, where, where, comparison, gates)
+        report.note(backend.name, where, "top1_agreement_decisive", comparison.top1_agreement)
+        report.note(backend.name, where, "near_tie_positions", comparison.near_ties)
+        logging.info(
+            "%s T%d: max abs %.3g, rms %.3g, KL mean %.3g max %.3g, same top %.4f (%.2f s)",
+            backend.name,
+            length,
+            comparison.max_abs_diff,
+            comparison.rms_abs_diff,
+            comparison.kl_mean,
+            comparison.kl_max,
+            1 - comparison.top1_disagreement,
+            time.monotonic() - began,
+        )
+
+
+def _check_metrics(report, backend: str, where: str, bounds_scope: str, comparison, gates, prefix: str = "") -> None:
+    for metric, value in comparison.gated().items():
+        entry = gates_lib.entry_for(gates, backend, bounds_scope, metric)
+        report.check(backend, where, prefix + metric, value, "<=", entry["bound"], floor=entry["floor"])
+
+
+def check_behaviour(report, backend: Backend, eager, contract, prompts, continuations, pad_id, paths: Paths) -> None:
+    try:
+        result = parity.behaviour_check(
+            eager,
+            backend.forward,
+            prompts,
+            continuations,
+            contract.lengths,
+            pad_id,
+            gates_lib.near_tie_margin(contract.gates, backend.name),
+        )
+    except Exception as error:  # the artifact failed to run on a question
+        report.fail(backend.name, report_lib.ALL, "behaviour", first_line(error, paths))
+        return
+    all_ = report_lib.ALL
+    report.note(backend.name, all_, "behaviour_questions", result.questions)
+    report.check(backend.name, all_, "behaviour_mismatches", len(result.mismatches), "==", 0)
+    if result.comparison is None:
+        report.fail(backend.name, all_, "behaviour", "no replayed position fits the contract lengths")
+        return
+    _check_metrics(report, backend.name, all_, gates_lib.REPLAY, result.comparison, contract.gates, "replay_")
+    report.note(backend.name, all_, "behaviour_positions", result.positions)
+    report.note(backend.name, all_, "behaviour_near_tie_flips", result.near_tie_flips)
+    for mismatch in result.mismatches[:5]:
+        logging.warning("%s behaviour mismatch: %s", backend.name, mismatch)
+    logging.info(
+        "%s behaviour: %d questions, %d positions, %d mismatches, %d near-tie flips (%.2f s)",
+        backend.name,
+        result.questions,
+        result.positions,
+        len(result.mismatches),
+        result.near_tie_flips,
+        result.seconds,
+    )
+
+
+def verify(model, inputs: Inputs, backends: list[Backend]) -> report_lib.Report:
+    """Runs every check of every backend against fp32 eager `model`; returns the report."""
+    from verify import floors
+
+    paths, contract, tokenizer, settings = inputs.paths, inputs.contract, inputs.tokenizer, inputs.settings
+    report = report_lib.Report(contract.model_name, checkpoint.sha256_file(paths.contract))
+    report.add_artifact("weights", paths.weights)
+    report.add_artifact("tokenizer", paths.tokenizer)
+    for backend in backends:
+        described = report.add_artifact(backend.name, backend.path)
+        if backend.name in contract.artifacts:
+            expected = contract.artifacts[backend.name]
+            report.check(backend.name, report_lib.ALL, "sha256_matches_contract", described["sha256"], "==", expected)
+    eager = floors.torch_forward(model.eval())
+    rows = inputs_lib.numeric_rows(contract.lengths, contract.vocab_size, tokenizer, inputs.heldout, settings)
+    refs = {length: [eager(row) for row in rows[length]] for length in contract.lengths}
+    prompts = inputs_lib.replay_prompts(tokenizer, inputs.heldout, settings)
+    began = time.monotonic()
+    continuations = inputs_lib.replay_continuations(model, tokenizer, prompts, settings)
+    logging.info("eager greedy replies to %d questions in %.2f s", len(prompts), time.monotonic() - began)
+    for backend in backends:
+        began = time.monotonic()
+        if backend.interface_check:
+            backend.interface_check(report, contract)
+        check_outputs(report, backend, contract, rows, refs, paths)
+        check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
+        logging.info("%s verified in %.2f s", backend.name, time.monotonic() - began)
+    return report
+
+
+def load_model(inputs: Inputs):
+    """The fp32 eager reference, with one intra-op thread: numbers that do not depend on the thread
+    count (a deterministic report), and no OpenMP spinning against another process on 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(inputs.paths.weights, inputs.paths.metadata, expected_vocab_size=inputs.contract.vocab_size)
+    return model
