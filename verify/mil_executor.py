@@ -339,3 +339,21 @@ def run(
     if output_name not in outputs:
         raise InputError(f"{program.path}: no output named {output_name!r} (has {sorted(outputs)})")
     return outputs[output_name].astype(np.float32, copy=False)
+
+
+def consts(program: Program) -> dict[str, np.ndarray]:
+    """{name: value} of every const op: the program's weights and constants, as loaded."""
+    return {op.outputs[0].name: op.outputs[0].val for op in program.function.operations if op.op_type == "const"}
+
+
+def set_const(program: Program, name: str, value: np.ndarray) -> None:
+    """Replaces one const's value (same shape and dtype), for fault injection (//tests:gate_power)."""
+    for op in program.function.operations:
+        if op.op_type == "const" and op.outputs[0].name == name:
+            old = np.asarray(op.outputs[0].val)
+            value = np.asarray(value)
+            if value.shape != old.shape:
+                raise ValueError(f"const {name}: shape {value.shape}, expected {old.shape}")
+            _set_value(op.outputs[0], value.astype(old.dtype))
+            return
+    raise KeyError(f"no const named {name!r}")

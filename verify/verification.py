@@ -70,7 +70,7 @@ class Backend:
     name: str
     path: str
     forward: Callable[[np.ndarray], np.ndarray]
-    interface_check: Callable | None = None  # (report, contract) -> None
+    interface_check: Callable | None = None  # (report, contract, eager model) -> None
 
 
 def _require_digest(flag: str, path: str, expected: str, what: str) -> None:
@@ -167,6 +167,28 @@ def check_coreml_interface(report, contract, path: str) -> None:
     report.check(COREML, report_lib.scope(probe), "spec_supports_length", supported, "==", False)
 
 
+def check_coreml_weights(report, program, model) -> None:
+    """The package must carry the checkpoint's weights and RoPE tables, rounded to its own precision
+    and otherwise unchanged, every element. Output metrics cannot see a weight fault below the fp16
+    compute noise (a tensor scaled by 0.3%, noise of 1e-4: //tests:gate_power); this exact check can."""
+    from verify import mil_executor
+
+    consts = mil_executor.consts(program)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    found = changed = 0
+    for name, tensor in sorted(tensors.items()):
+        key = name.replace(".", "_")
+        value = consts.get(key + "_to_fp16", consts.get(key))
+        if value is None:
+            continue
+        found += 1
+        value = np.asarray(value)
+        expected = tensor.detach().numpy().astype(value.dtype)
+        changed += int(expected.size) if expected.shape != value.shape else int((expected != value).sum())
+    report.check(COREML, report_lib.ALL, "weights_tensors_found", found, "==", len(tensors))
+    report.check(COREML, report_lib.ALL, "weights_elements_changed", changed, "==", 0)
+
+
 def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF) -> None:
     """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do."""
     from verify import gguf_check
@@ -198,7 +220,10 @@ def load_backends(inputs: Inputs) -> list[Backend]:
                     name,
                     path,
                     lambda ids, program=program: mil_executor.run(program, ids, input_name, output_name),
-                    lambda report, contract, path=path: check_coreml_interface(report, contract, path),
+                    lambda report, contract, model, path=path, program=program: (
+                        check_coreml_interface(report, contract, path),
+                        check_coreml_weights(report, program, model),
+                    ),
                 )
             )
         else:
@@ -206,8 +231,8 @@ def load_backends(inputs: Inputs) -> list[Backend]:
             check = None
             if name == GGUF:  # one tokenizer check per file
 
-                def check(report, contract, llama=llama):
-                    del contract
+                def check(report, contract, model, llama=llama):
+                    del contract, model
                     check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings)
 
             backends.append(Backend(name, path, lambda ids, llama=llama: gguf_check.logits(llama, ids), check))
@@ -318,7 +343,7 @@ def verify(model, inputs: Inputs, backends: list[Backend]) -> report_lib.Report:
     for backend in backends:
         began = time.monotonic()
         if backend.interface_check:
-            backend.interface_check(report, contract)
+            backend.interface_check(report, contract, model)
         check_outputs(report, backend, contract, rows, refs, paths)
         check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
         logging.info("%s verified in %.2f s", backend.name, time.monotonic() - began)

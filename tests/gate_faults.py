@@ -1,0 +1,299 @@
+"""Realistic faults, each the smallest that would matter to a user, injected into copies of the
+shipped artifacts (//tests:gate_power proves every one turns gates_ok false).
+
+A fault returns the faulted backends (verify/verification.py Backend), each named like the
+artifact it replaces, so the contract's bounds for that artifact apply. Weight faults change the
+loaded artifact (TorchScript parameters, Core ML const values, GGUF tensor bytes in a copy of the
+file); conversion faults (a frozen length, unpermuted Q/K rows) re-run our own exporters from the
+shipped checkpoint with the mistake in place.
+"""
+
+import copy
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from conversion import coreml, gguf_export, torchscript
+from training import model as model_lib
+from verify import frozen_students, gguf_check, mil_executor, verification
+
+# The faulted tensor: a projection in the middle of the network, not the output head, so a fault
+# must travel through later blocks to show.
+WEIGHT = ("blocks.1.ffn.down_proj.weight", "blocks_1_ffn_down_proj_weight_to_fp16", "blk.1.ffn_down.weight")
+SCALE = 1.003  # 0.3%
+NOISE = 1e-4
+ROPE_FACTOR = 1.03
+EPS_FACTOR = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Shipped:
+    """The shipped artifacts and the fp32 eager model they came from."""
+
+    inputs: verification.Inputs
+    model: model_lib.Student
+    tmp: str  # where faulted copies go
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    name: str
+    what: str
+    inject: dict[str, Callable[[Shipped], verification.Backend]]  # artifact -> faulted backend
+
+
+def _noise(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, NOISE, size=shape)
+
+
+# --- TorchScript -----------------------------------------------------------------------------
+
+
+def _torchscript_with(shipped: Shipped, change: Callable[[torch.nn.Module], None]) -> verification.Backend:
+    module = torchscript.load(shipped.inputs.paths.torchscript)
+    with torch.no_grad():
+        change(module)
+    return verification.Backend("torchscript", shipped.inputs.paths.torchscript, torchscript.numpy_forward(module))
+
+
+def _ts_param(module, name: str) -> torch.Tensor:
+    return dict(module.named_parameters())[name]
+
+
+def _ts_scale(shipped):
+    return _torchscript_with(shipped, lambda m: _ts_param(m, WEIGHT[0]).mul_(SCALE))
+
+
+def _ts_noise(shipped):
+    def change(module):
+        weight = _ts_param(module, WEIGHT[0])
+        weight.add_(torch.from_numpy(_noise(tuple(weight.shape))).float())
+
+    return _torchscript_with(shipped, change)
+
+
+def _ts_rope(shipped):
+    cfg = shipped.model.cfg
+    table = model_lib.Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta * ROPE_FACTOR)
+
+    def change(module):
+        module.rotary.cos.copy_(table.cos)
+        module.rotary.sin.copy_(table.sin)
+
+    return _torchscript_with(shipped, change)
+
+
+def _frozen_student(shipped: Shipped) -> model_lib.Student:
+    """The shipped student with its RoPE slice frozen to int(T), as the reference pipeline wrote it."""
+    student = copy.deepcopy(shipped.model)
+    cfg = student.cfg
+    student.rotary = frozen_students.FrozenRotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    return student.eval()
+
+
+def _ts_frozen(shipped):
+    traced = torchscript.trace(_frozen_student(shipped), shipped.inputs.contract.default_length)
+    return verification.Backend("torchscript", shipped.inputs.paths.torchscript, torchscript.numpy_forward(traced))
+
+
+# --- Core ML ---------------------------------------------------------------------------------
+
+
+def _coreml_backend(program, path: str) -> verification.Backend:
+    return verification.Backend(
+        "coreml",
+        path,
+        lambda ids: mil_executor.run(program, ids),
+        lambda report, contract, model: (
+            verification.check_coreml_interface(report, contract, path),
+            verification.check_coreml_weights(report, program, model),
+        ),
+    )
+
+
+def _coreml_with(shipped: Shipped, change: Callable[[mil_executor.Program], None]) -> verification.Backend:
+    program = mil_executor.load_mlpackage(shipped.inputs.paths.mlpackage)
+    change(program)
+    return _coreml_backend(program, shipped.inputs.paths.mlpackage)
+
+
+def _cm_update(program, name: str, fn) -> None:
+    value = np.asarray(mil_executor.consts(program)[name], dtype=np.float64)
+    mil_executor.set_const(program, name, fn(value))
+
+
+def _cm_scale(shipped):
+    return _coreml_with(shipped, lambda p: _cm_update(p, WEIGHT[1], lambda w: w * SCALE))
+
+
+def _cm_noise(shipped):
+    return _coreml_with(shipped, lambda p: _cm_update(p, WEIGHT[1], lambda w: w + _noise(w.shape)))
+
+
+def _cm_rope(shipped):
+    cfg = shipped.model.cfg
+    table = model_lib.Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta * ROPE_FACTOR)
+
+    def change(program):
+        mil_executor.set_const(program, "rotary_cos_to_fp16", table.cos.numpy())
+        mil_executor.set_const(program, "rotary_sin_to_fp16", table.sin.numpy())
+
+    return _coreml_with(shipped, change)
+
+
+def _cm_eps(shipped):
+    eps = shipped.model.cfg.norm_eps
+
+    def change(program):
+        names = [
+            name
+            for name, value in mil_executor.consts(program).items()
+            if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.floating)
+            and abs(float(value) - eps) <= 0.01 * eps
+        ]
+        assert names, "no RMSNorm epsilon const found in the Core ML program"
+        for name in names:
+            _cm_update(program, name, lambda v: v * EPS_FACTOR)
+
+    return _coreml_with(shipped, change)
+
+
+def _cm_frozen(shipped):
+    contract = shipped.inputs.contract
+    traced = torchscript.trace(_frozen_student(shipped), contract.default_length)
+    mlmodel = coreml.convert_traced(
+        traced, list(contract.lengths), contract.default_length, "fp16", {"short_description": "frozen", "version": "fault"}
+    )
+    path = os.path.join(shipped.tmp, "frozen.mlpackage")
+    shutil.rmtree(path, ignore_errors=True)
+    coreml.save_mlpackage(mlmodel, path)
+    return _coreml_backend(mil_executor.load_mlpackage(path), path)
+
+
+# --- GGUF ------------------------------------------------------------------------------------
+
+
+def _gguf_copy(shipped: Shipped, name: str) -> str:
+    path = os.path.join(shipped.tmp, name)
+    shutil.copyfile(shipped.inputs.paths.gguf, path)
+    return path
+
+
+def _gguf_backend(shipped: Shipped, path: str, f32_kv_cache: bool = True) -> verification.Backend:
+    llama = gguf_check.load_llama(path, f32_kv_cache=f32_kv_cache)
+    inputs = shipped.inputs
+
+    def check(report, contract, model):
+        del contract, model
+        verification.check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings)
+
+    return verification.Backend("gguf", path, lambda ids: gguf_check.logits(llama, ids), check)
+
+
+def _gguf_edit(shipped: Shipped, tag: str, change: Callable) -> verification.Backend:
+    """A copy of the shipped GGUF whose bytes `change(reader)` edits in place (a writable memmap)."""
+    import gguf
+
+    path = _gguf_copy(shipped, f"{tag}.gguf")
+    reader = gguf.GGUFReader(path, "r+")
+    change(reader)
+    reader.data.flush()
+    del reader
+    return _gguf_backend(shipped, path)
+
+
+def _tensor(reader, name: str) -> np.ndarray:
+    return next(t for t in reader.tensors if t.name == name).data
+
+
+def _field_value(reader, key: str) -> np.ndarray:
+    field = reader.fields[key]
+    return field.parts[field.data[0]]
+
+
+def _gg_scale(shipped):
+    return _gguf_edit(shipped, "scale", lambda r: _tensor(r, WEIGHT[2]).__imul__(np.float32(SCALE)))
+
+
+def _gg_noise(shipped):
+    def change(reader):
+        data = _tensor(reader, WEIGHT[2])
+        data += _noise(data.shape).astype(data.dtype)
+
+    return _gguf_edit(shipped, "noise", change)
+
+
+def _gg_rope(shipped):
+    return _gguf_edit(shipped, "rope", lambda r: _field_value(r, "llama.rope.freq_base").__imul__(ROPE_FACTOR))
+
+
+def _gg_eps(shipped):
+    key = "llama.attention.layer_norm_rms_epsilon"
+    return _gguf_edit(shipped, "eps", lambda r: _field_value(r, key).__imul__(EPS_FACTOR))
+
+
+def _token_parts(reader) -> list[np.ndarray]:
+    field = reader.fields["tokenizer.ggml.tokens"]
+    return [field.parts[i] for i in field.data]
+
+
+def _gg_swap_ids(shipped):
+    """Two used tokens of the same byte length trade places in the vocabulary."""
+    tokenizer = shipped.inputs.tokenizer
+    used = sorted({i for text in shipped.inputs.strings for i in tokenizer.encode(text)})
+
+    def change(reader):
+        parts = _token_parts(reader)
+        by_length = {}
+        for i in used:
+            by_length.setdefault(len(parts[i]), []).append(i)
+        a, b = next(ids for size, ids in sorted(by_length.items()) if size > 1 and len(ids) >= 2)[:2]
+        parts[a][:], parts[b][:] = parts[b].copy(), parts[a].copy()
+
+    return _gguf_edit(shipped, "swap", change)
+
+
+def _gg_flair_byte(shipped):
+    """One byte of a flair emoji token the dataset uses changed (U+2728 sparkles -> U+2729)."""
+    tokenizer = shipped.inputs.tokenizer
+    used = sorted({i for text in shipped.inputs.strings for i in tokenizer.encode(text)})
+
+    def change(reader):
+        parts = _token_parts(reader)
+        for part in (parts[i] for i in used):
+            raw = bytes(part)
+            if "\u2728".encode() in raw:
+                at = raw.index("\u2728".encode()) + 2
+                part[at] = part[at] + 1
+                return
+        raise AssertionError("no token holds the sparkles flair")
+
+    return _gguf_edit(shipped, "flair", change)
+
+
+def _gg_unpermuted(shipped):
+    path = os.path.join(shipped.tmp, "unpermuted.gguf")
+    gguf_export.export(shipped.model, shipped.inputs.tokenizer, path, permute_qk=False)
+    return _gguf_backend(shipped, path)
+
+
+def _gg_kv_f16(shipped):
+    """The GGUF run with llama.cpp's f16 KV cache, checked as the f32-cache artifact it claims to be."""
+    return _gguf_backend(shipped, shipped.inputs.paths.gguf, f32_kv_cache=False)
+
+
+FAULTS = (
+    Fault("scale_0.3%", f"{WEIGHT[0]} x {SCALE}", {"torchscript": _ts_scale, "coreml": _cm_scale, "gguf": _gg_scale}),
+    Fault("noise_1e-4", f"{WEIGHT[0]} + N(0, {NOISE:g})", {"torchscript": _ts_noise, "coreml": _cm_noise, "gguf": _gg_noise}),
+    Fault("rope_base_+3%", f"rope theta x {ROPE_FACTOR}", {"torchscript": _ts_rope, "coreml": _cm_rope, "gguf": _gg_rope}),
+    Fault("norm_eps_x10", f"RMSNorm epsilon x {EPS_FACTOR:g}", {"coreml": _cm_eps, "gguf": _gg_eps}),
+    Fault("qk_unpermuted", "Q/K rows left in HF order", {"gguf": _gg_unpermuted}),
+    Fault("kv_f16_claimed_f32", "f16 KV cache under f32 bounds", {"gguf": _gg_kv_f16}),
+    Fault("frozen_length", "RoPE slice frozen by int(T)", {"torchscript": _ts_frozen, "coreml": _cm_frozen}),
+    Fault("token_ids_swapped", "two vocabulary entries swapped", {"gguf": _gg_swap_ids}),
+    Fault("flair_byte", "one byte of a flair token", {"gguf": _gg_flair_byte}),
+)

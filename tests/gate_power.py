@@ -1,0 +1,61 @@
+"""Runs every fault of tests/gate_faults.py through verification and tabulates what caught it.
+
+A library for //tests:gate_power (tests/gate_power_test.py): `run(paths, tmp)` returns one row per
+(fault, artifact) with the failed checks, and the clean report of the shipped artifacts.
+"""
+
+import dataclasses
+
+from tests import gate_faults
+from verify import verification
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    fault: str
+    artifact: str
+    gates_ok: bool
+    caught_by: tuple[str, ...]  # "<scope> <check>" of every failed check
+
+
+def failed_checks(report, artifact: str) -> tuple[str, ...]:
+    return tuple(
+        f"{where} {name}"
+        for where, checks in report.results.get(artifact, {}).items()
+        for name, entry in checks.items()
+        if entry.get("ok") is False
+    )
+
+
+def shipped(paths: verification.Paths, tmp: str) -> gate_faults.Shipped:
+    inputs = verification.check_inputs(paths)
+    return gate_faults.Shipped(inputs, verification.load_model(inputs), tmp)
+
+
+def run_faults(ship: gate_faults.Shipped, faults=gate_faults.FAULTS) -> list[Row]:
+    rows = []
+    for fault in faults:
+        for artifact, inject in fault.inject.items():
+            backend = inject(ship)
+            report = verification.verify(ship.model, ship.inputs, [backend])
+            rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    artifacts = sorted({row.artifact for row in rows})
+    faults = list(dict.fromkeys(row.fault for row in rows))
+    cells = {(row.fault, row.artifact): row for row in rows}
+    lines = ["fault x artifact -> catching checks (first three; 'MISSED' = gates_ok stayed true)"]
+    for fault in faults:
+        for artifact in artifacts:
+            row = cells.get((fault, artifact))
+            if row is None:
+                text = "n/a"
+            elif row.gates_ok:
+                text = "MISSED"
+            else:
+                extra = len(row.caught_by) - 3
+                text = ", ".join(row.caught_by[:3]) + (f" (+{extra} more)" if extra > 0 else "")
+            lines.append(f"{fault:<20} {artifact:<12} {text}")
+    return "\n".join(lines)
