@@ -10,7 +10,7 @@
      "tolerances": {...}}
 
 "T" stands for each of `lengths`. Verification reads shapes and bounds from here; nothing downstream
-re-derives them by probing an artifact (DESIGN.md, "Contract").
+re-derives them by probing an artifact (docs/architecture.md, "The contract").
 
 Which digests live in `artifacts`: the contract is written once, by the export step, and never
 rewritten. It pins the checkpoint it was exported from ("weights") and the TorchScript file written
@@ -28,8 +28,7 @@ Tolerances (all measured on this machine against fp32 eager PyTorch on a trained
   gguf_max_abs               llama.cpp on the GGUF weights.
   coreml_top1_agreement_min  0.99 and gguf_top1_agreement_min 0.999: the fraction of positions whose
                              argmax matches eager, near ties left out (verify/parity.py).
-                             (interfaces.md named one "top1_agreement_min"; the two backends
-                             differ, so each has its own key.)
+                             The two backends' floors differ, so each has its own key.
   near_tie_margin            a position whose eager top-1 beats its top-2 by less than this is a
                              near tie: behaviour checks count an argmax flip there, they do not fail
                              on it. At least 2x the largest max_abs bound, because an error of d
