@@ -8,10 +8,11 @@ Two rules, checked over a set of files given as {repository-relative path: text}
    `docs/architecture.md#the-contract`, must be a heading of that file. This is read from the
    whole text, code included: an error message that sends a user to a missing document is as
    broken as a comment that does.
-2. Prose (comments, docstrings, Markdown) must not point outside the repository: no relative path
-   that climbs above the root, and no absolute path into a home or work directory (a sibling
-   checkout on one machine). Code strings are left out of this rule, because runfiles paths such as
-   "../python311/..." and test payloads legitimately climb.
+2. Prose (comments, docstrings, Markdown) must not point outside the repository: a relative path
+   that starts by going up must name a file or directory of the set from the referring file's
+   directory, and no absolute path may lead into a home or work directory (a sibling checkout on
+   one machine). Code strings are left out of this rule: runfiles paths into other Bazel
+   repositories and test payloads legitimately go up.
 
 Why: a newcomer who clones the repository has only the repository. A reason that lives in a file
 elsewhere is lost to them.
@@ -170,15 +171,20 @@ def _check_doc_refs(path: str, start: int, text: str, files: dict[str, str], anc
     return problems
 
 
-def _check_prose_paths(path: str, text: str) -> list[Problem]:
+def _check_prose_paths(path: str, text: str, known: set[str]) -> list[Problem]:
     problems = []
     for start, chunk in prose(path, text):
         for match in _CLIMBING.finditer(chunk):
-            resolved, climbs = _resolve(path, match.group(0), ())
-            if climbs:
-                line = _line_of(start, chunk, match.start())
+            target = match.group(0)
+            beside = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+            line = _line_of(start, chunk, match.start())
+            if beside.startswith("../") or beside == "..":
                 problems.append(
-                    Problem(path, line, f"{match.group(0)}: leaves the repository; cite a file inside it")
+                    Problem(path, line, f"{target}: leaves the repository; cite a file inside it")
+                )
+            elif beside not in known:
+                problems.append(
+                    Problem(path, line, f"{target}: names no file or directory of the repository from here")
                 )
         for match in _ABSOLUTE.finditer(chunk):
             line = _line_of(start, chunk, match.start())
@@ -195,6 +201,11 @@ def _check_prose_paths(path: str, text: str) -> list[Problem]:
 def check(files: dict[str, str]) -> list[Problem]:
     """Every broken reference in `files` ({repository-relative path: text}), in path order."""
     anchors: dict = {}
+    known = set(files)
+    for name in files:  # and every directory that holds one
+        while "/" in name:
+            name = name.rsplit("/", 1)[0]
+            known.add(name)
     problems = []
     for path in sorted(files):
         text = files[path]
@@ -203,5 +214,5 @@ def check(files: dict[str, str]) -> list[Problem]:
         # from the whole text.
         for start, chunk in [(1, text), *prose(path, text)]:
             problems += _check_doc_refs(path, start, chunk, files, anchors)
-        problems += _check_prose_paths(path, text)
+        problems += _check_prose_paths(path, text, known)
     return sorted(set(problems), key=lambda p: (p.path, p.line, p.message))

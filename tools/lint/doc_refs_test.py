@@ -77,7 +77,14 @@ def test_a_path_that_climbs_out_of_the_repository_fails_in_prose():
 
 
 def test_a_climbing_path_that_stays_inside_passes():
-    assert problems({"docs/other" + MD: f"[guide](../{GUIDE}) and ../tools/lint\n"}) == []
+    files = {"docs/other" + MD: f"[guide](../{GUIDE}) and ../tools/lint\n", "tools/lint/x.py": ""}
+    assert problems(files) == []
+
+
+def test_a_going_up_path_to_nothing_fails():
+    assert problems({"conversion/x.py": "# as measured in ../shared/notes.txt\n"}) == [
+        "conversion/x.py:1: ../shared/notes.txt: names no file or directory of the repository from here"
+    ]
 
 
 def test_code_strings_may_climb_runfiles_paths():
