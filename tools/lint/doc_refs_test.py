@@ -9,7 +9,7 @@ from tools.lint import doc_refs
 MD = ".md"
 GUIDE = "docs/guide" + MD
 GUIDE_TEXT = "# Guide\n\n## The contract\n\ntext\n\n```\n# Not a heading\n```\n\n## `Core ML` on Linux\n"
-OUTSIDE = "/" + "work/shared/notes"  # an absolute path into another checkout
+OUTSIDE = "/" + "work/other-checkout/notes"  # an absolute path into another checkout
 
 
 def problems(files: dict[str, str]) -> list[str]:
@@ -67,7 +67,7 @@ def test_a_reference_resolves_beside_the_file_first_then_from_the_root():
 
 
 def test_a_path_that_climbs_out_of_the_repository_fails_in_prose():
-    climbing = "../shared/DESIGN" + MD
+    climbing = "../team-notes/DESIGN" + MD
     assert problems({"a.sh": f"# see {climbing}\n"}) == [
         f"a.sh:1: {climbing}: leaves the repository; cite a file inside it"
     ]
@@ -82,8 +82,8 @@ def test_a_climbing_path_that_stays_inside_passes():
 
 
 def test_a_going_up_path_to_nothing_fails():
-    assert problems({"conversion/x.py": "# as measured in ../shared/notes.txt\n"}) == [
-        "conversion/x.py:1: ../shared/notes.txt: names no file or directory of the repository from here"
+    assert problems({"conversion/x.py": "# as measured in ../team-notes/notes.txt\n"}) == [
+        "conversion/x.py:1: ../team-notes/notes.txt: names no file or directory of the repository from here"
     ]
 
 
