@@ -1,6 +1,6 @@
 """The contract: one JSON file that says what every exported artifact must be and how close it must be.
 
-    {"format": "m8b-contract", "version": 1,
+    {"format": "m8b-contract", "version": 2,
      "model_name": "magic-8-ball", "model_type": "magic-8-ball",
      "vocab_size": 512, "tokenizer_sha256": "...",
      "lengths": [64, 128, 256], "default_length": 128,
@@ -10,7 +10,7 @@
      "gates": {...}}
 
 "T" stands for each of `lengths`. Verification reads shapes and bounds from here; nothing downstream
-re-derives them by probing an artifact.
+re-derives them by probing an artifact (docs/architecture.md, "The contract").
 
 Which digests live in `artifacts`: the contract is written once, by the export step, and never
 rewritten. It pins the checkpoint it was exported from ("weights") and the TorchScript file written

@@ -6,8 +6,8 @@ Engine; a RangeDim model runs there only at its default shape). The output is `l
 float32 [1, T, vocab].
 
 The model is traced once at the default length (conversion/torchscript.py's trace). That is only
-safe because the student builds its mask and positions from the runtime length (DESIGN.md, "Why
-the reference pipeline passed only T128"), so before converting we run the trace at every contract
+safe because the student builds its mask and positions from the runtime length
+(docs/architecture.md, "Export rules"), so before converting we run the trace at every contract
 length against eager and refuse a trace that froze a shape.
 
 Saved packages are deterministic: coremltools writes random item identifiers into

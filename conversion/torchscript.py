@@ -1,7 +1,7 @@
 """Student -> TorchScript with a dynamic sequence length, saved byte-reproducibly.
 
 export() traces once at the default length, then proves the trace is not frozen to that length
-(DESIGN.md, "Why the reference pipeline passed only T128") in two independent ways:
+(docs/architecture.md, "Why the reference pipeline passed only T128") in two independent ways:
   - torch.export with a Dim for the sequence length (1..max_seq_len) refuses code that specialises
     the length (int() on a shape, a size read from the input baked into the graph), for every
     length in the range at once, before any artifact is written;

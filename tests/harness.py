@@ -1,7 +1,8 @@
 """Runs the project's binaries as a user would, and checks that bad input fails cleanly.
 
-A clean failure (DESIGN.md): exit status 2, an `error: ...` line that names the file or flag and the
-problem, no Python traceback, and no output left behind (outputs are complete or absent).
+A clean failure (docs/architecture.md, "Bad input fails cleanly"): exit status 2, an `error: ...`
+line that names the file or flag and the problem, no Python traceback, and no output left behind
+(outputs are complete or absent).
 
 The binaries are the py_binary launchers, taken as `data` of the test target, so the exit status and
 stderr are exactly what a user sees. Bazel runs a test from its workspace's runfiles root; the

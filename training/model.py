@@ -4,7 +4,7 @@ RMSNorm, rotary position embeddings (RoPE), SwiGLU feed-forward and grouped-quer
 attention. Untied input embedding and output head: 623,232 parameters with the
 default config.
 
-Export rules this file obeys (see shared DESIGN.md): the causal mask and the
+Export rules this file obeys (docs/architecture.md, "Export rules"): the causal mask and the
 positions come from the input's runtime length, and no traced code calls int()
 on a shape or passes shape-derived sizes to view(). Head splits use
 unflatten/flatten, which carry no sizes, so TorchScript and Core ML keep a

@@ -1,10 +1,10 @@
 """Checks a saved .mlpackage's interface against the contract, without running it.
 
 The reference pipeline shipped a model that claimed flexible input shapes while its output stayed
-[1, 128, vocab] (DESIGN.md): coremltools converts such a frozen trace silently. So besides names,
-dtypes and the enumerated lengths, this rejects a length-carrying output dimension that is fixed
-while the input is flexible, both in the model description and in the ML Program's own output
-type, and it proves a length outside the contract is reported unsupported.
+[1, 128, vocab] (docs/architecture.md, "Frozen lengths"): coremltools converts such a frozen trace
+silently. So besides names, dtypes and the enumerated lengths, this rejects a length-carrying
+output dimension that is fixed while the input is flexible, both in the model description and in
+the ML Program's own output type, and it proves a length outside the contract is reported unsupported.
 
 Only the protobuf spec is read (coremltools.proto), so this runs anywhere.
 """

@@ -1,7 +1,7 @@
 """The reference pipeline's bug, reproduced on purpose: every guard on the way must catch it.
 
-A student whose traced code calls int() on the sequence length (DESIGN.md, "Why the reference
-pipeline passed only T128") works in eager mode at every length, but its trace is frozen at the
+A student whose traced code calls int() on the sequence length (docs/architecture.md, "Why the
+reference pipeline passed only T128") works in eager mode at every length, but its trace is frozen at the
 length it was traced at. torch.export refuses it at export time, the TorchScript length check
 refuses the trace, and if it is converted to Core ML anyway (coremltools does so silently), the
 spec check and the MIL executor both reject the package.

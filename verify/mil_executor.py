@@ -10,8 +10,8 @@ Before each op runs, the types of its inputs are set to the concrete runtime sha
 value_inference code was written for static shapes (it is coremltools' constant folder), and
 with concrete types most ops work unchanged; the few that still fail get a small override
 below. After each op, the result must agree with every static dimension the program declared
-for it: a program whose trace froze a length (DESIGN.md) fails loudly here at the other lengths
-instead of computing something plausible.
+for it: a program whose trace froze a length (docs/architecture.md, "Frozen lengths") fails loudly
+here at the other lengths instead of computing something plausible.
 
 This is a reference, not the Core ML runtime: it proves the saved program computes the model at
 each enumerated length. verify/coreml_runtime_test.py runs the real runtime on macOS.
@@ -91,8 +91,8 @@ def _silu(op):
 
 
 def _shape(op):
-    # The stock version reads the var's type, which holds symbols unless made concrete (DESIGN.md
-    # saw it return a symbolic shape); the runtime shape is the value's.
+    # The stock version reads the var's type, which holds symbols unless made concrete (it returns
+    # a symbolic shape); the runtime shape is the value's.
     return np.array(np.shape(op.x.val), dtype=np.int32)
 
 
