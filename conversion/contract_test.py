@@ -5,13 +5,29 @@ import pytest
 
 from common.errors import InputError
 from conversion import contract as contract_lib
+from conversion import gates_testing
 
 TOKENIZER_SHA = "ab" * 32
 WEIGHTS_SHA = "cd" * 32
 
 
 def _contract(**kwargs):
+    kwargs.setdefault("gates", gates_testing.gates(kwargs.get("lengths", (64, 128, 256))))
     return contract_lib.make_contract(vocab_size=512, tokenizer_sha256=TOKENIZER_SHA, **kwargs)
+
+
+def _gates_edit(change) -> dict:
+    gates = gates_testing.gates()
+    change(gates)
+    return gates
+
+
+def test_a_factor_above_the_limit_needs_a_reason():
+    gates = gates_testing.gates()
+    gates["bounds"]["f32"]["T64"]["kl_max"].update(
+        factor=8.0, bound=8e-3, why="KL is quadratic in a logit error"
+    )
+    assert _contract(gates=gates).gates["bounds"]["f32"]["T64"]["kl_max"]["factor"] == 8.0
 
 
 def _saved_dict(tmp_path) -> dict:
@@ -37,9 +53,15 @@ def test_fields_follow_the_design():
     assert values["default_length"] == 128
     assert values["inputs"] == [{"name": "input_ids", "dtype": "int32", "shape": [1, "T"]}]
     assert values["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [1, "T", 512]}]
-    assert values["tolerances"]["torchscript_max_abs"] == 1e-4
-    assert values["tolerances"]["coreml_top1_agreement_min"] == 0.99
-    assert values["tolerances"]["gguf_top1_agreement_min"] == 0.999
+    assert values["version"] == 2
+    assert values["gates"]["backends"] == {
+        "coreml": "fp16",
+        "gguf": "f32",
+        "gguf_kv_f16": "kv_f16",
+        "torchscript": "f32",
+    }
+    entry = values["gates"]["bounds"]["fp16"]["T64"]["kl_max"]
+    assert entry["bound"] == pytest.approx(entry["floor"] * entry["factor"]) and entry["factor"] <= 4
 
 
 def test_concrete_shapes_per_length():
@@ -76,11 +98,21 @@ def test_lengths_are_sorted():
         ({"lengths": [64, 64, 128]}, "lengths"),
         ({"lengths": [0, 64]}, "lengths"),
         ({"default_length": 96}, "default_length"),
-        ({"tolerances": {"torchscript_max_abs": 1e-4}}, "tolerances.coreml_fp16_max_abs"),
-        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, near_tie_margin=0.01)}, "near_tie_margin"),
-        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, gguf_top1_agreement_min=1.5)}, "gguf_top1"),
-        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, gguf_max_abs=-1.0)}, "gguf_max_abs"),
-        ({"tolerances": dict(contract_lib.DEFAULT_TOLERANCES, extra=1.0)}, "tolerances.extra"),
+        ({"gates": _gates_edit(lambda g: g["bounds"]["f32"]["T64"]["kl_max"].pop("floor"))}, "T64.kl_max"),
+        (
+            {
+                "gates": _gates_edit(
+                    lambda g: g["bounds"]["fp16"]["T128"]["max_abs_diff"].update(factor=5.0, bound=5e-3)
+                )
+            },
+            "T128.max_abs_diff.factor",
+        ),
+        (
+            {"gates": _gates_edit(lambda g: g["bounds"]["fp16"]["T128"]["rms_dp"].update(bound=1.0))},
+            "T128.rms_dp.bound",
+        ),
+        ({"gates": _gates_edit(lambda g: g["bounds"]["f32"].pop("replay"))}, "bounds.f32"),
+        ({"gates": _gates_edit(lambda g: g["backends"].update(extra="bf16"))}, "backends.extra"),
     ],
 )
 def test_make_contract_validates(kwargs, field):
@@ -94,7 +126,7 @@ def test_make_contract_validates(kwargs, field):
         (lambda d: d.pop("vocab_size"), "vocab_size: missing"),
         (lambda d: d.update(surprise=1), "surprise: unknown field"),
         (lambda d: d.update(format="other"), "format"),
-        (lambda d: d.update(version=2), "version"),
+        (lambda d: d.update(version=1), "version"),
         (lambda d: d.update(model_type="gpt2"), "model_type"),
         (lambda d: d.update(model_name="other"), "model_name"),
         (lambda d: d.update(vocab_size=512.0), "vocab_size"),
@@ -107,8 +139,11 @@ def test_make_contract_validates(kwargs, field):
         (lambda d: d["outputs"][0].update(shape=[1, "T", 500]), "outputs"),
         (lambda d: d["outputs"][0].pop("dtype"), r"outputs\[0\]"),
         (lambda d: d["artifacts"].update(weights="0" * 63), "artifacts.weights"),
-        (lambda d: d["tolerances"].update(torchscript_max_abs="1e-4"), "tolerances.torchscript_max_abs"),
-        (lambda d: d["tolerances"].update(coreml_fp16_max_abs=float("nan")), "coreml_fp16_max_abs"),
+        (lambda d: d["gates"]["bounds"]["f32"]["T64"]["kl_mean"].update(floor="1e-4"), "T64.kl_mean.floor"),
+        (
+            lambda d: d["gates"]["bounds"]["kv_f16"]["T256"]["rms_dp"].update(bound=float("nan")),
+            "T256.rms_dp.bound",
+        ),
     ],
 )
 def test_load_names_the_bad_field(tmp_path, edit, field):

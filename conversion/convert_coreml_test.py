@@ -8,7 +8,7 @@ from absl import flags
 
 from common.errors import InputError
 from conversion import contract as contract_lib
-from conversion import convert_coreml
+from conversion import convert_coreml, gates_testing
 from training import checkpoint
 from training.model import ModelConfig, Student, init_weights
 
@@ -28,7 +28,7 @@ def inputs(tmp_path_factory):
         model,
         {"tokenizer_sha256": TOKENIZER_SHA256, "dataset_sha256": "b" * 64, "steps": 0},
     )
-    contract = contract_lib.make_contract(512, TOKENIZER_SHA256).with_artifact(
+    contract = contract_lib.make_contract(512, TOKENIZER_SHA256, gates=gates_testing.gates()).with_artifact(
         "weights", checkpoint.sha256_file(weights)
     )
     contract_path = str(root / "contract.json")
@@ -94,7 +94,9 @@ def test_out_must_be_mlpackage(inputs, tmp_path):
 
 def test_length_above_max_seq_len(inputs, tmp_path):
     path = str(tmp_path / "contract.json")
-    contract_lib.make_contract(512, TOKENIZER_SHA256, lengths=(64, 512), default_length=64).save(path)
+    contract_lib.make_contract(
+        512, TOKENIZER_SHA256, lengths=(64, 512), default_length=64, gates=gates_testing.gates((64, 512))
+    ).save(path)
     out = str(tmp_path / "m.mlpackage")
     with pytest.raises(InputError, match=r"contract.json: lengths: 512 is above the model's max_seq_len 256"):
         run_main(weights=inputs["weights"], metadata=inputs["metadata"], contract=path, out=out)
@@ -103,11 +105,13 @@ def test_length_above_max_seq_len(inputs, tmp_path):
 
 def test_contract_from_another_checkpoint(inputs, tmp_path):
     other_tokenizer = str(tmp_path / "tok.json")
-    contract_lib.make_contract(512, "d" * 64).save(other_tokenizer)
+    contract_lib.make_contract(512, "d" * 64, gates=gates_testing.gates()).save(other_tokenizer)
     with pytest.raises(InputError, match="tokenizer_sha256 differs"):
         run_main(**dict(inputs, contract=other_tokenizer), out=str(tmp_path / "m.mlpackage"))
     other_weights = str(tmp_path / "w.json")
-    contract_lib.make_contract(512, TOKENIZER_SHA256).with_artifact("weights", "e" * 64).save(other_weights)
+    contract_lib.make_contract(512, TOKENIZER_SHA256, gates=gates_testing.gates()).with_artifact(
+        "weights", "e" * 64
+    ).save(other_weights)
     with pytest.raises(InputError, match="artifacts.weights"):
         run_main(**dict(inputs, contract=other_weights), out=str(tmp_path / "m.mlpackage"))
     assert sorted(os.listdir(tmp_path)) == ["tok.json", "w.json"]
@@ -115,6 +119,6 @@ def test_contract_from_another_checkpoint(inputs, tmp_path):
 
 def test_vocab_mismatch(inputs, tmp_path):
     path = str(tmp_path / "contract.json")
-    contract_lib.make_contract(300, TOKENIZER_SHA256).save(path)
+    contract_lib.make_contract(300, TOKENIZER_SHA256, gates=gates_testing.gates()).save(path)
     with pytest.raises(InputError, match="vocab_size"):
         run_main(**dict(inputs, contract=path), out=str(tmp_path / "m.mlpackage"))

@@ -44,7 +44,9 @@ flags.DEFINE_string(
 flags.DEFINE_list(
     "verify_backends",
     sorted(gates_lib.DEFAULT_BACKENDS),
-    "Artifacts the contract says must be verified: any of " + ", ".join(sorted(gates_lib.DEFAULT_BACKENDS)) + ".",
+    "Artifacts the contract says must be verified: any of "
+    + ", ".join(sorted(gates_lib.DEFAULT_BACKENDS))
+    + ".",
 )
 flags.DEFINE_string("out_torchscript", None, "Output TorchScript archive, e.g. model.pt (required).")
 flags.DEFINE_string("out_contract", None, "Output contract JSON, e.g. contract.json (required).")
@@ -57,13 +59,16 @@ def _gates(lengths: list[int], weights_sha256: str) -> dict:
     unknown = sorted(set(FLAGS.verify_backends) - set(gates_lib.DEFAULT_BACKENDS))
     if unknown or not FLAGS.verify_backends:
         raise InputError(
-            f"--verify_backends: {unknown or 'empty'}; choose from {', '.join(sorted(gates_lib.DEFAULT_BACKENDS))}"
+            f"--verify_backends: {unknown or 'empty'}; "
+            f"choose from {', '.join(sorted(gates_lib.DEFAULT_BACKENDS))}"
         )
     try:
         with open(FLAGS.floors, "rb") as handle:
             doc = json.loads(handle.read().decode("utf-8"))
     except FileNotFoundError:
-        raise InputError(f"--floors: {FLAGS.floors} not found; build it with //verify:measure_floors") from None
+        raise InputError(
+            f"--floors: {FLAGS.floors} not found; build it with //verify:measure_floors"
+        ) from None
     except (OSError, ValueError, RecursionError) as error:
         raise InputError(f"--floors: {FLAGS.floors} is not readable JSON ({str(error)[:200]})") from None
     gates_lib.validate_floors(doc, lengths, FLAGS.floors)

@@ -10,7 +10,7 @@ from absl.testing import flagsaver
 
 from common.errors import InputError
 from conversion import contract as contract_lib
-from conversion import export_pytorch, torchscript
+from conversion import export_pytorch, gates_testing, torchscript
 from data import tokenizer as tokenizer_lib
 from verify import fixtures
 
@@ -23,7 +23,23 @@ def inputs(tmp_path_factory):
     return fixtures.write_inputs(str(tmp_path_factory.mktemp("inputs")))
 
 
+def _floors(inputs, out_dir, lengths="64,128,256", sha=None) -> str:
+    """A floors file for the fixture checkpoint (placeholder values: this test is about the export)."""
+    path = os.path.join(out_dir, "floors.json")
+    lengths = [int(t) for t in lengths.split(",") if t.strip().isdigit()] or [64]
+    doc = gates_testing.floors_doc(lengths, sha or _sha(inputs.weights))
+    with open(path, "w") as handle:
+        json.dump(doc, handle)
+    return path
+
+
 def run(inputs, out_dir, **overrides):
+    os.makedirs(out_dir, exist_ok=True)
+    if "floors" not in overrides:
+        # Beside, not in, the output directory: tests assert a failed export leaves that empty.
+        floors_dir = out_dir.rstrip("/") + "-floors"
+        os.makedirs(floors_dir, exist_ok=True)
+        overrides["floors"] = _floors(inputs, floors_dir, overrides.get("lengths", "64,128,256"))
     values = {
         "weights": inputs.weights,
         "metadata": inputs.metadata,
@@ -70,6 +86,36 @@ def test_export_writes_a_matching_contract_and_reproducible_bytes(inputs, tmp_pa
     again_pt, again_contract = run(copied, str(tmp_path / "b"))
     assert _sha(again_pt) == _sha(model_pt)
     assert _sha(again_contract) == _sha(contract_json)
+
+
+def test_contract_bounds_are_the_floors_times_the_factor(inputs, tmp_path):
+    _, contract_json = run(inputs, str(tmp_path), verify_backends="torchscript,gguf")
+    gates = contract_lib.load_contract(contract_json).gates
+    assert gates["backends"] == {"gguf": "f32", "torchscript": "f32"}
+    entry = gates["bounds"]["f32"]["T128"]["kl_mean"]
+    assert entry == {
+        "floor": gates_testing.PLACEHOLDER_FLOOR,
+        "factor": 4.0,
+        "bound": 4 * gates_testing.PLACEHOLDER_FLOOR,
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda inputs, d: _floors(inputs, d, sha="e" * 64),
+            "--floors: .* was measured on checkpoint eeeeeeeeeeee",
+        ),
+        (lambda inputs, d: _floors(inputs, d, lengths="64,128"), "floors were measured at \\[64, 128\\]"),
+        (lambda inputs, d: os.path.join(d, "absent.json"), "--floors: .* not found"),
+    ],
+)
+def test_floors_that_do_not_belong_are_refused(inputs, tmp_path, make, message):
+    floors = make(inputs, str(tmp_path))
+    with pytest.raises(InputError, match=message):
+        run(inputs, str(tmp_path / "out"), floors=floors)
+    assert not os.path.exists(tmp_path / "out" / "contract.json")
 
 
 def test_custom_lengths(inputs, tmp_path):

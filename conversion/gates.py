@@ -81,14 +81,19 @@ def _check_inputs(inputs, where: str) -> None:
     for key in INPUT_KEYS:
         value = inputs[key]
         if not _is_int(value) or value < (0 if key == "seed" else 1):
-            raise InputError(f"{where}.inputs.{key}: must be a {'non-negative' if key == 'seed' else 'positive'} integer, got {value!r}")
+            raise InputError(
+                f"{where}.inputs.{key}: must be a {'non-negative' if key == 'seed' else 'positive'} "
+                f"integer, got {value!r}"
+            )
 
 
 def _check_scopes(scopes, lengths, where: str, check_leaf) -> None:
     expected = scope_names(lengths)
     if not isinstance(scopes, dict) or sorted(scopes) != sorted(expected):
         got = sorted(scopes) if isinstance(scopes, dict) else scopes
-        raise InputError(f"{where}: scopes {got}, expected one per contract length and {REPLAY!r}: {expected}")
+        raise InputError(
+            f"{where}: scopes {got}, expected one per contract length and {REPLAY!r}: {expected}"
+        )
     for name in expected:
         metrics = scopes[name]
         if not isinstance(metrics, dict) or sorted(metrics) != sorted(METRICS):
@@ -105,7 +110,10 @@ def validate_floors(doc, lengths, where: str) -> dict:
     if sorted(doc) != sorted(expected):
         raise InputError(f"{where}: fields {sorted(doc)}, expected {list(expected)}; re-run measure_floors")
     if doc["format"] != FLOORS_FORMAT or doc["version"] != FLOORS_VERSION:
-        raise InputError(f"{where}: format/version {doc['format']!r}/{doc['version']!r}, expected {FLOORS_FORMAT!r}/{FLOORS_VERSION}")
+        raise InputError(
+            f"{where}: format/version {doc['format']!r}/{doc['version']!r}, "
+            f"expected {FLOORS_FORMAT!r}/{FLOORS_VERSION}"
+        )
     if doc["lengths"] != list(lengths):
         raise InputError(
             f"{where}: lengths: floors were measured at {doc['lengths']}, the contract has {list(lengths)}; "
@@ -147,14 +155,21 @@ def validate_gates(gates, lengths, where: str) -> None:
 
 
 def _check_bound(entry, at: str) -> None:
-    if not isinstance(entry, dict) or not set(_BOUND_KEYS) <= set(entry) or not set(entry) <= {*_BOUND_KEYS, "why"}:
-        raise InputError(f"{at}: must be {{floor, factor, bound}} (and a 'why' for a factor above {FACTOR_LIMIT:g})")
+    if (
+        not isinstance(entry, dict)
+        or not set(_BOUND_KEYS) <= set(entry)
+        or not set(entry) <= {*_BOUND_KEYS, "why"}
+    ):
+        raise InputError(
+            f"{at}: must be {{floor, factor, bound}} (and a 'why' for a factor above {FACTOR_LIMIT:g})"
+        )
     for key in _BOUND_KEYS:
         if not _positive_number(entry[key]):
             raise InputError(f"{at}.{key}: must be a positive finite number, got {entry[key]!r}")
     if entry["factor"] > FACTOR_LIMIT and not (isinstance(entry.get("why"), str) and entry["why"].strip()):
         raise InputError(
-            f"{at}.factor: {entry['factor']} is above the limit {FACTOR_LIMIT:g}; lower it or say why in 'why'"
+            f"{at}.factor: {entry['factor']} is above the limit {FACTOR_LIMIT:g}; "
+            "lower it or say why in 'why'"
         )
     if not math.isclose(entry["bound"], entry["floor"] * entry["factor"], rel_tol=1e-3):
         raise InputError(

@@ -104,3 +104,89 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, outputs = {}, output_dirs 
         args = args,
         **kwargs
     )
+
+def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,256"):
+    """Train -> floors -> TorchScript + contract -> Core ML -> GGUF -> report for one student.
+
+    Every output is prefixed `<name>.` (":<name>.report.json", ...), and `<name>_gates_test`
+    fails when any of its gates failed. The default chain in pipeline/BUILD.bazel is written out
+    stage by stage; this builds further students from the same dataset, e.g. other seeds, whose
+    untouched artifacts must pass every gate (no false alarms: //tests:gate_power).
+
+    Args:
+      name: prefix of every target and file.
+      dataset: label of kd.jsonl.
+      tokenizer: label of tokenizer.json.
+      train_args: flags for the trainer (e.g. ["--seed=1"]).
+      lengths: the contract lengths.
+    """
+    pre = name + "."
+    pipeline_stage(
+        name = name + "_checkpoint",
+        tool = "//training:run_toy_distill",
+        mnemonic = "M8bTrain",
+        inputs = {"in": dataset, "tokenizer": tokenizer},
+        outputs = {
+            "out_weights": pre + "student.safetensors",
+            "out_metadata": pre + "student.json",
+            "out_history": pre + "loss_history.jsonl",
+        },
+        args = train_args,
+    )
+    checkpoint = {"weights": ":" + pre + "student.safetensors", "metadata": ":" + pre + "student.json"}
+    pipeline_stage(
+        name = name + "_floors",
+        tool = "//verify:measure_floors",
+        mnemonic = "M8bFloors",
+        inputs = dict(checkpoint, tokenizer = tokenizer, dataset = dataset),
+        outputs = {"out": pre + "floors.json"},
+        args = ["--lengths=" + lengths],
+    )
+    pipeline_stage(
+        name = name + "_torchscript",
+        tool = "//conversion:export_pytorch",
+        mnemonic = "M8bTorchScript",
+        inputs = dict(checkpoint, tokenizer = tokenizer, floors = ":" + pre + "floors.json"),
+        outputs = {"out_torchscript": pre + "magic-8-ball.pt", "out_contract": pre + "contract.json"},
+        args = ["--lengths=" + lengths],
+    )
+    pipeline_stage(
+        name = name + "_coreml",
+        tool = "//conversion:convert_coreml",
+        mnemonic = "M8bCoreML",
+        inputs = dict(checkpoint, contract = ":" + pre + "contract.json"),
+        output_dirs = {"out": pre + "magic-8-ball.mlpackage"},
+        args = ["--precision=fp16"],
+    )
+    pipeline_stage(
+        name = name + "_gguf",
+        tool = "//conversion:export_gguf",
+        mnemonic = "M8bGGUF",
+        inputs = dict(checkpoint, tokenizer = tokenizer),
+        outputs = {"out": pre + "magic-8-ball.gguf", "modelfile_out": pre + "Modelfile"},
+        args = ["--dtype=f32"],
+    )
+    pipeline_stage(
+        name = name + "_verify",
+        tool = "//verify:verify_contracts",
+        mnemonic = "M8bVerify",
+        inputs = dict(
+            checkpoint,
+            contract = ":" + pre + "contract.json",
+            tokenizer = tokenizer,
+            dataset = dataset,
+            torchscript = ":" + pre + "magic-8-ball.pt",
+            mlpackage = ":" + name + "_coreml",
+            gguf = ":" + pre + "magic-8-ball.gguf",
+        ),
+        outputs = {"out_report": pre + "report.json"},
+        args = ["--noexit_nonzero_on_failed_gates"],
+    )
+    native.py_test(
+        name = name + "_gates_test",
+        srcs = ["gates_test.py"],
+        main = "gates_test.py",
+        args = ["$(rootpath :%sreport.json)" % pre, "$(rootpath :%scontract.json)" % pre],
+        data = [":" + pre + "report.json", ":" + pre + "contract.json"],
+        python_version = "PY3",
+    )

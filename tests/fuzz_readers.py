@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from common.errors import InputError
 from conversion import contract as contract_lib
+from conversion import gates_testing
 from data import dataset, generate
 
 # Values that have broken JSON readers before: floats that overflow, ints too big for a float or for
@@ -67,7 +68,9 @@ def valid_dataset_lines() -> tuple[str, ...]:
 
 @functools.cache
 def valid_contract_text() -> str:
-    contract = contract_lib.make_contract(512, "ab" * 32).with_artifact("weights", "cd" * 32)
+    contract = contract_lib.make_contract(512, "ab" * 32, gates=gates_testing.gates()).with_artifact(
+        "weights", "cd" * 32
+    )
     return contract.to_bytes().decode("utf-8")
 
 

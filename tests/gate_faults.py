@@ -57,7 +57,9 @@ def _torchscript_with(shipped: Shipped, change: Callable[[torch.nn.Module], None
     module = torchscript.load(shipped.inputs.paths.torchscript)
     with torch.no_grad():
         change(module)
-    return verification.Backend("torchscript", shipped.inputs.paths.torchscript, torchscript.numpy_forward(module))
+    return verification.Backend(
+        "torchscript", shipped.inputs.paths.torchscript, torchscript.numpy_forward(module)
+    )
 
 
 def _ts_param(module, name: str) -> torch.Tensor:
@@ -97,7 +99,9 @@ def _frozen_student(shipped: Shipped) -> model_lib.Student:
 
 def _ts_frozen(shipped):
     traced = torchscript.trace(_frozen_student(shipped), shipped.inputs.contract.default_length)
-    return verification.Backend("torchscript", shipped.inputs.paths.torchscript, torchscript.numpy_forward(traced))
+    return verification.Backend(
+        "torchscript", shipped.inputs.paths.torchscript, torchscript.numpy_forward(traced)
+    )
 
 
 # --- Core ML ---------------------------------------------------------------------------------
@@ -152,7 +156,8 @@ def _cm_eps(shipped):
         names = [
             name
             for name, value in mil_executor.consts(program).items()
-            if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.floating)
+            if np.ndim(value) == 0
+            and np.issubdtype(np.asarray(value).dtype, np.floating)
             and abs(float(value) - eps) <= 0.01 * eps
         ]
         assert names, "no RMSNorm epsilon const found in the Core ML program"
@@ -166,7 +171,11 @@ def _cm_frozen(shipped):
     contract = shipped.inputs.contract
     traced = torchscript.trace(_frozen_student(shipped), contract.default_length)
     mlmodel = coreml.convert_traced(
-        traced, list(contract.lengths), contract.default_length, "fp16", {"short_description": "frozen", "version": "fault"}
+        traced,
+        list(contract.lengths),
+        contract.default_length,
+        "fp16",
+        {"short_description": "frozen", "version": "fault"},
     )
     path = os.path.join(shipped.tmp, "frozen.mlpackage")
     shutil.rmtree(path, ignore_errors=True)
@@ -228,7 +237,9 @@ def _gg_noise(shipped):
 
 
 def _gg_rope(shipped):
-    return _gguf_edit(shipped, "rope", lambda r: _field_value(r, "llama.rope.freq_base").__imul__(ROPE_FACTOR))
+    return _gguf_edit(
+        shipped, "rope", lambda r: _field_value(r, "llama.rope.freq_base").__imul__(ROPE_FACTOR)
+    )
 
 
 def _gg_eps(shipped):
@@ -287,9 +298,21 @@ def _gg_kv_f16(shipped):
 
 
 FAULTS = (
-    Fault("scale_0.3%", f"{WEIGHT[0]} x {SCALE}", {"torchscript": _ts_scale, "coreml": _cm_scale, "gguf": _gg_scale}),
-    Fault("noise_1e-4", f"{WEIGHT[0]} + N(0, {NOISE:g})", {"torchscript": _ts_noise, "coreml": _cm_noise, "gguf": _gg_noise}),
-    Fault("rope_base_+3%", f"rope theta x {ROPE_FACTOR}", {"torchscript": _ts_rope, "coreml": _cm_rope, "gguf": _gg_rope}),
+    Fault(
+        "scale_0.3%",
+        f"{WEIGHT[0]} x {SCALE}",
+        {"torchscript": _ts_scale, "coreml": _cm_scale, "gguf": _gg_scale},
+    ),
+    Fault(
+        "noise_1e-4",
+        f"{WEIGHT[0]} + N(0, {NOISE:g})",
+        {"torchscript": _ts_noise, "coreml": _cm_noise, "gguf": _gg_noise},
+    ),
+    Fault(
+        "rope_base_+3%",
+        f"rope theta x {ROPE_FACTOR}",
+        {"torchscript": _ts_rope, "coreml": _cm_rope, "gguf": _gg_rope},
+    ),
     Fault("norm_eps_x10", f"RMSNorm epsilon x {EPS_FACTOR:g}", {"coreml": _cm_eps, "gguf": _gg_eps}),
     Fault("qk_unpermuted", "Q/K rows left in HF order", {"gguf": _gg_unpermuted}),
     Fault("kv_f16_claimed_f32", "f16 KV cache under f32 bounds", {"gguf": _gg_kv_f16}),

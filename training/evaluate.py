@@ -10,6 +10,9 @@
   tv = total variation between the two averages.
 - mean_kl: KL(teacher || student) between the per-question 20-answer distributions, averaged over
   all questions (nats).
+- baseline_kl: the same for the kind-only baseline, which gives every question its kind's average
+  teacher distribution: what a student that reads nothing but the question's kind could reach.
+  The student must beat it by a wide margin (quality_failures), or it has not learned the questions.
 """
 
 import collections
@@ -101,11 +104,36 @@ def distribution_metrics(student: np.ndarray, reference: np.ndarray, kinds: Sequ
             "student": [float(x) for x in s],
             "teacher": [float(x) for x in t],
         }
+    baseline = np.stack([np.asarray(per_kind[kind]["teacher"]) for kind in kinds])
     return {
         "mean_kl": float(kls.mean()),
+        "baseline_kl": float(_kl(reference, baseline).mean()),
         "max_tv": max(k["tv"] for k in per_kind.values()),
         "per_kind": per_kind,
     }
+
+
+# The student quality gates (training/student_quality_test.py applies them to the shipped checkpoint).
+MIN_CANONICAL = 1.0  # every greedy reply to a held-out template question is canonical
+MAX_TV = 0.1  # per kind, between the averaged student and teacher answer distributions
+MAX_KL_VS_BASELINE = 0.1  # mean KL at most 1/10 of the kind-only baseline's
+
+
+def quality_failures(metrics: dict) -> list[str]:
+    """Every quality gate `metrics` (from evaluate) fails, as one line each; empty when all pass."""
+    failures = []
+    if metrics["canonical_rate"] < MIN_CANONICAL:
+        failures.append(f"canonical greedy replies {metrics['canonical_rate']:.2%} < {MIN_CANONICAL:.0%}")
+    for kind, row in metrics["per_kind"].items():
+        if row["tv"] > MAX_TV:
+            failures.append(f"kind {kind}: TV {row['tv']:.4f} > {MAX_TV}")
+    bound = MAX_KL_VS_BASELINE * metrics["baseline_kl"]
+    if not metrics["mean_kl"] <= bound:
+        failures.append(
+            f"mean KL(teacher || student) {metrics['mean_kl']:.4f} > {MAX_KL_VS_BASELINE} x the kind-only "
+            f"baseline's {metrics['baseline_kl']:.4f} = {bound:.4f}"
+        )
+    return failures
 
 
 def evaluate(model, tokenizer, records: Sequence, max_new_tokens: int = 32, batch_size: int = 256) -> dict:
@@ -130,6 +158,8 @@ def evaluate(model, tokenizer, records: Sequence, max_new_tokens: int = 32, batc
         "canonical_rate": canonical / len(records),
         "non_canonical": bad,
         **distribution_metrics(student, reference, [r.kind for r in records]),
+        "teacher_rows": reference,  # [N, 20]: per-question teacher distributions (for baselines)
+        "kinds": [r.kind for r in records],
     }
 
 
@@ -138,7 +168,9 @@ def format_report(metrics: dict) -> str:
     lines = [
         f"questions: {metrics['questions']}",
         f"canonical greedy replies: {metrics['canonical_rate']:.2%}",
-        f"mean KL(teacher || student) over the 20 answers: {metrics['mean_kl']:.4f} nats",
+        f"mean KL(teacher || student) over the 20 answers: {metrics['mean_kl']:.4f} nats "
+        f"(kind-only baseline {metrics['baseline_kl']:.4f}, "
+        f"ratio {metrics['mean_kl'] / max(metrics['baseline_kl'], 1e-300):.3f})",
         f"{'kind':<16} {'n':>5} {'TV':>7} {'KL':>7}  top answer student/teacher",
     ]
     for kind, row in metrics["per_kind"].items():

@@ -40,3 +40,30 @@ def write_inputs(directory: str, records: int = 40, seed: int = 0, model_seed: i
     }
     checkpoint.save(paths.weights, paths.metadata, model, metadata)
     return paths
+
+
+def measured_gates(inputs: Inputs, lengths, backends, settings=None) -> dict:
+    """The contract's gates for the fixture checkpoint, from floors measured as the pipeline does."""
+    from conversion import gates as gates_lib
+    from data.tokenizer import Tokenizer
+    from verify import floors
+    from verify import inputs as inputs_lib
+
+    settings = settings or inputs_lib.Settings(text_sequences=10, behaviour_questions=6, max_new_tokens=8)
+    tok = Tokenizer.load(inputs.tokenizer)
+    model, _ = checkpoint.load(inputs.weights, inputs.metadata)
+    heldout = sorted(dataset.read_dataset(inputs.dataset).split("heldout"), key=lambda r: r.id)
+    rows = inputs_lib.numeric_rows(sorted(lengths), tok.vocab_size, tok, heldout, settings)
+    prompts = inputs_lib.replay_prompts(tok, heldout, settings)
+    continuations = inputs_lib.replay_continuations(model, tok, prompts, settings)
+    precisions = sorted({gates_lib.DEFAULT_BACKENDS[name] for name in backends})
+    measured = floors.measure(model, rows, prompts, continuations, tok.pad_id, precisions)
+    doc = {
+        "floors": {
+            p: {w: {m: gates_lib.round4(v) for m, v in ms.items()} for w, ms in scopes.items()}
+            for p, scopes in measured.items()
+        },
+        "inputs": settings.to_dict(),
+        "methods": dict(floors.METHODS),
+    }
+    return gates_lib.make_gates(doc, {name: gates_lib.DEFAULT_BACKENDS[name] for name in backends})

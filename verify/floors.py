@@ -99,7 +99,9 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
         scopes = {scope(length): dict(pooled) for length in lengths}
         replay = parity.behaviour_check(eager, twin, prompts, continuations, lengths, pad_id, 0.0)
         if replay.comparison is None:
-            raise ValueError("the behaviour replay compared no positions; give questions that fit the lengths")
+            raise ValueError(
+                "the behaviour replay compared no positions; give questions that fit the lengths"
+            )
         scopes[REPLAY] = _floored(replay.comparison)
         out[precision] = scopes
     return out

@@ -28,7 +28,9 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-def numeric_rows(lengths, vocab_size: int, tokenizer, heldout, settings: Settings) -> dict[int, list[np.ndarray]]:
+def numeric_rows(
+    lengths, vocab_size: int, tokenizer, heldout, settings: Settings
+) -> dict[int, list[np.ndarray]]:
     """{length: [row [1, length] int32, ...]}: the rows parity is measured on at each length."""
     sequences = [
         [tokenizer.bos_id, *r.prompt_ids, *r.completion_ids] for r in heldout[: settings.text_sequences]

@@ -29,7 +29,9 @@ flags.DEFINE_string("weights", None, "Student checkpoint weights (required).")
 flags.DEFINE_string("metadata", None, "Student checkpoint metadata JSON (required).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON the student was trained with (required).")
 flags.DEFINE_string("dataset", None, "KD dataset JSONL; its held-out split gives the inputs (required).")
-flags.DEFINE_string("lengths", "64,128,256", "Comma-separated contract lengths (the export step's --lengths).")
+flags.DEFINE_string(
+    "lengths", "64,128,256", "Comma-separated contract lengths (the export step's --lengths)."
+)
 flags.DEFINE_string("out", None, "Output floors JSON (required).")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the random-ids row at each length.")
 flags.DEFINE_integer("text_sequences", _DEFAULTS.text_sequences, "Held-out sequences in the real-text row.")

@@ -343,7 +343,9 @@ def run(
 
 def consts(program: Program) -> dict[str, np.ndarray]:
     """{name: value} of every const op: the program's weights and constants, as loaded."""
-    return {op.outputs[0].name: op.outputs[0].val for op in program.function.operations if op.op_type == "const"}
+    return {
+        op.outputs[0].name: op.outputs[0].val for op in program.function.operations if op.op_type == "const"
+    }
 
 
 def set_const(program: Program, name: str, value: np.ndarray) -> None:

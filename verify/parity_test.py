@@ -44,7 +44,7 @@ def test_compare_logits_measures_difference_and_agreement():
     assert comparison.max_abs_diff == pytest.approx(1.5)
     assert comparison.top1_agreement == pytest.approx(0.75)
     assert comparison.positions == 4
-    assert comparison.top1_agreement_all == pytest.approx(0.75) and comparison.near_ties == 0
+    assert comparison.top1_disagreement == pytest.approx(0.25) and comparison.near_ties == 0
     assert parity.compare_logits(ref, ref).max_abs_diff == 0.0
 
 
@@ -56,7 +56,7 @@ def test_compare_logits_leaves_near_ties_out_of_top1():
     got[0, 1, 1] = 1.02  # flips within 0.03
     comparison = parity.compare_logits(ref, got, near_tie_margin=0.1)
     assert comparison.top1_agreement == 1.0
-    assert comparison.top1_agreement_all == pytest.approx(0.75)
+    assert comparison.top1_disagreement == pytest.approx(0.25)
     assert comparison.near_ties == 1
     assert parity.compare_logits(ref, got).top1_agreement == pytest.approx(0.75)
 

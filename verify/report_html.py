@@ -172,11 +172,14 @@ def _parity_section(report: dict, contract: dict) -> str:
 
 
 def _cell(entry: dict) -> tuple[str, str]:
-    """(measured, bound) as plain text for one report entry."""
+    """(measured, bound) as plain text for one report entry; the bound names the floor it came from."""
     if "error" in entry:
         return "error: " + entry["error"], ""
     if "op" in entry:
-        return _number(entry["value"]), f"{entry['op']} {_number(entry['bound'])}"
+        bound = f"{entry['op']} {_number(entry['bound'])}"
+        if "floor" in entry:
+            bound += f" (floor {_number(entry['floor'])})"
+        return _number(entry["value"]), bound
     return _number(entry["value"]), "(note)"
 
 
@@ -196,7 +199,7 @@ def _length_table(report: dict, lengths: list[str]) -> str:
                 cells.append(f"{_e(value)} <small>{_e(bound)}</small> {_verdict(entry.get('ok'))}".rstrip())
             rows.append(cells)
     numeric = set(range(2, 2 + len(lengths)))
-    return _table(["artifact", "check", *(f"{n}: measured, bound" for n in lengths)], rows, numeric)
+    return _table(["artifact", "check", *(f"{n}: measured, bound (floor)" for n in lengths)], rows, numeric)
 
 
 def _other_checks_table(report: dict, lengths: set[str]) -> str:
@@ -224,7 +227,21 @@ def _model_card(report: dict, contract: dict, metadata: dict, quality: dict) -> 
         "contract lengths": ", ".join(f"T{n}" for n in contract.get("lengths", [])),
         "inputs": "; ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in contract.get("inputs", [])),
         "outputs": "; ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in contract.get("outputs", [])),
-        "tolerances": ", ".join(f"{k} {v}" for k, v in sorted(contract.get("tolerances", {}).items())),
+        "gates": "; ".join(
+            f"{backend} {precision} (floor: {contract['gates']['methods'].get(precision, '')})"
+            for backend, precision in sorted(contract.get("gates", {}).get("backends", {}).items())
+        )
+        + "; bound = floor x factor, factors "
+        + ", ".join(
+            sorted(
+                {
+                    _number(entry["factor"])
+                    for scopes in contract.get("gates", {}).get("bounds", {}).values()
+                    for metrics in scopes.values()
+                    for entry in metrics.values()
+                }
+            )
+        ),
         "tokenizer sha256": contract.get("tokenizer_sha256", ""),
         "contract sha256": report.get("contract_sha256", ""),
         "training": (

@@ -39,7 +39,11 @@ def _inputs(hostile: str = "", failing: bool = False):
         "tokenizer_sha256": "12" * 32,
         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": [1, "T"]}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "T", 512]}],
-        "tolerances": {"torchscript_max_abs": 1e-4},
+        "gates": {
+            "backends": {"torchscript": "f32"},
+            "methods": {"f32": "float64 eager vs float32 eager"},
+            "bounds": {"f32": {"T64": {"kl_max": {"floor": 1e-12, "factor": 4.0, "bound": 4e-12}}}},
+        },
     }
     metadata = {
         "parameter_count": 623_232,
@@ -79,7 +83,7 @@ def test_every_section_and_figure_is_there():
     assert "Content-Security-Policy" in page and "<script" not in page
     assert "623,232" in page
     for length in (64, 128, 256):  # the parity table has a column per contract length
-        assert f"<th>T{length}: measured, bound</th>" in page
+        assert f"<th>T{length}: measured, bound (floor)</th>" in page
     assert "<td>T96</td>" in page  # a probe outside the contract is listed with the other checks
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page), "the page must not fetch anything"
 

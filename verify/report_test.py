@@ -78,7 +78,7 @@ def test_summary_lists_every_check_and_the_verdict():
     report.check("coreml", "T128", "max_abs_diff", 0.5, "<=", 0.1)
     text = report.summary()
     lines = text.splitlines()
-    assert lines[0].split() == ["artifact", "scope", "check", "value", "bound"]
+    assert lines[0].split() == ["artifact", "scope", "check", "value", "floor", "bound"]
     assert any("max_abs_diff" in line and line.rstrip().endswith("FAIL") for line in lines)
     assert lines[-1] == "gates: FAIL"
     # Per artifact: lengths ascending, then whole-artifact checks.

@@ -32,7 +32,9 @@ from verify import verification
 # flag or file then fails in well under a second, not after ten seconds of imports.
 
 flags.DEFINE_string("contract", None, "contract.json written by the export step (required).")
-flags.DEFINE_string("weights", None, "The student checkpoint weights the contract was exported from (required).")
+flags.DEFINE_string(
+    "weights", None, "The student checkpoint weights the contract was exported from (required)."
+)
 flags.DEFINE_string("metadata", None, "The student checkpoint metadata JSON (required).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON; its sha256 must be the contract's tokenizer_sha256.")
 flags.DEFINE_string("dataset", None, "KD dataset JSONL; its held-out questions drive the behaviour checks.")

@@ -35,7 +35,10 @@ def artifacts(tmp_path_factory):
     }
     with open(paths["torchscript"], "wb") as handle:
         handle.write(data)
-    contract = contract_lib.make_contract(model.cfg.vocab_size, meta["tokenizer_sha256"], LENGTHS, 128)
+    gates = fixtures.measured_gates(inputs, LENGTHS, ["torchscript", "coreml"])
+    contract = contract_lib.make_contract(
+        model.cfg.vocab_size, meta["tokenizer_sha256"], LENGTHS, 128, gates=gates
+    )
     contract = contract.with_artifact("weights", checkpoint.sha256_file(inputs.weights))
     contract = contract.with_artifact("torchscript", checkpoint.sha256_file(paths["torchscript"]))
     contract.save(paths["contract"])
@@ -55,8 +58,6 @@ def run(artifacts, out, **overrides):
         "torchscript": paths["torchscript"],
         "mlpackage": paths["mlpackage"],
         "out_report": str(out),
-        "behaviour_questions": 6,
-        "text_sequences": 10,
         **overrides,
     }
     argv = ["verify_contracts"] + [f"--{name}={value}" for name, value in values.items()]
@@ -81,9 +82,10 @@ def test_good_artifacts_pass_with_a_deterministic_report(artifacts, tmp_path):
         behaviour = report["results"][artifact]["all"]
         assert behaviour["behaviour_questions"]["value"] == 6
         assert behaviour["behaviour_mismatches"]["value"] == 0
-    assert report["results"]["torchscript"]["T64"]["max_abs_diff"]["bound"] == 1e-4
+    entry = report["results"]["coreml"]["T64"]["kl_max"]
+    assert entry["floor"] > 0 and entry["bound"] == pytest.approx(4 * entry["floor"], rel=1e-3)
     assert report["results"]["coreml"]["T96"]["spec_supports_length"]["ok"] is True
-    assert report["results"]["coreml"]["T96"]["executor_rejects_length"]["ok"] is True
+    assert report["results"]["coreml"]["all"]["weights_elements_changed"]["value"] == 0
     assert report["results"]["coreml"]["all"]["spec_output_shape_not_frozen"]["ok"] is True
 
     run(artifacts, tmp_path / "again.json")
@@ -114,7 +116,7 @@ def test_a_broken_torchscript_fails_the_gates(artifacts, tmp_path):
         ("mlpackage", "absent.mlpackage", "Core ML package not found"),
         ("torchscript", "absent.pt", "TorchScript file not found"),
         ("dataset", "absent.jsonl", "absent.jsonl"),
-        ("behaviour_questions", "0", "--behaviour_questions"),
+        ("mlpackage", "", "--mlpackage: missing, but .* says coreml must be verified"),
     ],
 )
 def test_bad_input_is_an_input_error_and_writes_nothing(artifacts, tmp_path, flag, value, message):
