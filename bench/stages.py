@@ -21,6 +21,9 @@ from common.errors import InputError
 
 TARGETS_S = {"export TorchScript + contract": 5.0, "convert Core ML": 5.0, "export GGUF + Modelfile": 5.0}
 TARGETS_S["verify every artifact at T64/T128/T256"] = 30.0
+# Measuring the floors is verification work done ahead (its output is the contract's bounds), so it
+# shares verification's budget: the two rows together stay under 30 s.
+TARGETS_S["measure floors (part of verification)"] = 30.0
 
 
 def _timed(command: list[str], check: bool = True) -> float:
@@ -38,6 +41,7 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
     names = list(TARGETS_S)
     return [
         (names[0], [tools["export_pytorch"], *checkpoint, f"--tokenizer={a}/tokenizer.json",
+                    f"--floors={a}/floors.json",
                     f"--out_torchscript={out}/m.pt", f"--out_contract={out}/contract.json"]),
         (names[1], [tools["convert_coreml"], *checkpoint, f"--contract={a}/contract.json",
                     f"--out={out}/m.mlpackage"]),
@@ -47,12 +51,14 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
                     f"--tokenizer={a}/tokenizer.json", f"--dataset={a}/kd.jsonl",
                     f"--torchscript={a}/magic-8-ball.pt", f"--mlpackage={a}/magic-8-ball.mlpackage",
                     f"--gguf={a}/magic-8-ball.gguf", f"--out_report={out}/report.json"]),
+        (names[4], [tools["measure_floors"], *checkpoint, f"--tokenizer={a}/tokenizer.json",
+                    f"--dataset={a}/kd.jsonl", f"--out={out}/floors.json"]),
     ]  # fmt: skip
 
 
 def measure(tools: dict[str, str], artifacts: str, repeats: int) -> list[Row]:
     """Per stage: its bare start-up (`<stage> --help`), then the stage itself, runs alternating."""
-    missing = {"export_pytorch", "convert_coreml", "export_gguf", "verify_contracts"} - set(tools)
+    missing = {"export_pytorch", "convert_coreml", "export_gguf", "verify_contracts", "measure_floors"} - set(tools)
     if missing:
         raise InputError(f"--tool: no path for {sorted(missing)}")
     # As in the build's actions (pipeline/defs.bzl): one BLAS/OpenMP thread per process.
