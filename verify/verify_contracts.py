@@ -9,7 +9,9 @@ largest logit difference from eager and the top-1 agreement, against the contrac
 also gets its interface checked from the spec (enumerated lengths, output length not frozen, a
 length between two contract lengths reported unsupported) and is run through the NumPy MIL
 executor. Then behaviour: eager's greedy replies to held-out questions, replayed through each
-artifact once per question (verify/parity.py).
+artifact once per question (verify/parity.py), and `ask`'s sampled replies (its default sampler,
+five seeds per question) through TorchScript and GGUF, which must be canonical
+(verify/sampled_behaviour.py).
 
 Exit status: 0 when every gate passes, 1 when any gate fails (the report is still written and
 says which), 2 for bad input (missing or unreadable files, digests that tie the inputs together
@@ -218,6 +220,53 @@ def _check_behaviour(report, backend: Backend, eager, contract, prompts, continu
     )
 
 
+def _check_sampled(report, backend: Backend, tokenizer, prompts, proposals, max_length: int) -> None:
+    """`ask`'s sampled replies (its default sampler, seeds SEEDS) through the backend: canonical rate."""
+    from training import sampling
+    from verify import sampled_behaviour
+
+    settings = sampling.DEFAULT
+    try:
+        result = sampled_behaviour.check(
+            backend.forward,
+            prompts,
+            sampled_behaviour.SEEDS,
+            proposals,
+            tokenizer,
+            settings,
+            FLAGS.max_new_tokens,
+            max_length,
+        )
+    except Exception as error:  # the artifact failed to run on a question
+        report.fail(backend.name, report_lib.ALL, "sampled_canonical_rate", _first_line(error))
+        return
+    all_ = report_lib.ALL
+    bound = sampled_behaviour.MIN_CANONICAL_RATE
+    report.check(backend.name, all_, "sampled_canonical_rate", result.rate, ">=", bound)
+    report.note(backend.name, all_, "sampled_replies", result.replies)
+    report.note(
+        backend.name,
+        all_,
+        "sampled_settings",
+        f"temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
+        f"min_p {settings.min_p}; seeds {', '.join(map(str, sampled_behaviour.SEEDS))}",
+    )
+    report.note(
+        backend.name,
+        all_,
+        "sampled_non_canonical",
+        [f"question {f.question} seed {f.seed}: {f.reply!r}" for f in result.failures[:3]],
+    )
+    logging.info(
+        "%s sampled: %d of %d canonical, %d replayed in one forward (%.2f s)",
+        backend.name,
+        result.canonical,
+        result.replies,
+        result.replayed,
+        result.seconds,
+    )
+
+
 def _unsupported_probe(lengths) -> int:
     """A length between the two shortest contract lengths (96 for 64, 128), else one past the longest."""
     ordered = sorted(lengths)
@@ -376,6 +425,14 @@ def main(argv: list[str]) -> None:
         model, prompts, eos_id=tokenizer.eos_id, max_new_tokens=FLAGS.max_new_tokens, batch_size=64
     )
     logging.info("eager greedy replies to %d questions in %.2f s", len(prompts), time.monotonic() - began)
+    began = time.monotonic()
+    from training import sampling
+    from verify import sampled_behaviour
+
+    proposals = sampled_behaviour.proposals_from_eager(
+        model, prompts, sampled_behaviour.SEEDS, tokenizer.eos_id, FLAGS.max_new_tokens, sampling.DEFAULT
+    )
+    logging.info("eager sampled replies (proposals) in %.2f s", time.monotonic() - began)
 
     for backend in backends:
         began = time.monotonic()
@@ -383,6 +440,8 @@ def main(argv: list[str]) -> None:
             backend.interface_check(report, contract)
         _check_outputs(report, backend, contract, rows, refs)
         _check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id)
+        if backend.name in (TORCHSCRIPT, GGUF):  # the backends `ask` has
+            _check_sampled(report, backend, tokenizer, prompts, proposals, max(contract.lengths))
         logging.info("%s verified in %.2f s", backend.name, time.monotonic() - began)
 
     report.save(FLAGS.out_report)
