@@ -64,18 +64,24 @@ def gguf_forward(path: str):
     return lambda ids: gguf_check.gguf_logits(llama, ids.numpy())
 
 
-def _sampler() -> sampling.Settings:
-    """The sampling flags as Settings; InputError naming the first flag out of range."""
-    if FLAGS.temperature <= 0:
-        raise InputError(
-            f"--temperature must be > 0 when sampling, got {FLAGS.temperature} (or use --greedy)"
-        )
+def _sampler() -> sampling.Settings | None:
+    """The sampling flags as Settings (None with --greedy); InputError naming a flag out of range.
+
+    top_k, top_p, min_p and seed are checked even with --greedy: a bad value is a mistake either way.
+    """
     if FLAGS.seed < 0:
         raise InputError(f"--seed: {FLAGS.seed}; must be >= 0")
-    problems = sampling.problems(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
+    temperature = FLAGS.temperature
+    if FLAGS.greedy:
+        temperature = sampling.DEFAULT.temperature  # ignored with --greedy
+    elif temperature <= 0:
+        raise InputError(f"--temperature must be > 0 when sampling, got {temperature} (or use --greedy)")
+    problems = sampling.problems(temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
     if problems:
         raise InputError(f"--{problems[0]}")
-    return sampling.Settings(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
+    if FLAGS.greedy:
+        return None
+    return sampling.Settings(temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
 
 
 def main(argv: list[str]) -> None:
@@ -88,7 +94,7 @@ def main(argv: list[str]) -> None:
         raise InputError("question: holds bytes that are not UTF-8; ask in UTF-8 text") from None
     if FLAGS.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens: {FLAGS.max_new_tokens}; must be at least 1")
-    sampler = None if FLAGS.greedy else _sampler()
+    sampler = _sampler()
     cli.require_flag(FLAGS.tokenizer, "tokenizer")
     tokenizer = Tokenizer.load(FLAGS.tokenizer)
     path = FLAGS.torchscript if FLAGS.backend == "torchscript" else FLAGS.gguf
