@@ -70,7 +70,9 @@ def test_sampled_batch_matches_one_prompt_at_a_time():
             return model(ids)
 
     eos = generate.generate(forward, prompts[0], eos_id=-1, max_new_tokens=2)[-1]
-    expected = [generate.generate(forward, p, eos, 8, settings, draws=d) for p, d in zip(prompts, draws)]
+    expected = [
+        generate.generate(forward, p, eos, 8, settings, draws=d) for p, d in zip(prompts, draws, strict=True)
+    ]
     assert len({tuple(r) for r in expected}) > 2  # the draws matter
     assert generate.sampled_batch(model, prompts, draws, eos, 8, settings, batch_size=2) == expected
 

@@ -254,11 +254,11 @@ def _sampled_table(report: dict) -> str:
             _number(checks.get(name, {}).get("value", ""))
             for name in ("sampled_replies", "sampled_settings", "sampled_non_canonical")
         )
-        rows.append([_e(artifact), _e(replies), _e(rate), _e(bound),
-                     _verdict(checks["sampled_canonical_rate"].get("ok")), _e(settings), _e(odd)])  # fmt: skip
+        verdict = _verdict(checks["sampled_canonical_rate"].get("ok"))
+        rows.append([_e(artifact), _e(replies), _e(rate), _e(bound), verdict, _e(settings), _e(odd)])
     if not rows:
         return ""
-    header = ["artifact", "replies", "canonical rate", "bound", "verdict", "sampler", "non-canonical (first 3)"]
+    header = ["artifact", "replies", "canonical rate", "bound", "verdict", "sampler", "non-canonical"]
     return "<h3>Sampled replies (ask's defaults)</h3>\n" + _table(header, rows, numeric={1, 2})
 
 

@@ -49,10 +49,11 @@ def test_the_replayed_reply_is_the_backends_own_whatever_the_proposal(toy):
                 assert held == should_hold
     # max_length caps the reply as generate does.
     draws = sampling.draws(0, prompts[0], 12)
+    limit = len(prompts[0]) + 2
     capped = generate.generate(
-        lambda ids: forward(ids.numpy()), prompts[0], eos, 12, SETTINGS, draws=draws, max_length=len(prompts[0]) + 2
+        lambda ids: forward(ids.numpy()), prompts[0], eos, 12, SETTINGS, draws=draws, max_length=limit
     )
-    reply, _ = sampled_behaviour.backend_reply(forward, prompts[0], draws, [], eos, 12, SETTINGS, len(prompts[0]) + 2)
+    reply, _ = sampled_behaviour.backend_reply(forward, prompts[0], draws, [], eos, 12, SETTINGS, limit)
     assert reply == capped and len(reply) <= 2
 
 
