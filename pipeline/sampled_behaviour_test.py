@@ -57,14 +57,19 @@ def shipped():
     return tokenizer, model, prompts, backends
 
 
+_PROPOSALS = {}  # settings -> eager's sampled replies, shared by the tests
+
+
 def _gate(shipped, backend: str, settings):
     from verify import sampled_behaviour
 
     tokenizer, model, prompts, backends = shipped
     seeds = sampled_behaviour.SEEDS
-    proposals = sampled_behaviour.proposals_from_eager(
-        model, prompts, seeds, tokenizer.eos_id, MAX_NEW_TOKENS, settings
-    )
+    if settings not in _PROPOSALS:
+        _PROPOSALS[settings] = sampled_behaviour.proposals_from_eager(
+            model, prompts, seeds, tokenizer.eos_id, MAX_NEW_TOKENS, settings
+        )
+    proposals = _PROPOSALS[settings]
     return sampled_behaviour.check(
         backends[backend], prompts, seeds, proposals, tokenizer, settings, MAX_NEW_TOKENS, MAX_LENGTH
     )

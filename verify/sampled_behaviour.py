@@ -30,6 +30,7 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]  # ids int [1, T] -> logits [1, T,
 SEEDS = (0, 1, 2, 3, 4)  # each held-out question is asked once per seed
 # A product target, not a numeric floor: at most 1 sampled reply in 200 may be off-script. Without
 # the tail cut the shipped student fails it (pipeline/sampled_behaviour_test.py shows it).
+# verify_contracts' --sampled_min_canonical_rate defaults to it.
 MIN_CANONICAL_RATE = 0.995
 
 
