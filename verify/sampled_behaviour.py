@@ -6,14 +6,15 @@ only. This gate decodes the way `ask` does, with its settings and its seed rule,
 one of the 20 answers, the flair of its group, then the end token).
 
 Exact and cheap: replay instead of re-generating. Re-generating token by token costs one full
-forward per new token (TorchScript has no KV cache here: ~1,600 tokens/s, so 1,000 replies of
-~12 tokens would be ~7 s per backend). Instead a proposal (eager's own sampled reply with the same
+forward per new token (the TorchScript artifact has no KV cache), so a reply of n tokens costs n
+forwards. Instead a proposal (eager's own sampled reply with the same
 draws, from the KV-cached batch decoder) goes through the backend once: prompt + proposal in one
 forward. Attention is causal, so the logits at step i are exactly those the backend would see when
 generating after the same i tokens; sampling them with draw i gives the backend's own token. While
 it equals the proposal's the replay is the backend's reply; at the first step where it differs,
 the backend's token is kept and the rest is generated token by token (training/generate.py) with
-the remaining draws. So every reply counted is the one the backend itself produces.
+the remaining draws. So every reply counted is the one the backend itself produces. A question's
+seeds often give the same reply; each distinct sequence goes through the backend once.
 """
 
 import dataclasses
@@ -58,6 +59,18 @@ class Result:
 
 def _as_logits(out) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
+
+
+def _memoised(forward: LogitsFn) -> LogitsFn:
+    memo: dict[bytes, np.ndarray] = {}
+
+    def once(ids: np.ndarray) -> np.ndarray:
+        key = np.asarray(ids, dtype=np.int64).tobytes()
+        if key not in memo:
+            memo[key] = _as_logits(forward(ids))
+        return memo[key]
+
+    return once
 
 
 def backend_reply(
@@ -128,15 +141,7 @@ def check(
     failures: list[Failure] = []
     elapsed = 0.0
     for q, prompt in enumerate(prompts):
-        # Seeds often give a question the same reply: one forward per distinct sequence.
-        memo: dict[bytes, np.ndarray] = {}
-
-        def once(ids: np.ndarray) -> np.ndarray:
-            key = np.asarray(ids, dtype=np.int64).tobytes()
-            if key not in memo:
-                memo[key] = _as_logits(forward(ids))
-            return memo[key]
-
+        once = _memoised(forward)  # seeds often give a question the same reply: one forward each
         for seed in seeds:
             draws = sampling.draws(seed, prompt, max_new_tokens)
             began = time.monotonic()
