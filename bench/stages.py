@@ -58,7 +58,9 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
 
 def measure(tools: dict[str, str], artifacts: str, repeats: int) -> list[Row]:
     """Per stage: its bare start-up (`<stage> --help`), then the stage itself, runs alternating."""
-    missing = {"export_pytorch", "convert_coreml", "export_gguf", "verify_contracts", "measure_floors"} - set(tools)
+    missing = {"export_pytorch", "convert_coreml", "export_gguf", "verify_contracts", "measure_floors"} - set(
+        tools
+    )
     if missing:
         raise InputError(f"--tool: no path for {sorted(missing)}")
     # As in the build's actions (pipeline/defs.bzl): one BLAS/OpenMP thread per process.

@@ -1,20 +1,27 @@
 """The Ollama Modelfile that ships beside the GGUF file.
 
 Ollama runs llama.cpp, so the GGUF file carries the model and tokenizer; the Modelfile adds how to
-ask: the prompt template the student was trained on and sampling settings that mirror the `ask`
-binary (pipeline/ask.py): plain temperature sampling over the whole vocabulary, no top-k/top-p cut
-and no repeat penalty, at most 32 new tokens, stop at eos. The model is trained with [bos] + prompt;
-the GGUF sets tokenizer.ggml.add_bos_token, so the runtime adds bos itself.
+ask: the prompt template the student was trained on and the sampling settings of the `ask` binary
+(pipeline/ask.py), whose defaults are training/sampling.DEFAULT: temperature, top_k, top_p and
+min_p (Ollama's documented defaults, stated anyway so no runtime's other default applies), no
+repeat penalty, at most 32 new tokens, stop at eos. The model is trained with [bos] + prompt; the
+GGUF sets tokenizer.ggml.add_bos_token, so the runtime adds bos itself.
+
+The parameters match, the random streams do not: Ollama draws with its own generator, so a given
+seed gives another reply there than in `ask`. Ollama's own sampler also scales by the temperature
+before top_p and min_p (llama.cpp and `ask` do it last), which moves the top_p cut a little.
 """
+
+from training import sampling
 
 CONTEXT_LENGTH = 256  # the longest sequence the student was trained and exported for
 
-# Sampling that matches `ask` (pipeline/ask.py defaults): top_k 0 and top_p 1.0 switch those
-# filters off in llama.cpp's sampler, repeat_penalty 1.0 switches the penalty off.
+# `ask`'s defaults (one definition: training/sampling.DEFAULT). repeat_penalty 1.0 is off.
 DEFAULT_PARAMETERS = (
-    ("temperature", 0.8),
-    ("top_k", 0),
-    ("top_p", 1.0),
+    ("temperature", sampling.DEFAULT.temperature),
+    ("top_k", sampling.DEFAULT.top_k),
+    ("top_p", sampling.DEFAULT.top_p),
+    ("min_p", sampling.DEFAULT.min_p),
     ("repeat_penalty", 1.0),
     ("num_ctx", CONTEXT_LENGTH),
     ("num_predict", 32),

@@ -1,6 +1,7 @@
 import pytest
 
 from conversion import modelfile
+from training import sampling
 
 
 def test_modelfile_points_at_the_gguf_and_uses_the_training_prompt():
@@ -13,12 +14,17 @@ def test_modelfile_points_at_the_gguf_and_uses_the_training_prompt():
     params = dict(line.split()[1:3] for line in lines if line.startswith("PARAMETER ") and "stop" not in line)
     assert params == {
         "temperature": "0.8",
-        "top_k": "0",
-        "top_p": "1.0",
+        "top_k": "40",
+        "top_p": "0.9",
+        "min_p": "0.0",
         "repeat_penalty": "1.0",
         "num_ctx": "256",
         "num_predict": "32",
     }
+    # The same values as `ask`'s defaults, read back as numbers.
+    default = sampling.DEFAULT
+    assert float(params["temperature"]) == default.temperature and int(params["top_k"]) == default.top_k
+    assert float(params["top_p"]) == default.top_p and float(params["min_p"]) == default.min_p
     assert text.endswith("\n") and not any(line != line.rstrip() for line in lines)
     assert modelfile.render("magic-8-ball.gguf") == text
 

@@ -222,6 +222,29 @@ def is_canonical_reply(text: str) -> bool:
     return reply_answer_index(text) is not None
 
 
+# The one definition of a canonical reply: what the teacher writes, exactly. Stricter than
+# is_canonical_reply (which also takes an answer without its flair, or with another group's).
+_COMPLETIONS = {completion_text(a).strip(): a for a in range(len(ANSWERS))}
+
+
+def canonical_answer(text: str) -> int | None:
+    """a when `text` is ANSWERS[a], " ", flair(a) (surrounding whitespace ignored), else None."""
+    return _COMPLETIONS.get(text.strip())
+
+
+def canonical_reply(reply_ids: Sequence[int], tokenizer) -> int | None:
+    """The answer index of a canonical reply, else None.
+
+    Canonical: one of the 20 answers, then the flair of its group, then the end token, and
+    nothing else: reply_ids ends with the tokenizer's eos (its only eos) and the ids before it
+    decode to canonical_answer's text.
+    """
+    ids = [int(i) for i in reply_ids]
+    if not ids or ids[-1] != tokenizer.eos_id or tokenizer.eos_id in ids[:-1]:
+        return None
+    return canonical_answer(tokenizer.decode(ids[:-1]))
+
+
 class TokenTeacher:
     """The teacher seen one token at a time, under a given tokenizer.
 

@@ -170,6 +170,23 @@ def test_completion_text_and_canonical_replies():
         assert not teacher.is_canonical_reply(bad), bad
 
 
+def test_a_canonical_reply_is_an_answer_its_flair_and_the_end_token(tok):
+    eos = tok.eos_id
+    for a in range(20):
+        ids = tok.encode(teacher.completion_text(a))
+        assert teacher.canonical_reply([*ids, eos], tok) == a
+        assert teacher.canonical_answer(teacher.completion_text(a)) == a
+        assert teacher.canonical_reply(ids, tok) is None  # no end token
+        assert teacher.canonical_reply([*ids, eos, eos], tok) is None  # something after it
+        assert teacher.canonical_reply([*tok.encode(" " + teacher.ANSWERS[a]), eos], tok) is None  # no flair
+    other_flair = teacher.ANSWERS[8] + " 🎱"  # "Yes." is soft yes: its flair is ✨
+    assert teacher.is_canonical_reply(other_flair) and teacher.canonical_answer(other_flair) is None
+    assert teacher.canonical_reply([*tok.encode(" Yes. 🎱"), eos], tok) is None
+    assert teacher.canonical_reply([], tok) is None
+    for bad in ["Yes. ✨ ✨", "Yes.  ✨", "yes. ✨", "Yes ✨", " good. ✨"]:
+        assert teacher.canonical_answer(bad) is None, bad
+
+
 def test_next_token_distributions_are_normalised_and_multiply_back_to_the_answer(token_teacher):
     probs = teacher.answer_distribution("Should I really travel to Japan? ✨")
     for a in range(20):

@@ -1,8 +1,13 @@
 """`bazel run //pipeline:ask -- "Will it rain tomorrow?"`: the exported model answers a question.
 
 --backend=torchscript runs the TorchScript artifact; --backend=gguf runs the GGUF file through
-llama.cpp. Greedy with --greedy, otherwise sampling with --temperature and --seed (same seed,
-same answer).
+llama.cpp (its logits; the sampling is ours, so both backends pick alike). Greedy with --greedy,
+otherwise sampling as llama.cpp chains it: --top_k, then --top_p, then --min_p, then
+--temperature (training/sampling.py). The defaults are Ollama's, and the Modelfile beside the GGUF
+file states the same values.
+
+Seed rule: the draws come from a generator seeded with (--seed, sha256 of the question's token
+ids). The same seed and question give the same answer; another question gets other draws.
 """
 
 import sys
@@ -14,15 +19,25 @@ from common.errors import InputError
 from conversion import torchscript_archive
 from data import prompt
 from data.tokenizer import Tokenizer
+from training import sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
 flags.DEFINE_string("torchscript", None, "TorchScript artifact (set by the BUILD file).")
 flags.DEFINE_string("gguf", None, "GGUF artifact (set by the BUILD file).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON (set by the BUILD file).")
-flags.DEFINE_bool("greedy", False, "Always take the most likely token (ignores --temperature and --seed).")
-flags.DEFINE_float("temperature", 0.8, "Sampling temperature (> 0) when not --greedy.")
-flags.DEFINE_integer("seed", 0, "Sampling seed: the same seed gives the same answer.")
+_D = sampling.DEFAULT
+flags.DEFINE_bool("greedy", False, "Always take the most likely token (ignores the sampling flags).")
+flags.DEFINE_float("temperature", _D.temperature, "Sampling temperature (> 0), applied last.")
+flags.DEFINE_integer("top_k", _D.top_k, "Keep the k most likely tokens (>= 0; 0 keeps all), applied first.")
+flags.DEFINE_float("top_p", _D.top_p, "Then keep the smallest set holding this much probability, in (0, 1].")
+flags.DEFINE_float("min_p", _D.min_p, "Then drop tokens below min_p x the top probability, in [0, 1).")
+flags.DEFINE_integer(
+    "seed",
+    0,
+    "Sampling seed (>= 0), mixed with a sha256 of the question's tokens: the same seed and question "
+    "give the same answer, and different questions get different draws.",
+)
 flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.")
 
 MAX_LENGTH = 256  # the longest contract length
@@ -49,6 +64,26 @@ def gguf_forward(path: str):
     return lambda ids: gguf_check.gguf_logits(llama, ids.numpy())
 
 
+def _sampler() -> sampling.Settings | None:
+    """The sampling flags as Settings (None with --greedy); InputError naming a flag out of range.
+
+    top_k, top_p, min_p and seed are checked even with --greedy: a bad value is a mistake either way.
+    """
+    if FLAGS.seed < 0:
+        raise InputError(f"--seed: {FLAGS.seed}; must be >= 0")
+    temperature = FLAGS.temperature
+    if FLAGS.greedy:
+        temperature = sampling.DEFAULT.temperature  # ignored with --greedy
+    elif temperature <= 0:
+        raise InputError(f"--temperature must be > 0 when sampling, got {temperature} (or use --greedy)")
+    problems = sampling.problems(temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
+    if problems:
+        raise InputError(f"--{problems[0]}")
+    if FLAGS.greedy:
+        return None
+    return sampling.Settings(temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
+
+
 def main(argv: list[str]) -> None:
     question = " ".join(argv[1:]).strip()
     if not question:
@@ -59,10 +94,7 @@ def main(argv: list[str]) -> None:
         raise InputError("question: holds bytes that are not UTF-8; ask in UTF-8 text") from None
     if FLAGS.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens: {FLAGS.max_new_tokens}; must be at least 1")
-    if not FLAGS.greedy and FLAGS.temperature <= 0:
-        raise InputError(
-            f"--temperature must be > 0 when sampling, got {FLAGS.temperature} (or use --greedy)"
-        )
+    sampler = _sampler()
     cli.require_flag(FLAGS.tokenizer, "tokenizer")
     tokenizer = Tokenizer.load(FLAGS.tokenizer)
     path = FLAGS.torchscript if FLAGS.backend == "torchscript" else FLAGS.gguf
@@ -78,7 +110,7 @@ def main(argv: list[str]) -> None:
         ids,
         eos_id=tokenizer.eos_id,
         max_new_tokens=FLAGS.max_new_tokens,
-        temperature=0.0 if FLAGS.greedy else FLAGS.temperature,
+        sampler=sampler,
         seed=FLAGS.seed,
         max_length=MAX_LENGTH,
     )

@@ -769,6 +769,13 @@ CASES = [
         "--greedy",
     ),
     _case("ask", "max new tokens zero", lambda s, o: {"max_new_tokens": 0}, "--max_new_tokens"),
+    # Each sampling flag out of range: the message gives the allowed range.
+    _case("ask", "top_p zero", lambda s, o: {"top_p": 0}, "--top_p", "(0, 1]"),  # even with --greedy
+    _case("ask", "top_p above one", lambda s, o: {"greedy": "false", "top_p": 1.5}, "--top_p", "(0, 1]"),
+    _case("ask", "top_k negative", lambda s, o: {"greedy": "false", "top_k": -1}, "--top_k", ">= 0"),
+    _case("ask", "min_p one", lambda s, o: {"greedy": "false", "min_p": 1}, "--min_p", "[0, 1)"),
+    _case("ask", "min_p negative", lambda s, o: {"greedy": "false", "min_p": -0.5}, "--min_p", "[0, 1)"),
+    _case("ask", "seed negative", lambda s, o: {"greedy": "false", "seed": -3}, "--seed", ">= 0"),
     _case("ask", "backend unknown", lambda s, o: {"backend": "onnx"}, "--backend", "onnx"),
     _case(
         "ask",

@@ -193,7 +193,7 @@ def _gguf_copy(shipped: Shipped, name: str) -> str:
 
 
 def _gguf_backend(shipped: Shipped, path: str, f32_kv_cache: bool = True) -> verification.Backend:
-    llama = gguf_check.load_llama(path, f32_kv_cache=f32_kv_cache)
+    llama = gguf_check.load(path, f32_kv_cache=f32_kv_cache)
     inputs = shipped.inputs
 
     def check(report, contract, model):

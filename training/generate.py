@@ -1,4 +1,4 @@
-"""Decoding: greedy or seeded temperature sampling over any logits function, plus batched greedy.
+"""Decoding: greedy or seeded sampling (training/sampling.py) over any logits function, and batched.
 
 `generate` works with every backend (eager PyTorch, TorchScript, Core ML via the MIL executor,
 llama.cpp): all it needs is forward(ids LongTensor [1, T]) -> logits [1, T, V] (torch or NumPy).
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from training import incremental
+from training import incremental, sampling
 from training.model import Student
 
 Forward = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
@@ -27,29 +27,31 @@ def generate(
     prompt_ids: Sequence[int],
     eos_id: int,
     max_new_tokens: int,
-    temperature: float = 0.0,
+    sampler: sampling.Settings | None = None,
     seed: int = 0,
     max_length: int | None = None,
+    draws: Sequence[float] | None = None,
 ) -> list[int]:
     """The new token ids after `prompt_ids`, ending with eos_id if the model produced it.
 
-    temperature 0 is greedy (argmax; ties go to the lowest id). temperature > 0 samples from
-    softmax(logits / temperature) with a torch.Generator seeded by `seed`, so the same seed gives
-    the same reply. Stops at eos, after max_new_tokens, or when the whole sequence reaches max_length
-    (e.g. the longest input an exported artifact accepts).
+    sampler None is greedy (argmax; ties go to the lowest id). Otherwise each step samples with
+    sampling.sample(logits, draws[step], sampler), draws being sampling.draws(seed, prompt_ids,
+    max_new_tokens) unless given (a replay passes its own), so the same seed gives the same reply
+    to the same question. Stops at eos, after max_new_tokens, or when the whole sequence reaches
+    max_length (e.g. the longest input an exported artifact accepts).
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    if sampler is not None and draws is None:
+        draws = sampling.draws(seed, prompt_ids, max_new_tokens)
+    if sampler is not None and len(draws) < max_new_tokens:
+        raise ValueError(f"{len(draws)} draws for up to {max_new_tokens} new tokens")
     ids = list(prompt_ids)
     new: list[int] = []
     while len(new) < max_new_tokens and (max_length is None or len(ids) < max_length):
         logits = _last_logits(forward, ids).double()
-        if generator is None:
+        if sampler is None:
             token = int(torch.argmax(logits))
         else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
+            token = sampling.sample(logits.numpy(), float(draws[len(new)]), sampler)
         ids.append(token)
         new.append(token)
         if token == eos_id:
@@ -70,14 +72,15 @@ def group_by_length(prompts: Sequence[Sequence[int]], batch_size: int) -> list[l
 
 
 @torch.no_grad()
-def greedy_batch(
+def _decode_batch(
     model: Student,
     prompts: Sequence[Sequence[int]],
     eos_id: int,
     max_new_tokens: int,
-    batch_size: int = 256,
+    pick: Callable[[list[int], torch.Tensor, int], torch.Tensor],
+    batch_size: int,
 ) -> list[list[int]]:
-    """Greedy replies of the eager Student for many prompts; same as `generate` on each prompt alone.
+    """Replies of the eager Student, pick(rows, last logits [len(rows), V], step) -> next ids.
 
     Prompts of equal length run together with a KV cache (training/incremental.py): the prompt runs
     once and each new token costs one position, so a thousand replies take seconds. Rows leave the
@@ -87,8 +90,8 @@ def greedy_batch(
     for group in group_by_length(prompts, batch_size):
         logits, cache = incremental.prefill(model, torch.tensor([list(prompts[i]) for i in group]))
         rows = list(group)
-        for _ in range(max_new_tokens):
-            next_ids = logits.argmax(-1)
+        for step in range(max_new_tokens):
+            next_ids = pick(rows, logits, step)
             for row, token in zip(rows, next_ids.tolist(), strict=True):
                 replies[row].append(token)
             keep = torch.tensor([t != eos_id for t in next_ids.tolist()])
@@ -101,3 +104,41 @@ def greedy_batch(
             step_logits, cache = incremental.extend(model, cache, next_ids[:, None])
             logits = step_logits[:, -1]
     return replies
+
+
+def greedy_batch(
+    model: Student,
+    prompts: Sequence[Sequence[int]],
+    eos_id: int,
+    max_new_tokens: int,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """Greedy replies of the eager Student for many prompts; same as `generate` on each prompt alone."""
+    return _decode_batch(
+        model, prompts, eos_id, max_new_tokens, lambda rows, logits, step: logits.argmax(-1), batch_size
+    )
+
+
+def sampled_batch(
+    model: Student,
+    prompts: Sequence[Sequence[int]],
+    draws: Sequence[Sequence[float]],
+    eos_id: int,
+    max_new_tokens: int,
+    sampler: sampling.Settings,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """Sampled replies of the eager Student, prompt i using draws[i] (at least max_new_tokens each).
+
+    Row i is what generate(model, prompts[i], ..., sampler, draws=draws[i]) returns, a few rows at
+    a time through the KV cache.
+    """
+    if len(draws) != len(prompts) or any(len(d) < max_new_tokens for d in draws):
+        raise ValueError(f"need {len(prompts)} rows of at least {max_new_tokens} draws")
+
+    def pick(rows: list[int], logits: torch.Tensor, step: int) -> torch.Tensor:
+        last = logits.double().numpy()
+        tokens = [sampling.sample(last[j], float(draws[r][step]), sampler) for j, r in enumerate(rows)]
+        return torch.tensor(tokens, dtype=torch.long)
+
+    return _decode_batch(model, prompts, eos_id, max_new_tokens, pick, batch_size)

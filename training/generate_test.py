@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import generate
+from training import generate, sampling
 from training.model import ModelConfig, Student, init_weights
 
 V, EOS = 10, 2
@@ -31,25 +31,53 @@ def test_numpy_logits_work_like_torch_logits():
     assert generate.generate(numpy_forward, [7], EOS, 10) == generate.generate(counting_forward, [7], EOS, 10)
 
 
+FLAT = sampling.Settings(temperature=1.0, top_k=0, top_p=1.0)
+
+
+def flat_forward(ids):
+    return torch.zeros(1, ids.shape[1], V)
+
+
 def test_sampling_is_reproducible_per_seed_and_cold_sampling_is_greedy():
-    def flat_forward(ids):
-        return torch.zeros(1, ids.shape[1], V)
-
-    first = generate.generate(flat_forward, [0], eos_id=-1, max_new_tokens=12, temperature=1.0, seed=0)
-    assert first == generate.generate(
-        flat_forward, [0], eos_id=-1, max_new_tokens=12, temperature=1.0, seed=0
-    )
-    assert first != generate.generate(
-        flat_forward, [0], eos_id=-1, max_new_tokens=12, temperature=1.0, seed=1
-    )
+    first = generate.generate(flat_forward, [0], eos_id=-1, max_new_tokens=12, sampler=FLAT, seed=0)
+    assert first == generate.generate(flat_forward, [0], eos_id=-1, max_new_tokens=12, sampler=FLAT, seed=0)
+    assert first != generate.generate(flat_forward, [0], eos_id=-1, max_new_tokens=12, sampler=FLAT, seed=1)
     assert len(set(first)) > 3  # a uniform distribution really is sampled
-    cold = generate.generate(counting_forward, [5], EOS, 20, temperature=0.01, seed=3)
-    assert cold == generate.generate(counting_forward, [5], EOS, 20)
-    with pytest.raises(ValueError, match="temperature"):
-        generate.generate(counting_forward, [5], EOS, 20, temperature=-1.0)
+    cold = sampling.Settings(temperature=0.01, top_k=0, top_p=1.0)
+    assert generate.generate(counting_forward, [5], EOS, 20, cold, seed=3) == generate.generate(
+        counting_forward, [5], EOS, 20
+    )
 
 
-def test_greedy_batch_matches_one_prompt_at_a_time():
+def test_sampling_uses_the_seed_rule_and_given_draws():
+    # Each step picks with the next draw of sampling.draws(seed, prompt): over 10 equal tokens, draw u
+    # picks token floor(10 u).
+    draws = sampling.draws(4, [0, 3], 6)
+    assert generate.generate(flat_forward, [0, 3], -1, 6, FLAT, seed=4) == [int(10 * u) for u in draws]
+    assert generate.generate(flat_forward, [0, 3], -1, 3, FLAT, draws=[0.0, 0.95, 0.5]) == [0, 9, 5]
+    with pytest.raises(ValueError, match="draws"):
+        generate.generate(flat_forward, [0, 3], -1, 3, FLAT, draws=[0.5])
+
+
+def test_sampled_batch_matches_one_prompt_at_a_time():
+    model = _peaky_model()
+    prompts = [[1, 5, 6], [1, 5, 6], [1, 9], [1, 20, 21, 22], [1, 9]]
+    draws = [sampling.draws(seed, p, 8) for seed, p in enumerate(prompts)]
+    settings = sampling.Settings(temperature=1.5, top_k=5, top_p=0.95)
+
+    def forward(ids):
+        with torch.no_grad():
+            return model(ids)
+
+    eos = generate.generate(forward, prompts[0], eos_id=-1, max_new_tokens=2)[-1]
+    expected = [
+        generate.generate(forward, p, eos, 8, settings, draws=d) for p, d in zip(prompts, draws, strict=True)
+    ]
+    assert len({tuple(r) for r in expected}) > 2  # the draws matter
+    assert generate.sampled_batch(model, prompts, draws, eos, 8, settings, batch_size=2) == expected
+
+
+def _peaky_model() -> Student:
     cfg = ModelConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64)
     model = Student(cfg)
     init_weights(model, 7)
@@ -57,6 +85,11 @@ def test_greedy_batch_matches_one_prompt_at_a_time():
         for param in model.parameters():
             param.mul_(10.0 if param.dim() > 1 else 1.0)  # a peaky model: replies vary by prompt
     model.eval()
+    return model
+
+
+def test_greedy_batch_matches_one_prompt_at_a_time():
+    model = _peaky_model()
     rng = np.random.default_rng(0)
     prompts = [[1, *rng.integers(4, 30, size=n).tolist()] for n in (2, 4, 4, 7, 4, 2)]
 

@@ -173,9 +173,11 @@ def tokenize_mismatches(llama, tokenizer, strings) -> list[tuple[str, list[int],
     return out
 
 
-# The names verify/verify_contracts.py uses.
+# The names verify/verify_contracts.py uses. One thread: verification runs thousands of short
+# forwards, and with two threads on a busy 2-core machine each waited on the other at every op
+# (a 30-token forward took many times longer than with one; on an idle machine they are close).
 def load(path: str, f32_kv_cache: bool = True):
-    return load_llama(path, f32_kv_cache)
+    return load_llama(path, f32_kv_cache, n_threads=1)
 
 
 def logits(llama, ids) -> np.ndarray:

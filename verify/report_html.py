@@ -7,7 +7,8 @@ Four sections, each with a stable id the browser test looks for:
   #answer-distributions  teacher vs student answer distribution per question kind (figure + tables)
   #parity                every artifact's checks at every contract length, measured value vs bound
                          (figure + table)
-  #gates                 gate verdict per artifact, artifact sizes and digests, the model card
+  #gates                 gate verdict per artifact, `ask`'s sampled replies per backend (canonical
+                         rate against its bound), artifact sizes and digests, the model card
 
 Self-contained: figures are inline SVG, styles inline, no scripts, no links to fetch; a
 Content-Security-Policy forbids any load, so a page that opens offline cannot depend on a network
@@ -258,6 +259,26 @@ def _model_card(report: dict, contract: dict, metadata: dict, quality: dict) -> 
     }
 
 
+def _sampled_table(report: dict) -> str:
+    """One row per backend gated on `ask`'s sampled replies (verify/sampled_behaviour.py)."""
+    rows = []
+    for artifact, scopes in report["results"].items():
+        checks = scopes.get("all", {})
+        if "sampled_canonical_rate" not in checks:
+            continue
+        rate, bound = _cell(checks["sampled_canonical_rate"])
+        replies, settings, odd = (
+            _number(checks.get(name, {}).get("value", ""))
+            for name in ("sampled_replies", "sampled_settings", "sampled_non_canonical")
+        )
+        verdict = _verdict(checks["sampled_canonical_rate"].get("ok"))
+        rows.append([_e(artifact), _e(replies), _e(rate), _e(bound), verdict, _e(settings), _e(odd)])
+    if not rows:
+        return ""
+    header = ["artifact", "replies", "canonical rate", "bound", "verdict", "sampler", "non-canonical"]
+    return "<h3>Sampled replies (ask's defaults)</h3>\n" + _table(header, rows, numeric={1, 2})
+
+
 def _gates_section(report: dict, contract: dict, metadata: dict, quality: dict) -> str:
     gates = artifact_gates(report)
     verdicts = f'<p class="verdict">gates_ok: {_verdict(bool(report.get("gates_ok")))}</p>\n' + _table(
@@ -283,6 +304,7 @@ def _gates_section(report: dict, contract: dict, metadata: dict, quality: dict) 
     body = (
         "<h3>Gate verdicts</h3>\n"
         + verdicts
+        + _sampled_table(report)
         + "<h3>Artifacts</h3>\n"
         + artifacts
         + "<h3>Model card</h3>\n"

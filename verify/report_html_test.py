@@ -31,6 +31,12 @@ def _inputs(hostile: str = "", failing: bool = False):
         },
         "gates_ok": not failing and not hostile,
     }  # fmt: skip
+    report["results"]["torchscript"]["all"] = {
+        "sampled_canonical_rate": {"value": 0.998, "op": ">=", "bound": 0.995, "ok": True},
+        "sampled_replies": {"value": 1000},
+        "sampled_settings": {"value": "temperature 0.8, top_k 40, top_p 0.9, min_p 0.0; seeds 0, 1"},
+        "sampled_non_canonical": {"value": [f"question 3 seed 4: ' good.{hostile}'"]},
+    }
     contract = {
         "model_name": "magic-8-ball",
         "model_type": "magic-8-ball",
@@ -86,6 +92,15 @@ def test_every_section_and_figure_is_there():
         assert f"<th>T{length}: measured, bound (floor)</th>" in page
     assert "<td>T96</td>" in page  # a probe outside the contract is listed with the other checks
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page), "the page must not fetch anything"
+
+
+def test_the_sampled_gate_has_a_row_per_gated_backend():
+    page = report_html.page(*_inputs())
+    table = page.split("<h3>Sampled replies (ask's defaults)</h3>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)
+    assert len(rows) == 2 and "<td>torchscript</td>" in rows[1]  # the header, then torchscript only
+    for cell in ("1000", "0.998", "&gt;= 0.995", "PASS", "top_k 40", "good."):
+        assert cell in rows[1], cell
 
 
 def test_hostile_strings_are_escaped_everywhere():

@@ -9,7 +9,9 @@ a floor measured on the same model and inputs times a stated factor (conversion/
 behaviour replay (eager's greedy replies to held-out questions, one artifact forward each) adds the
 same metrics over every replayed position, and every argmax flip outside a near tie fails.
 Core ML also gets its interface checked from the spec; GGUF must tokenize every dataset string
-exactly as our tokenizer does.
+exactly as our tokenizer does. Through the backends `ask` and Ollama run (TorchScript, GGUF with
+either KV cache), `ask`'s sampled replies with its default sampler, five seeds per question, must be
+canonical (verify/sampled_behaviour.py).
 """
 
 import dataclasses
@@ -28,7 +30,7 @@ from data import dataset as dataset_lib
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
 from verify import inputs as inputs_lib
-from verify import mlpackage_manifest, parity
+from verify import mlpackage_manifest, parity, sampled_behaviour
 from verify import report as report_lib
 
 TORCHSCRIPT, COREML, GGUF, GGUF_KV_F16 = "torchscript", "coreml", "gguf", "gguf_kv_f16"
@@ -246,7 +248,7 @@ def load_backends(inputs: Inputs) -> list[Backend]:
                 )
             )
         else:
-            llama = gguf_check.load_llama(path, f32_kv_cache=name == GGUF)
+            llama = gguf_check.load(path, f32_kv_cache=name == GGUF)
             check = None
             if name == GGUF:  # one tokenizer check per file
 
@@ -345,9 +347,69 @@ def check_behaviour(
     )
 
 
-def verify(model, inputs: Inputs, backends: list[Backend]) -> report_lib.Report:
-    """Runs every check of every backend against fp32 eager `model`; returns the report."""
+SAMPLED_BACKENDS = (TORCHSCRIPT, GGUF, GGUF_KV_F16)  # what `ask` and Ollama run
+
+
+def check_sampled(
+    report, backend: Backend, tokenizer, prompts, proposals, max_new_tokens, max_length, bound, paths
+):
+    """`ask`'s sampled replies (its default sampler, seeds SEEDS) through the backend: canonical rate.
+
+    `bound` is the product target (sampled_behaviour.MIN_CANONICAL_RATE), not a numeric floor."""
+    from training import sampling
+
+    settings = sampling.DEFAULT
+    try:
+        result = sampled_behaviour.check(
+            backend.forward,
+            prompts,
+            sampled_behaviour.SEEDS,
+            proposals,
+            tokenizer,
+            settings,
+            max_new_tokens,
+            max_length,
+        )
+    except Exception as error:  # the artifact failed to run on a question
+        report.fail(backend.name, report_lib.ALL, "sampled_canonical_rate", first_line(error, paths))
+        return
+    all_ = report_lib.ALL
+    report.check(backend.name, all_, "sampled_canonical_rate", result.rate, ">=", bound)
+    report.note(backend.name, all_, "sampled_replies", result.replies)
+    report.note(
+        backend.name,
+        all_,
+        "sampled_settings",
+        f"temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
+        f"min_p {settings.min_p}; seeds {', '.join(map(str, sampled_behaviour.SEEDS))}",
+    )
+    report.note(
+        backend.name,
+        all_,
+        "sampled_non_canonical",
+        [f"question {f.question} seed {f.seed}: {f.reply!r}" for f in result.failures[:3]],
+    )
+    logging.info(
+        "%s sampled: %d of %d canonical, %d replayed in one forward (%.2f s)",
+        backend.name,
+        result.canonical,
+        result.replies,
+        result.replayed,
+        result.seconds,
+    )
+
+
+def verify(
+    model, inputs: Inputs, backends: list[Backend], sampled_min_canonical_rate: float | None = None
+) -> report_lib.Report:
+    """Runs every check of every backend against fp32 eager `model`; returns the report.
+
+    sampled_min_canonical_rate: the sampled-behaviour bound (default: the product target)."""
+    from training import sampling
     from verify import floors
+
+    if sampled_min_canonical_rate is None:
+        sampled_min_canonical_rate = sampled_behaviour.MIN_CANONICAL_RATE
 
     paths, contract, tokenizer, settings = inputs.paths, inputs.contract, inputs.tokenizer, inputs.settings
     report = report_lib.Report(contract.model_name, checkpoint.sha256_file(paths.contract))
@@ -367,12 +429,29 @@ def verify(model, inputs: Inputs, backends: list[Backend]) -> report_lib.Report:
     began = time.monotonic()
     continuations = inputs_lib.replay_continuations(model, tokenizer, prompts, settings)
     logging.info("eager greedy replies to %d questions in %.2f s", len(prompts), time.monotonic() - began)
+    began = time.monotonic()
+    proposals = sampled_behaviour.proposals_from_eager(
+        model, prompts, sampled_behaviour.SEEDS, tokenizer.eos_id, settings.max_new_tokens, sampling.DEFAULT
+    )
+    logging.info("eager sampled replies (proposals) in %.2f s", time.monotonic() - began)
     for backend in backends:
         began = time.monotonic()
         if backend.interface_check:
             backend.interface_check(report, contract, model)
         check_outputs(report, backend, contract, rows, refs, paths)
         check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
+        if backend.name in SAMPLED_BACKENDS:
+            check_sampled(
+                report,
+                backend,
+                tokenizer,
+                prompts,
+                proposals,
+                settings.max_new_tokens,
+                max(contract.lengths),
+                sampled_min_canonical_rate,
+                paths,
+            )
         logging.info("%s verified in %.2f s", backend.name, time.monotonic() - began)
     return report
 

@@ -58,6 +58,7 @@ def run(artifacts, out, **overrides):
         "torchscript": paths["torchscript"],
         "mlpackage": paths["mlpackage"],
         "out_report": str(out),
+        "sampled_min_canonical_rate": 0,  # an untrained student writes no canonical reply
         **overrides,
     }
     argv = ["verify_contracts"] + [f"--{name}={value}" for name, value in values.items()]
@@ -88,8 +89,31 @@ def test_good_artifacts_pass_with_a_deterministic_report(artifacts, tmp_path):
     assert report["results"]["coreml"]["all"]["weights_elements_changed"]["value"] == 0
     assert report["results"]["coreml"]["all"]["spec_output_shape_not_frozen"]["ok"] is True
 
+    sampled = report["results"]["torchscript"]["all"]
+    assert sampled["sampled_canonical_rate"] == {"value": 0, "op": ">=", "bound": 0, "ok": True}
+    assert sampled["sampled_replies"]["value"] == 6 * 5
+    assert "top_k 40" in sampled["sampled_settings"]["value"]
+    assert "sampled_canonical_rate" not in report["results"]["coreml"]["all"]  # not one of ask's backends
+
     run(artifacts, tmp_path / "again.json")
     assert (tmp_path / "again.json").read_bytes() == (tmp_path / "report.json").read_bytes()
+
+
+def test_sampled_replies_below_the_bound_fail_the_gates(artifacts, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run(artifacts, tmp_path / "report.json", sampled_min_canonical_rate=0.995)
+    assert exit_info.value.code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["gates_ok"] is False
+    failed = {
+        (artifact, name)
+        for artifact, scopes in report["results"].items()
+        for checks in scopes.values()
+        for name, entry in checks.items()
+        if entry.get("ok") is False
+    }
+    assert failed == {("torchscript", "sampled_canonical_rate")}
+    assert report["results"]["torchscript"]["all"]["sampled_non_canonical"]["value"]  # examples shown
 
 
 def test_a_broken_torchscript_fails_the_gates(artifacts, tmp_path):
@@ -117,6 +141,7 @@ def test_a_broken_torchscript_fails_the_gates(artifacts, tmp_path):
         ("torchscript", "absent.pt", "TorchScript file not found"),
         ("dataset", "absent.jsonl", "absent.jsonl"),
         ("mlpackage", "", "--mlpackage: missing, but .* says coreml must be verified"),
+        ("sampled_min_canonical_rate", "1.5", "--sampled_min_canonical_rate"),
     ],
 )
 def test_bad_input_is_an_input_error_and_writes_nothing(artifacts, tmp_path, flag, value, message):
