@@ -25,7 +25,12 @@ step builds its contract with it); it never edits a saved file.
 Tolerances (all measured on this machine against fp32 eager PyTorch on a trained student):
   torchscript_max_abs        1e-4: the same kernels run, so only op-order noise is allowed.
   coreml_fp16_max_abs        fp16 compute in the Core ML program (see DEFAULT_TOLERANCES).
-  gguf_max_abs               llama.cpp on the GGUF weights.
+  gguf_max_abs               llama.cpp on the GGUF weights, through ggml's CPU backend: the only one
+                             our llama-cpp-python build has, on Linux and on macOS alike
+                             (third_party/python/llama_cpp_minimal.cmake turns Metal, BLAS and
+                             Accelerate off). Measured on Linux x86-64 (AVX2 kernels); a Mac runs
+                             the NEON kernels of the same backend, not measured there. A Metal
+                             build would compute in other kernels and need bounds of its own.
   coreml_top1_agreement_min  0.99 and gguf_top1_agreement_min 0.999: the fraction of positions whose
                              argmax matches eager, near ties left out (verify/parity.py).
                              (interfaces.md named one "top1_agreement_min"; the two backends

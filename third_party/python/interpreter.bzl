@@ -35,9 +35,12 @@ _FIX = {
     ),
 }
 
+def is_macos(rctx):
+    return rctx.os.name.lower().startswith("mac")
+
 def setup_fix(rctx):
     """How to install Python 3.11 on this machine: Homebrew on macOS, apt-get elsewhere."""
-    return _FIX["mac" if rctx.os.name.lower().startswith("mac") else "other"]
+    return _FIX["mac" if is_macos(rctx) else "other"]
 
 def _find_interpreter(rctx):
     fix = setup_fix(rctx)

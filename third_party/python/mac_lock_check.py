@@ -31,10 +31,10 @@ PIP = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
 # how that build runs on a Mac (WORKSPACE sets it up).
 SOURCE_BUILDS = {
     "llama-cpp-python": (
-        "compiled by pip inside @pip_llama_cpp with the CMAKE_ARGS that WORKSPACE gives it: "
-        "CPU only, as on Linux (-DGGML_NATIVE=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF), "
-        "so Metal and Accelerate, which a Mac build turns on by default, stay off; needs the "
-        "Xcode command line tools (clang) and cmake"
+        "compiled by pip inside @pip_llama_cpp, set up by WORKSPACE (-DGGML_NATIVE=OFF) and "
+        "llama_cpp_minimal.cmake: ggml's CPU backend only, as on Linux, with Metal, BLAS and "
+        "Accelerate, which a Mac build turns on by default, off; needs the Xcode command line "
+        "tools (clang); pip fetches cmake when the machine has none (scikit-build-core asks for it)"
     ),
 }
 
