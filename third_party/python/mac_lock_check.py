@@ -66,15 +66,14 @@ def pin(entry: str) -> str:
 _RUNS = itertools.count()
 
 
-def download(entries: list[str], work: pathlib.Path, extra: list[str]) -> tuple[subprocess.CompletedProcess, pathlib.Path]:
-    """pip download of these lock entries into a fresh directory under work: pip's answer, the directory."""
+def download(entries: list[str], work: pathlib.Path, extra: list[str]):
+    """pip download of these lock entries into a fresh directory under work: (pip's answer, the directory)."""
     index = next(_RUNS)
     requirements = work / f"requirements-{index}.txt"
     requirements.write_text("\n".join(entries) + "\n")
     dest = work / f"files-{index}"
-    return subprocess.run(
-        [*PIP, *extra, "-d", str(dest), "-r", str(requirements)], capture_output=True, text=True
-    ), dest
+    command = [*PIP, *extra, "-d", str(dest), "-r", str(requirements)]
+    return subprocess.run(command, capture_output=True, text=True), dest
 
 
 def oldest_macos(wheels: list[pathlib.Path]) -> tuple[tuple[int, int], str]:
@@ -82,7 +81,8 @@ def oldest_macos(wheels: list[pathlib.Path]) -> tuple[tuple[int, int], str]:
     oldest, by = (0, 0), "no wheel needs a particular version"
     for wheel in wheels:
         platforms = wheel.name[: -len(".whl")].split("-")[-1].split(".")
-        versions = [(int(m[1]), int(m[2])) for p in platforms if (m := re.match(r"macosx_(\d+)_(\d+)_", p))]
+        matches = [re.match(r"macosx_(\d+)_(\d+)_", p) for p in platforms]
+        versions = [(int(m[1]), int(m[2])) for m in matches if m]
         if versions and min(versions) > oldest:
             oldest, by = min(versions), wheel.name
     return oldest, by
@@ -93,17 +93,22 @@ def last_error(process: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"pip exited {process.returncode}"
 
 
+def complain(*lines: str) -> None:
+    print("\n".join(lines), file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     lock = pathlib.Path(argv[1]) if len(argv) > 1 else LOCK
     if not lock.is_file():
-        print(f"mac_lock_check: no lock at {lock}; pass the path of a hash-locked requirements file", file=sys.stderr)
+        complain(f"mac_lock_check: no lock at {lock}; pass the path of a hash-locked requirements file")
         return 2
     entries = lock_entries(lock.read_text())
-    missing = sorted(set(map(normalize, SOURCE_BUILDS)) - set(entries))
-    if missing:
-        print(f"mac_lock_check: SOURCE_BUILDS names {', '.join(missing)}, not in {lock}; update the list", file=sys.stderr)
+    sources = {normalize(name): how for name, how in SOURCE_BUILDS.items()}
+    stale = sorted(set(sources) - set(entries))
+    if stale:
+        complain(f"mac_lock_check: SOURCE_BUILDS names {', '.join(stale)}, not in {lock}; update the list")
         return 1
-    wheels = [entries[n] for n in sorted(entries) if n not in map(normalize, SOURCE_BUILDS)]
+    wheels = [entries[n] for n in sorted(entries) if n not in sources]
     with tempfile.TemporaryDirectory(prefix="mac-lock-") as tmp:
         work = pathlib.Path(tmp)
         done, dest = download(wheels, work, ["--only-binary=:all:", *TARGET])
@@ -113,21 +118,28 @@ def main(argv: list[str]) -> int:
                 alone, _ = download([entry], work, ["--only-binary=:all:", *TARGET])
                 if alone.returncode != 0:
                     failed.append(f"  {pin(entry)}: {last_error(alone)}")
-            print(f"mac_lock_check: {len(failed)} locked distribution(s) have no {MACOS} cp311 wheel whose "
-                  f"sha256 is in {lock.name}:", file=sys.stderr)  # fmt: skip
-            print("\n".join(failed or [f"  (each resolves alone; together pip said: {last_error(done)})"]), file=sys.stderr)
-            print("Regenerate the lock with third_party/python/lock.sh (it adds the macOS arm64 hashes), or list a "
-                  "distribution that is built from source in SOURCE_BUILDS with how a Mac builds it.", file=sys.stderr)  # fmt: skip
+            complain(
+                f"mac_lock_check: {len(failed)} locked distribution(s) have no {MACOS} cp311 wheel "
+                f"whose sha256 is in {lock.name}:",
+                *(failed or [f"  (each resolves alone; together pip said: {last_error(done)})"]),
+                "Regenerate the lock with third_party/python/lock.sh (it adds the macOS arm64 hashes), "
+                "or list a distribution built from source in SOURCE_BUILDS with how a Mac builds it.",
+            )
             return 1
         files = sorted(dest.glob("*.whl"))
-        print(f"mac_lock_check: {len(files)} of {len(wheels)} locked wheels resolve for {MACOS}, cp311, --require-hashes")
-        for name, how in sorted(SOURCE_BUILDS.items()):
-            entry = entries[normalize(name)]
-            done, _ = download([entry], work, ["--no-binary=:all:"])
+        print(
+            f"mac_lock_check: {len(files)} of {len(wheels)} locked wheels resolve for {MACOS} cp311, "
+            "hashes checked"
+        )
+        for name, how in sorted(sources.items()):
+            done, _ = download([entries[name]], work, ["--no-binary=:all:"])
             if done.returncode != 0:
-                print(f"mac_lock_check: the sdist of {pin(entry)} does not match the lock: {last_error(done)}", file=sys.stderr)
+                complain(
+                    f"mac_lock_check: no sdist of {pin(entries[name])} with its locked hash: "
+                    + last_error(done)
+                )
                 return 1
-            print(f"mac_lock_check: built from source on a Mac: {pin(entry)} ({how})")
+            print(f"mac_lock_check: built from source on a Mac: {pin(entries[name])} ({how})")
         (major, minor), by = oldest_macos(files)
         print(f"mac_lock_check: the locked wheels need macOS {major}.{minor} or newer (set by {by})")
     return 0
