@@ -89,8 +89,13 @@ def oldest_macos(wheels: list[pathlib.Path]) -> tuple[tuple[int, int], str]:
 
 
 def last_error(process: subprocess.CompletedProcess) -> str:
-    lines = [line for line in process.stderr.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"pip exited {process.returncode}"
+    """pip's reason, in one line: the hashes when they disagree, else its last line."""
+    lines = [line.strip() for line in process.stderr.splitlines() if line.strip()]
+    expected = [line.split()[-1] for line in lines if line.startswith("Expected sha256")]
+    got = [line.split()[-1] for line in lines if line.startswith("Got")]
+    if expected and got:
+        return f"its Mac wheel has sha256 {got[-1]}, the lock has {', '.join(expected)}"
+    return lines[-1] if lines else f"pip exited {process.returncode}"
 
 
 def complain(*lines: str) -> None:
