@@ -29,4 +29,5 @@ if [[ $pipeline -eq 1 ]]; then
   bench/pipeline_times.sh --repeats "$pipeline_repeats" --out "$rows"
   extra=(--rows="$rows")
 fi
-./bazelw run //bench:all -- --repeats="$repeats" "${extra[@]}" "$@"
+# ${extra[@]+...}: under set -u, bash 3.2 (macOS) calls an empty array unbound.
+./bazelw run //bench:all -- --repeats="$repeats" ${extra[@]+"${extra[@]}"} "$@"

@@ -15,7 +15,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
-# copy_workspace, free_port
+# copy_workspace, free_port, now_seconds, sha256_files
 source "$src/tools/scratch/scratch.sh"
 repeats=1
 out=/dev/stdout
@@ -33,11 +33,12 @@ if [[ ! $repeats =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 
-COLD="pipeline: cold build (fills remote cache)"
-WARM="pipeline: warm rebuild (no-op)"
-VERIFY="pipeline: after a verify/-only change"
-REMOTE="pipeline: after bazel clean, remote cache"
-declare -A runs=()
+# The four rows, by index (macOS's bash 3.2 has no associative arrays); runs[i] holds row i's
+# comma-separated times.
+COLD=0 WARM=1 VERIFY=2 REMOTE=3
+names=("pipeline: cold build (fills remote cache)" "pipeline: warm rebuild (no-op)"
+  "pipeline: after a verify/-only change" "pipeline: after bazel clean, remote cache")
+runs=("" "" "" "")
 
 work=""
 cleanup() {
@@ -52,13 +53,13 @@ trap cleanup EXIT
 # One timed build; its log goes to stderr so the rows on stdout stay clean.
 timed_build() {
   local began ended
-  began=$(date +%s.%N)
+  began=$(now_seconds)
   (cd "$work/repo" && "$bazel" --output_base="$work/base" build "${flags[@]}" //pipeline:e2e) >&2
-  ended=$(date +%s.%N)
+  ended=$(now_seconds)
   awk -v a="$began" -v b="$ended" 'BEGIN { printf "%.2f", b - a }'
 }
 
-add() { runs[$1]="${runs[$1]:+${runs[$1]},}$2"; echo "pipeline_times: $1: $2 s" >&2; }
+add() { runs[$1]="${runs[$1]:+${runs[$1]},}$2"; echo "pipeline_times: ${names[$1]}: $2 s" >&2; }
 
 for ((i = 1; i <= repeats; i++)); do
   work=$(mktemp -d)
@@ -70,7 +71,7 @@ for ((i = 1; i <= repeats; i++)); do
   add "$COLD" "$(timed_build)"
   # report.html from another checkout and output base: the same bytes are what a cache relies on.
   bin=$(cd "$work/repo" && "$bazel" --output_base="$work/base" info "${flags[@]}" bazel-bin 2>/dev/null)
-  echo "pipeline_times: $(cd "$bin/pipeline" && sha256sum report.html report.json)" >&2
+  echo "pipeline_times: $(cd "$bin/pipeline" && sha256_files report.html report.json)" >&2
   add "$WARM" "$(timed_build)"
   # A comment-only change in a verify/ source: the verify stage reruns, nothing upstream does.
   printf '\n# pipeline_times.sh: a comment-only change\n' >>"$work/repo/verify/report.py"
@@ -82,8 +83,8 @@ for ((i = 1; i <= repeats; i++)); do
 done
 
 {
-  printf '%s\ts\t\t%s\n' "$COLD" "${runs[$COLD]}"
-  for name in "$WARM" "$VERIFY" "$REMOTE"; do
-    printf '%s\ts\t%s\t%s\n' "$name" "$COLD" "${runs[$name]}"
+  printf '%s\ts\t\t%s\n' "${names[$COLD]}" "${runs[$COLD]}"
+  for row in "$WARM" "$VERIFY" "$REMOTE"; do
+    printf '%s\ts\t%s\t%s\n' "${names[$row]}" "${names[$COLD]}" "${runs[$row]}"
   done
 } >"$out"

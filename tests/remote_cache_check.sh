@@ -15,14 +15,15 @@
 #   4. cache down:  with the server stopped, a clean build of the dataset still succeeds, with a
 #                   warning, and gives the same bytes;
 #   5. corrupt:     one cached blob overwritten; Bazel notices, reruns the action, same bytes.
-# Exits 1 if any step fails. Needs nginx (sudo apt-get install nginx-light) and curl.
+# Exits 1 if any step fails. Needs nginx (Debian/Ubuntu: sudo apt-get install nginx-light; macOS:
+# brew install nginx) and curl.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON_BIN:-python3.11}
 work=$(mktemp -d)
 tree=$work/tree
 base=$work/output-base
-# copy_workspace, free_port
+# copy_workspace, free_port, now_seconds, sha256_files
 source "$repo/tools/scratch/scratch.sh"
 port=$(free_port)
 cache=("$repo/tools/remote_cache/cache.sh" --port "$port" --store "$work/store" --run "$work/run")
@@ -39,10 +40,10 @@ cleanup() {
 trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
-now() { date +%s.%N; }
+now() { now_seconds; }
 bazel() { (cd "$tree" && ./bazelw --output_base="$base" "$@"); }
 spawns() { "$python" "$repo/tests/spawn_summary.py" "$@"; }
-digest() { (cd "$(bazel info bazel-bin 2>/dev/null)/pipeline" && sha256sum kd.jsonl tokenizer.json); }
+digest() { (cd "$(bazel info bazel-bin 2>/dev/null)/pipeline" && sha256_files kd.jsonl tokenizer.json); }
 
 copy_workspace "$repo" "$tree"
 "${cache[0]}" start "${cache[@]:1}"

@@ -7,6 +7,8 @@
 # Each cold build re-installs the locked packages and reruns the whole pipeline: several minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# sha256_files
+source tools/scratch/scratch.sh
 bazel=${1:-./bazelw}
 work=$(mktemp -d)
 trap 'for b in "$work"/base-*; do "$bazel" --output_base="$b" shutdown >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
@@ -17,7 +19,7 @@ for run in first second; do
   "$bazel" --output_base="$base" build //pipeline:artifacts
   bin=$("$bazel" --output_base="$base" info bazel-bin 2>/dev/null)
   (cd "$bin/pipeline" && find kd.jsonl tokenizer.json student.* loss_history.jsonl magic-8-ball.* \
-    contract.json report.json report.html Modelfile -type f 2>/dev/null | LC_ALL=C sort | xargs sha256sum) >"$work/$run.sha256"
+    contract.json report.json report.html Modelfile -type f 2>/dev/null | LC_ALL=C sort | while IFS= read -r f; do sha256_files "$f"; done) >"$work/$run.sha256"
 done
 
 echo "== sha256 of every artifact file"

@@ -4,6 +4,8 @@
 #
 #   third_party/python/lock.sh            (run from anywhere; uses python3.11 or $PYTHON_BIN)
 #
+# Linux-only: resolution happens on Linux x86_64 on purpose (the lock's primary platform), and the
+# macOS arm64 hashes are added by asking pip for those files; mac_lock_check.py checks them.
 # Resolution happens on this machine (Linux). torch resolves to the CPU build 2.13.0+cpu, found
 # through pip's find-links configuration; `torch==2.13.0` admits it. On macOS arm64 pip takes
 # PyPI's torch 2.13.0 wheel, whose hash is listed too.

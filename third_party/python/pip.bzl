@@ -4,6 +4,14 @@
 packages are downloaded. Nothing is fetched at build or run time.
 """
 
+load(":interpreter.bzl", "is_macos")
+
+# How to get pip for python3.11: Homebrew on macOS, apt-get elsewhere.
+_PIP_FIX = {
+    "mac": "`brew reinstall python@3.11` (Homebrew's Python 3.11 comes with pip).",
+    "other": "`sudo apt-get install python3-pip python3.11-venv` (./bazelw does it).",
+}
+
 def _normalize(name):
     return name.lower().replace("-", "_").replace(".", "_")
 
@@ -87,7 +95,7 @@ def _pip_install_impl(rctx):
             result.stderr,
             "A hash mismatch means the lock and the downloaded file disagree: regenerate the lock " +
             "with the command in third_party/python/README.md. A missing python3.11 pip means " +
-            "`sudo apt-get install python3-pip python3.11-venv` (./bazelw does it).",
+            _PIP_FIX["mac" if is_macos(rctx) else "other"],
         ))
 
     # Byte-compile once here instead of in every test (importing torch + coremltools drops from

@@ -1,6 +1,7 @@
 """Run by interpreter.bzl with the candidate interpreter: prints its identity as JSON.
 
-Runs under any Python 3 (it must report a wrong version, not crash on one).
+Runs under any Python 3 (it must report a wrong version, not crash on one). Its one argument is the
+path the rule found the interpreter at (on PATH, or $PYTHON_BIN).
 """
 
 import hashlib
@@ -29,6 +30,16 @@ def shared_libpython():
     return os.path.join(directory, name)
 
 
+def stable_path(found, executable):
+    """The path the build's scripts start Python by: `found` when it is a chain of symlinks to this
+    very binary (Homebrew's /opt/homebrew/bin/python3.11, which `brew upgrade` repoints at the new
+    Cellar directory), else the binary itself (pyenv's shims are scripts that pick a Python by the
+    working directory, so they are never used)."""
+    if found and os.path.islink(found) and os.path.realpath(found) == executable:
+        return found
+    return executable
+
+
 executable = os.path.realpath(sys.executable)
 print(
     json.dumps(
@@ -37,6 +48,7 @@ print(
             "major_minor": "%d.%d" % sys.version_info[:2],
             "implementation": platform.python_implementation(),
             "executable": executable,
+            "stable_path": stable_path(sys.argv[1] if len(sys.argv) > 1 else "", executable),
             "executable_sha256": sha256_of(executable),
             "libpython_sha256": sha256_of(shared_libpython()),
         }

@@ -29,7 +29,11 @@ done
 nginx_bin() {
   if command -v nginx >/dev/null 2>&1; then command -v nginx; return; fi
   if [[ -x /usr/sbin/nginx ]]; then echo /usr/sbin/nginx; return; fi
-  echo "cache.sh: nginx is missing; on Debian/Ubuntu: sudo apt-get install nginx-light" >&2
+  if [[ $(uname -s) == Darwin ]]; then
+    echo "cache.sh: nginx is missing; on macOS: brew install nginx" >&2
+  else
+    echo "cache.sh: nginx is missing; on Debian/Ubuntu: sudo apt-get install nginx-light" >&2
+  fi
   exit 2
 }
 

@@ -1,5 +1,6 @@
 # Shared by ./bazelw and .ci/run (sourced, not run): install Debian/Ubuntu packages a fresh machine
-# lacks. The caller defines `say MESSAGE` for progress lines.
+# lacks. The caller defines `say MESSAGE` for progress lines. Linux-only by purpose (apt-get):
+# callers ask is_debian_like first, and on macOS name the Homebrew command instead.
 
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
