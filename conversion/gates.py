@@ -13,6 +13,12 @@ otherwise), against the bounds of its precision. A bound is its floor (measured 
 verify/floors.py on the same model and inputs) times its factor; a factor above FACTOR_LIMIT needs
 a "why". The floors file is written by //verify:measure_floors and read here, when the export step
 writes the contract.
+
+The GGUF bounds (f32 and kv_f16) hold for llama.cpp through ggml's CPU backend: the only one our
+llama-cpp-python build has, on Linux and on macOS alike (third_party/python/llama_cpp_minimal.cmake
+turns Metal, BLAS and Accelerate off). Their ratio to the floors was measured on Linux x86-64 (AVX2
+kernels); a Mac runs the NEON kernels of the same backend, not measured there. A Metal build would
+compute in other kernels and need floors of its own.
 """
 
 import math
