@@ -49,7 +49,7 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "batch_size": 4,
             "threads": 1,
         },
-        "export_pytorch": {**checkpoint, "tokenizer": A("tokenizer")},
+        "export_pytorch": {**checkpoint, "tokenizer": A("tokenizer"), "floors": A("floors")},
         "convert_coreml": {**checkpoint, "contract": A("contract")},
         "export_gguf": {**checkpoint, "tokenizer": A("tokenizer")},
         "verify_contracts": {
@@ -60,8 +60,6 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "torchscript": A("torchscript"),
             "mlpackage": A("mlpackage"),
             "gguf": A("gguf"),
-            "behaviour_questions": 2,
-            "text_sequences": 2,
         },
         "ask": {
             "tokenizer": A("tokenizer"),
@@ -120,6 +118,21 @@ def _metadata(s, name, edit):
 
 def _contract(s, name, edit):
     return s.json_edit(A("contract"), name, edit)
+
+
+def _gates_edit(key, value):
+    """One bound of the fp16 gates edited: its floor dropped (value None), or its factor changed
+    with the bound kept floor x factor, so only the factor limit can refuse it."""
+
+    def edit(doc):
+        entry = doc["gates"]["bounds"]["fp16"]["T64"]["kl_max"]
+        if value is None:
+            del entry[key]
+        else:
+            entry[key] = value
+            entry["bound"] = entry["floor"] * entry["factor"]
+
+    return edit
 
 
 def _other_vocab(doc):
@@ -474,9 +487,23 @@ CASES = [
     _case(
         "convert_coreml",
         "contract missing field",
-        lambda s, o: {"contract": _contract(s, "nofield_contract.json", _drop("tolerances"))},
+        lambda s, o: {"contract": _contract(s, "nofield_contract.json", _drop("gates"))},
         "{contract}",
-        "tolerances: missing",
+        "gates: missing",
+    ),
+    _case(
+        "verify_contracts",
+        "contract bound without floor",
+        lambda s, o: {"contract": _contract(s, "nofloor_contract.json", _gates_edit("floor", None))},
+        "{contract}",
+        "gates.bounds.fp16.T64.kl_max",
+    ),
+    _case(
+        "verify_contracts",
+        "contract bound 8x its floor",
+        lambda s, o: {"contract": _contract(s, "factor_contract.json", _gates_edit("factor", 8.0))},
+        "{contract}",
+        "gates.bounds.fp16.T64.kl_max.factor",
     ),
     _case(
         "convert_coreml",
@@ -735,9 +762,9 @@ CASES = [
     ),
     _case(
         "verify_contracts",
-        "behaviour questions zero",
-        lambda s, o: {"behaviour_questions": 0},
-        "--behaviour_questions",
+        "sampled rate above one",
+        lambda s, o: {"sampled_min_canonical_rate": 1.5},
+        "--sampled_min_canonical_rate",
     ),
     _case(
         "verify_contracts",

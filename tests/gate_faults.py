@@ -183,6 +183,32 @@ def _cm_frozen(shipped):
     return _coreml_backend(mil_executor.load_mlpackage(path), path)
 
 
+def _cm_renamed(shipped):
+    """A converter upgrade that names the weight consts differently (the weight check must not pass
+    by finding nothing to compare)."""
+    program = mil_executor.load_mlpackage(shipped.inputs.paths.mlpackage)
+    for op in program.function.operations:
+        if op.op_type == "const" and op.outputs[0].name.endswith("_weight_to_fp16"):
+            op.outputs[0].name = op.outputs[0].name.replace("_weight_to_fp16", "_w_fp16")
+    return _coreml_backend(program, shipped.inputs.paths.mlpackage)
+
+
+def _cm_fp16_logits(shipped):
+    """float16 logits, as a package converted without the float32 output type returns them."""
+    program = mil_executor.load_mlpackage(shipped.inputs.paths.mlpackage)
+    backend = _coreml_backend(program, shipped.inputs.paths.mlpackage)
+    return dataclasses.replace(backend, forward=lambda ids: mil_executor.run(program, ids).astype(np.float16))
+
+
+def _ts_drops_last_position(shipped):
+    """An export that returns logits for every position but the last (an off-by-one in slicing)."""
+    module = torchscript.load(shipped.inputs.paths.torchscript)
+    forward = torchscript.numpy_forward(module)
+    return verification.Backend(
+        "torchscript", shipped.inputs.paths.torchscript, lambda ids: forward(ids)[:, :-1]
+    )
+
+
 # --- GGUF ------------------------------------------------------------------------------------
 
 
@@ -319,4 +345,23 @@ FAULTS = (
     Fault("frozen_length", "RoPE slice frozen by int(T)", {"torchscript": _ts_frozen, "coreml": _cm_frozen}),
     Fault("token_ids_swapped", "two vocabulary entries swapped", {"gguf": _gg_swap_ids}),
     Fault("flair_byte", "one byte of a flair token", {"gguf": _gg_flair_byte}),
+    Fault("weight_consts_renamed", "Core ML weight consts under other names", {"coreml": _cm_renamed}),
+    Fault("fp16_logits", "logits returned as float16", {"coreml": _cm_fp16_logits}),
+    Fault("last_position_dropped", "logits for T-1 positions", {"torchscript": _ts_drops_last_position}),
 )
+
+# Gated checks of report.json that no fault above trips, and the test that shows each one failing.
+_SPEC_TEST = "//verify:coreml_spec_test (test_contract_mismatches_are_reported)"
+SHOWN_ELSEWHERE = {
+    "sha256_matches_contract": "//verify:verify_contracts_test (test_a_broken_torchscript_fails_the_gates)",
+    "sampled_canonical_rate": "//verify:verify_contracts_test "
+    "(test_sampled_replies_below_the_bound_fail_the_gates) and //pipeline:sampled_behaviour_test "
+    "(sampling without the tail cut)",
+    "spec_input_names": _SPEC_TEST,
+    "spec_input_dtype": _SPEC_TEST,
+    "spec_input_enumerated_shapes": _SPEC_TEST,
+    "spec_input_default_shape": _SPEC_TEST,
+    "spec_output_names": _SPEC_TEST,
+    "spec_output_dtype": _SPEC_TEST,
+    "spec_contract_lengths_supported": _SPEC_TEST,
+}

@@ -255,6 +255,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
         "export_pytorch": {
             **checkpoint_flags,
             "tokenizer": A("tokenizer"),
+            "floors": A("floors"),
             "out_torchscript": os.path.join(out, "m.pt"),
             "out_contract": os.path.join(out, "c.json"),
         },
