@@ -140,8 +140,17 @@ def _other_vocab(doc):
 
 
 def _contract_lengths(lengths):
+    """The contract's lengths changed, its gates given the same bounds at the new lengths (so the
+    gates stay well-formed and the lengths are what a reader must refuse)."""
+
     def edit(doc):
         doc["lengths"] = lengths
+        if isinstance(lengths, list):
+            for scopes in doc["gates"]["bounds"].values():
+                any_length = next(v for k, v in scopes.items() if k.startswith("T"))
+                for key in [k for k in scopes if k.startswith("T")]:
+                    del scopes[key]
+                scopes.update({f"T{t}": any_length for t in lengths})
 
     return edit
 

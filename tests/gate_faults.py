@@ -183,6 +183,35 @@ def _cm_frozen(shipped):
     return _coreml_backend(mil_executor.load_mlpackage(path), path)
 
 
+def _cm_range_dim(shipped):
+    """A package converted with a RangeDim (1..max) instead of the contract's enumerated lengths: it
+    claims lengths the contract does not. The spec check reads the faulted package; the NumPy
+    executor, which runs only enumerated shapes, runs the shipped program's numerics."""
+    import coremltools as ct
+
+    contract = shipped.inputs.contract
+    traced = torchscript.trace(shipped.model, contract.default_length)
+    length = ct.RangeDim(1, max(contract.lengths), default=contract.default_length)
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name=contract.inputs[0].name, shape=(1, length), dtype=np.int32)],
+        outputs=[ct.TensorType(name=contract.outputs[0].name, dtype=np.float32)],
+        convert_to="mlprogram",
+        minimum_deployment_target=coreml.DEPLOYMENT_TARGET,
+        compute_precision=coreml.PRECISIONS["fp16"],
+    )
+    path = os.path.join(shipped.tmp, "range.mlpackage")
+    shutil.rmtree(path, ignore_errors=True)
+    coreml.save_mlpackage(mlmodel, path)
+    program = mil_executor.load_mlpackage(shipped.inputs.paths.mlpackage)
+    return verification.Backend(
+        "coreml",
+        path,
+        lambda ids: mil_executor.run(program, ids),
+        lambda report, contract, model: verification.check_coreml_interface(report, contract, path),
+    )
+
+
 def _cm_renamed(shipped):
     """A converter upgrade that names the weight consts differently (the weight check must not pass
     by finding nothing to compare)."""
@@ -345,6 +374,7 @@ FAULTS = (
     Fault("frozen_length", "RoPE slice frozen by int(T)", {"torchscript": _ts_frozen, "coreml": _cm_frozen}),
     Fault("token_ids_swapped", "two vocabulary entries swapped", {"gguf": _gg_swap_ids}),
     Fault("flair_byte", "one byte of a flair token", {"gguf": _gg_flair_byte}),
+    Fault("range_dim", "RangeDim instead of enumerated lengths", {"coreml": _cm_range_dim}),
     Fault("weight_consts_renamed", "Core ML weight consts under other names", {"coreml": _cm_renamed}),
     Fault("fp16_logits", "logits returned as float16", {"coreml": _cm_fp16_logits}),
     Fault("last_position_dropped", "logits for T-1 positions", {"torchscript": _ts_drops_last_position}),

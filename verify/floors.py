@@ -98,12 +98,15 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """A copy of `model` that computes the way an artifact of `precision` does (module docstring)."""
     if precision not in METHODS:
         raise ValueError(f"precision {precision!r}; expected one of {sorted(METHODS)}")
-    twin = copy.deepcopy(model).eval()
+    twin = copy.deepcopy(model)
+    twin.eval()
     if precision == "f32":
         return twin.double()
     if precision == "fp16":
         return twin.half()
-    return _F16CacheAttention(twin).eval()
+    wrapped = _F16CacheAttention(twin)
+    wrapped.eval()
+    return wrapped
 
 
 def _floored(comparison: parity.Comparison) -> dict[str, float]:

@@ -85,7 +85,7 @@ def test_good_artifacts_pass_with_a_deterministic_report(artifacts, tmp_path):
         assert behaviour["behaviour_mismatches"]["value"] == 0
     entry = report["results"]["coreml"]["T64"]["kl_max"]
     assert entry["floor"] > 0 and entry["bound"] == pytest.approx(4 * entry["floor"], rel=1e-3)
-    assert report["results"]["coreml"]["T96"]["spec_supports_length"]["ok"] is True
+    assert report["results"]["coreml"]["all"]["spec_other_lengths_unsupported"]["ok"] is True
     assert report["results"]["coreml"]["all"]["weights_elements_changed"]["value"] == 0
     assert report["results"]["coreml"]["all"]["spec_output_shape_not_frozen"]["ok"] is True
 
