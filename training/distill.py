@@ -310,11 +310,14 @@ class _Progress:
         self.start = self.last = time.monotonic()
         self.tokens_since = 0
         self.total_tokens = 0
+        self.half = (self.start, 0)
 
     def step(self, step: int, tokens: int, loss: float, lr: float) -> None:
         self.tokens_since += tokens
         self.total_tokens += tokens
         now = time.monotonic()
+        if step + 1 == (self.cfg.steps + 1) // 2:  # the second half's rate leaves out warm-up (compiling)
+            self.half = (now, self.total_tokens)
         done = step + 1
         due = (
             self.cfg.log_every_steps > 0 and done % self.cfg.log_every_steps == 0
@@ -328,6 +331,18 @@ class _Progress:
         )
         self.last = now
         self.tokens_since = 0
+
+    def summary(self) -> None:
+        """One line bench/scale_out.py reads: all steps, and the second half alone."""
+        now = time.monotonic()
+        at, tokens = self.half
+        logging.info(
+            "trained %d tokens in %.3f s; second half %d tokens in %.3f s",
+            self.total_tokens,
+            now - self.start,
+            self.total_tokens - tokens,
+            now - at,
+        )
 
 
 def train(
@@ -406,6 +421,7 @@ def train(
         progress.step(
             step, batch.num_tokens if world is None else int(train_data.lengths[index].sum()), row["loss"], lr
         )
+    progress.summary()
     recent = history[-FINAL_TRAIN_STEPS:]
     final_train = {
         name: math.fsum(row[name] for row in recent) / len(recent) for name in ("loss", "kl", "ce")
