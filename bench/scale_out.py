@@ -30,11 +30,13 @@ from absl import flags, logging
 from bench import table
 from common import cli
 from common.errors import InputError
+from training import parallel
 
 flags.DEFINE_integer("repeats", 3, "Trials per training and dataset row; the median is reported.")
 flags.DEFINE_integer("compile_repeats", 1, "Trials per compile row (each compiles from cold: slow).")
 flags.DEFINE_integer("steps", 60, "Optimizer steps per training trial (batch 64).")
 flags.DEFINE_integer("shards", 3, "Dataset shards for the sharded row.")
+flags.DEFINE_list("skip", [], "Row groups to leave out: any of dataset, training, compile.")
 FLAGS = flags.FLAGS
 
 _TRAINED = re.compile(r"trained (\d+) tokens in ([\d.]+) s; second half (\d+) tokens in ([\d.]+) s")
@@ -191,17 +193,27 @@ def main(argv: list[str]) -> None:
     del argv
     if min(FLAGS.repeats, FLAGS.compile_repeats, FLAGS.steps, FLAGS.shards) < 1:
         raise InputError("--repeats, --compile_repeats, --steps and --shards must be >= 1")
+    rows, notes = [], [f"cpus: {os.cpu_count()}"]
     with tempfile.TemporaryDirectory() as work:
-        logging.info("dataset rows")
-        rows = dataset_rows(work)
+        if "dataset" not in FLAGS.skip:
+            logging.info("dataset rows")
+            rows += dataset_rows(work)
         inputs = _make_dataset(work)
-        logging.info("training rows (%d steps)", FLAGS.steps)
-        rows += training_rows(inputs, work)
-        logging.info("compile rows")
-        compiled, deterministic = compile_rows(inputs, work)
-        rows += compiled
+        if "training" not in FLAGS.skip:
+            logging.info("training rows (%d steps)", FLAGS.steps)
+            rows += training_rows(inputs, work)
+        blocker = parallel.compile_blocker()
+        if "compile" in FLAGS.skip:
+            pass
+        elif blocker:
+            notes.append(f"compile rows left out: {blocker}")
+        else:
+            logging.info("compile rows")
+            compiled, deterministic = compile_rows(inputs, work)
+            rows += compiled
+            notes.append(f"compiled trials wrote identical weights: {deterministic}")
     print(table.format_table(rows))
-    print(f"cpus: {os.cpu_count()}; compiled trials wrote identical weights: {deterministic}")
+    print("; ".join(notes))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,23 @@ def cxx_compiler() -> str | None:
     return cxx
 
 
+def compile_blocker() -> str | None:
+    """Why torch.compile cannot run here (None: it can), checked before torch is imported."""
+    if cxx_compiler() is None:
+        return f"no C++ compiler ({os.environ.get('CXX', 'g++')} --version failed; set CXX to one)"
+    try:
+        # Inductor builds its kernels through torch.utils.cpp_extension, which imports setuptools.
+        # setuptools reads a vendored data file named "Lorem ipsum.txt"; Bazel runfiles cannot hold
+        # a name with a space, so under `bazel run` the import fails.
+        import setuptools  # noqa: F401
+    except (ImportError, OSError) as error:
+        return (
+            f"torch.compile's C++ build helpers do not load here (setuptools: {error.__class__.__name__}: "
+            f"{str(error)[-120:]}); outside Bazel's runfiles (python -m training.run_toy_distill) they do"
+        )
+    return None
+
+
 def torchrun_command(python: str, nproc: int, module: str, args: list[str]) -> list[str]:
     """`python -m torch.distributed.run` for `nproc` local ranks of `python -m module args`.
 

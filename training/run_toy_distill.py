@@ -167,12 +167,10 @@ def main(argv: list[str]) -> None:
     _check_records(in_path, data.records, cfg)
     parallel.check_world_fits(_world_size(), FLAGS.batch_size, len(train_records), _world_source())
     use_compile = FLAGS.compile
-    if use_compile and parallel.cxx_compiler() is None:
+    blocker = parallel.compile_blocker() if use_compile else None
+    if blocker:
         if os.environ.get("RANK", "0") == "0":
-            logging.warning(
-                "--compile: no C++ compiler (%s --version failed; set CXX to one); training eagerly",
-                os.environ.get("CXX", "g++"),
-            )
+            logging.warning("--compile: %s; training eagerly", blocker)
         use_compile = False
 
     # torch only now, after every check of flags and files: bad input fails in well under a second
