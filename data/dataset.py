@@ -180,15 +180,34 @@ def _check_record(obj, header: dict) -> Record:
     return Record(**{name: obj[name] for name in FIELDS})
 
 
-def read_dataset(path: str) -> Dataset:
-    """Reads and validates a dataset file; InputError "file:line: field: problem" on the first problem."""
+def _parse_line(line: bytes):
+    """One JSONL line as a JSON value; _Problem naming what is wrong with it."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _Problem(
+            "encoding", f"byte {line[error.start]:#04x} at column {error.start + 1} is not UTF-8"
+        ) from None
+    if not text.strip():
+        raise _Problem("line", "empty line")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _Problem("json", f"not valid JSON ({error.msg} at column {error.colno})") from None
+    except (ValueError, RecursionError) as error:
+        # A number of over 4300 digits (ValueError) or nesting deeper than Python's recursion limit.
+        raise _Problem("json", f"not valid JSON ({type(error).__name__}: {str(error)[:80]})") from None
+
+
+def _read_lines(path: str, what: str) -> list[bytes]:
+    """The file's lines without their newlines; InputError if it is missing, empty or cut short."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
     except FileNotFoundError:
-        raise InputError(f"{path}: dataset file not found; make it with //data:make_toy_kd") from None
+        raise InputError(f"{path}: {what} file not found; make it with //data:make_toy_kd") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot read dataset: {error.strerror}") from None
+        raise InputError(f"{path}: cannot read {what}: {error.strerror}") from None
     if not raw:
         raise InputError(f"{path}:1: header: the file is empty; expected a header line then records")
     lines = raw.split(b"\n")
@@ -198,28 +217,18 @@ def read_dataset(path: str) -> Dataset:
             "the file is incomplete, regenerate it"
         )
     lines.pop()
+    return lines
+
+
+def read_dataset(path: str) -> Dataset:
+    """Reads and validates a dataset file; InputError "file:line: field: problem" on the first problem."""
+    lines = _read_lines(path, "dataset")
     header: dict = {}
     records: list[Record] = []
     first_line_of_id: dict[int, int] = {}
     for number, line in enumerate(lines, start=1):
         try:
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise _Problem(
-                    "encoding", f"byte {line[error.start]:#04x} at column {error.start + 1} is not UTF-8"
-                ) from None
-            if not text.strip():
-                raise _Problem("line", "empty line")
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise _Problem("json", f"not valid JSON ({error.msg} at column {error.colno})") from None
-            except (ValueError, RecursionError) as error:
-                # A number of over 4300 digits (ValueError) or nesting deeper than Python's recursion limit.
-                raise _Problem(
-                    "json", f"not valid JSON ({type(error).__name__}: {str(error)[:80]})"
-                ) from None
+            obj = _parse_line(line)
             if number == 1:
                 _check_header(obj)
                 header = obj
@@ -234,23 +243,120 @@ def read_dataset(path: str) -> Dataset:
     return Dataset(header=header, records=records)
 
 
-def write_dataset(path: str, header: dict, records: Iterable[Record]) -> None:
-    """Validates, then writes header and records atomically; same input -> same bytes."""
+def _record_lines(path: str, header: dict, records: Iterable[Record], first_line: int = 2) -> list[str]:
+    """Canonical JSON lines of `records`, each checked against `header`; InputError "path:line: ..."."""
     lines = []
+    seen: set[int] = set()
+    for number, record in enumerate(records, start=first_line):
+        obj = dataclasses.asdict(record)
+        try:
+            _check_record(obj, header)
+            if record.id in seen:
+                raise _Problem("id", f"{record.id} is used twice")
+            seen.add(record.id)
+        except _Problem as problem:
+            raise InputError(f"{path}:{number}: {problem.field}: {problem.problem}") from None
+        lines.append(_dumps(obj))
+    return lines
+
+
+def _checked_header(path: str, header: dict) -> str:
     try:
         _check_header(header)
-        lines.append(_dumps(header))
-        seen: set[int] = set()
-        for number, record in enumerate(records, start=2):
-            obj = dataclasses.asdict(record)
-            try:
-                _check_record(obj, header)
-                if record.id in seen:
-                    raise _Problem("id", f"{record.id} is used twice")
-                seen.add(record.id)
-            except _Problem as problem:
-                raise InputError(f"{path}:{number}: {problem.field}: {problem.problem}") from None
-            lines.append(_dumps(obj))
     except _Problem as problem:
         raise InputError(f"{path}:1: {problem.field}: {problem.problem}") from None
+    return _dumps(header)
+
+
+def write_dataset(path: str, header: dict, records: Iterable[Record]) -> None:
+    """Validates, then writes header and records atomically; same input -> same bytes."""
+    lines = [_checked_header(path, header), *_record_lines(path, header, records)]
     atomic.write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+# Sharded generation: shard i of N holds the records with ids in a contiguous range, under a shard
+# header that carries the whole dataset's header. merge_shards() turns a complete set back into
+# exactly the bytes write_dataset() writes for the unsharded records.
+SHARD_FORMAT = "m8b-kd-shard"
+
+
+def write_shard(
+    path: str, header: dict, records: list[Record], shard: int, num_shards: int, ids: range
+) -> None:
+    """Writes shard `shard` of `num_shards` (records with ids in `ids`, in order) atomically."""
+    if [r.id for r in records] != list(ids):
+        raise ValueError(f"shard {shard}: records are not ids {ids.start}..{ids.stop - 1} in order")
+    shard_header = {
+        "format": SHARD_FORMAT,
+        "version": VERSION,
+        "shard": shard,
+        "num_shards": num_shards,
+        "first_id": ids.start,
+        "stop_id": ids.stop,
+        "dataset_header": header,
+    }
+    _checked_header(path, header)
+    lines = [_dumps(shard_header), *_record_lines(path, header, records)]
+    atomic.write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def _read_shard(path: str) -> tuple[dict, list[Record]]:
+    lines = _read_lines(path, "dataset shard")
+    number = 1
+    try:
+        head = _parse_line(lines[0])
+        if not isinstance(head, dict) or head.get("format") != SHARD_FORMAT:
+            got = head.get("format") if isinstance(head, dict) else head
+            raise _Problem("format", f"is {got!r}, expected {SHARD_FORMAT!r} (a make_toy_kd --shard file)")
+        for name in ("shard", "num_shards", "first_id", "stop_id"):
+            if not _is_int(head.get(name)) or head[name] < 0:
+                raise _Problem(name, f"is {head.get(name)!r}; must be an int >= 0")
+        if head.get("version") != VERSION:
+            raise _Problem("version", f"is {head.get('version')!r}, this code reads version {VERSION}")
+        try:
+            _check_header(head.get("dataset_header"))
+        except _Problem as problem:
+            raise _Problem(f"dataset_header.{problem.field}", problem.problem) from None
+        records = []
+        for offset, line in enumerate(lines[1:]):
+            number = offset + 2  # for the error message below
+            records.append(_check_record(_parse_line(line), head["dataset_header"]))
+    except _Problem as problem:
+        raise InputError(f"{path}:{number}: {problem.field}: {problem.problem}") from None
+    ids = [r.id for r in records]
+    if ids != list(range(head["first_id"], head["stop_id"])):
+        raise InputError(
+            f"{path}: records: ids are not {head['first_id']}..{head['stop_id'] - 1} in order, "
+            "as its header says; the shard is damaged, regenerate it"
+        )
+    return head, records
+
+
+def merge_shards(paths: list[str]) -> tuple[dict, bytes]:
+    """(dataset header, dataset bytes) of a complete set of shard files, given in any order."""
+    if not paths:
+        raise InputError("--shard: no shard files given")
+    shards = sorted((_read_shard(path) + (path,) for path in paths), key=lambda item: item[0]["shard"])
+    first_head, _, first_path = shards[0]
+    header = first_head["dataset_header"]
+    expected_id = 0
+    for index, (head, _, path) in enumerate(shards):
+        if head["dataset_header"] != header or head["num_shards"] != first_head["num_shards"]:
+            raise InputError(
+                f"{path}: belongs to another dataset than {first_path} (its dataset_header or "
+                "num_shards differ); merge the shards of one make_toy_kd setting"
+            )
+        if head["shard"] != index or head["first_id"] != expected_id:
+            raise InputError(
+                f"{path}: shard {head['shard']} of {head['num_shards']}: expected shard {index} starting "
+                f"at id {expected_id}; pass every shard exactly once"
+            )
+        expected_id = head["stop_id"]
+    if len(shards) != first_head["num_shards"] or expected_id != header.get("num_records", expected_id):
+        raise InputError(
+            f"--shard: {len(shards)} of {first_head['num_shards']} shards given, "
+            f"records 0..{expected_id - 1} of {header.get('num_records')}; pass every shard"
+        )
+    records = [record for _, shard_records, _ in shards for record in shard_records]
+    lines = [_dumps(header), *_record_lines("merged dataset", header, records)]
+    return header, "".join(line + "\n" for line in lines).encode("utf-8")

@@ -152,10 +152,28 @@ def _sample(probs: list[float], u: float) -> int:
     return len(probs) - 1
 
 
+def shard_range(n: int, shard: int, num_shards: int) -> range:
+    """The record ids of shard `shard` of `num_shards`: contiguous, in order, together 0..n-1."""
+    if not 1 <= num_shards <= n:
+        raise InputError(f"--num_shards is {num_shards}; use 1..{n} (--n: at most one shard per record)")
+    if not 0 <= shard < num_shards:
+        raise InputError(f"--shard is {shard}; use 0..{num_shards - 1} (--num_shards is {num_shards})")
+    return range(n * shard // num_shards, n * (shard + 1) // num_shards)
+
+
 def generate(
-    n: int, seed: int, heldout_fraction: float, topk: int, tokenizer: tokenizer_lib.Tokenizer | None = None
+    n: int,
+    seed: int,
+    heldout_fraction: float,
+    topk: int,
+    tokenizer: tokenizer_lib.Tokenizer | None = None,
+    ids: range | None = None,
 ) -> tuple[tokenizer_lib.Tokenizer, dict, list[dataset.Record]]:
-    """(tokenizer, header, records): train records first, then held-out ones; ids 0..n-1."""
+    """(tokenizer, header, records): train records first, then held-out ones; ids 0..n-1.
+
+    `ids` (a sub-range of 0..n-1, see shard_range) computes only those records, each exactly as
+    the full run computes it: the header is the full dataset's, so shards concatenate into it.
+    """
     check_options(n, seed, heldout_fraction, topk)
     tok = tokenizer if tokenizer is not None else train_tokenizer()
     token_teacher = teacher.TokenTeacher(tok)
@@ -165,11 +183,16 @@ def generate(
     rng = random.Random(f"m8b-records-{seed}")
     chosen = [("train", q) for q in _draw([q for q in space if q[0] not in held], n - n_heldout, rng)]
     chosen += [("heldout", q) for q in _draw([q for q in space if q[0] in held], n_heldout, rng)]
+    # One draw per record, in record order, whichever records are computed: the teacher's work
+    # (the expensive part) is what a shard skips, never the random stream.
+    draws = [rng.random() for _ in chosen]
+    ids = range(n) if ids is None else ids
 
     records = []
-    for index, (split, (_, kind, question)) in enumerate(chosen):
+    for index in ids:
+        split, (_, kind, question) = chosen[index]
         probs = teacher.answer_distribution(question).tolist()
-        answer = _sample(probs, rng.random())
+        answer = _sample(probs, draws[index])
         completion = teacher.completion_text(answer)
         text = prompt.format_prompt(question)
         topk_ids, logprobs = token_teacher.top_k(probs, answer, topk)

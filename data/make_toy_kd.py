@@ -3,11 +3,15 @@
     make_toy_kd --out=kd.jsonl --tokenizer_out=tokenizer.json [--n=6000 --seed=0
                 --heldout_fraction=0.2 --topk=8]
 
+Sharded, as parallel actions (pipeline/BUILD.bazel): the tokenizer alone, then each shard of the
+records, then //data:merge_kd_shards, which writes exactly the bytes of the unsharded --out:
+
+    make_toy_kd --tokenizer_out=tokenizer.json
+    make_toy_kd --out=kd.shard-I.jsonl --shard=I --num_shards=N [same --n, --seed, ...]
+
 Same flags -> byte-identical files. Bad flags or a missing output directory: "error: ..." and
 exit status 2, with nothing written.
 """
-
-import os
 
 from absl import flags, logging
 
@@ -24,20 +28,57 @@ flags.DEFINE_float(
     "heldout_fraction", 0.2, "Fraction of records, and of (template, subject) pairs, held out; in (0, 1)."
 )
 flags.DEFINE_integer("topk", 8, "Teacher log-probabilities kept per completion position, 1..32.")
+flags.DEFINE_integer("num_shards", 0, "Split the records into this many shards (0: unsharded).")
+flags.DEFINE_integer("shard", 0, "With --num_shards: which shard --out gets, 0..num_shards-1.")
+
+
+def _check_mode() -> None:
+    """Which files this run writes: dataset and tokenizer, the tokenizer alone, or one shard."""
+    if FLAGS.num_shards:
+        cli.require_flag(FLAGS.out, "out")
+        if FLAGS.tokenizer_out:
+            raise InputError(
+                "--tokenizer_out: a --num_shards run writes one shard; write the tokenizer in its own run"
+            )
+        generate.shard_range(FLAGS.n, FLAGS.shard, FLAGS.num_shards)
+    elif FLAGS.shard:
+        raise InputError(f"--shard {FLAGS.shard} needs --num_shards")
+    elif FLAGS.out:
+        cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")
+    else:
+        cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")  # the tokenizer alone
 
 
 def main(argv: list[str]) -> None:
     del argv
-    cli.require_flag(FLAGS.out, "out")
-    cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")
-    if os.path.abspath(FLAGS.out) == os.path.abspath(FLAGS.tokenizer_out):
-        raise InputError("--out and --tokenizer_out name the same file; give two paths")
-    cli.check_output_path(FLAGS.out, "out")
-    cli.check_output_path(FLAGS.tokenizer_out, "tokenizer_out")
+    _check_mode()
+    outputs = {"out": FLAGS.out, "tokenizer_out": FLAGS.tokenizer_out}
+    cli.check_distinct_outputs(outputs)
+    for name, path in outputs.items():
+        if path:
+            cli.check_output_path(path, name)
     generate.check_options(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk)
 
     logging.info("training the tokenizer on every string the dataset can produce")
     tok = generate.train_tokenizer()
+    if not FLAGS.out:
+        tok.save(FLAGS.tokenizer_out)
+        logging.info("wrote %s (tokenizer %s)", FLAGS.tokenizer_out, tok.digest[:12])
+        return
+    if FLAGS.num_shards:
+        ids = generate.shard_range(FLAGS.n, FLAGS.shard, FLAGS.num_shards)
+        logging.info(
+            "generating records %d..%d of %d (shard %d of %d)",
+            ids.start,
+            ids.stop - 1,
+            FLAGS.n,
+            FLAGS.shard,
+            FLAGS.num_shards,
+        )
+        args = (FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, tok)
+        _, header, records = generate.generate(*args, ids=ids)
+        dataset.write_shard(FLAGS.out, header, records, FLAGS.shard, FLAGS.num_shards, ids)
+        return
     logging.info("generating %d records (seed %d)", FLAGS.n, FLAGS.seed)
     tok, header, records = generate.generate(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, tok)
     # The dataset is written while the tokenizer file is still pending, so a failure leaves neither.

@@ -13,13 +13,14 @@ from data import tokenizer as tk
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)  # works in the source tree and in Bazel runfiles alike
 BINARY = os.path.join(HERE, "make_toy_kd.py")
+MERGE = os.path.join(HERE, "merge_kd_shards.py")
 
 
-def run(*flags: str) -> subprocess.CompletedProcess:
+def run(*flags: str, binary: str = BINARY) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, BINARY, *flags], capture_output=True, text=True, env=env, timeout=120, check=False
+        [sys.executable, binary, *flags], capture_output=True, text=True, env=env, timeout=120, check=False
     )
 
 
@@ -75,3 +76,63 @@ def test_missing_output_directory_or_flag_exits_2(tmp_path):
     result = run(f"--out={tmp_path / 'x.json'}", f"--tokenizer_out={tmp_path / 'x.json'}")
     assert result.returncode == 2 and "name the same file" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+SMALL = ("--n=50", "--seed=3", "--topk=4")
+
+
+def _shards(tmp_path, count: int) -> list[str]:
+    paths = [str(tmp_path / f"s{i}.jsonl") for i in range(count)]
+    for i, path in enumerate(paths):
+        result = run(f"--out={path}", f"--shard={i}", f"--num_shards={count}", *SMALL)
+        assert result.returncode == 0, result.stderr
+    return paths
+
+
+def test_merged_shards_are_the_unsharded_bytes_in_any_order(tmp_path):
+    kd, tok = str(tmp_path / "kd.jsonl"), str(tmp_path / "tok.json")
+    assert run(f"--out={kd}", f"--tokenizer_out={tok}", *SMALL).returncode == 0
+    alone = str(tmp_path / "alone.tok.json")
+    result = run(f"--tokenizer_out={alone}")  # the tokenizer alone: the same file
+    assert result.returncode == 0, result.stderr
+    assert open(alone, "rb").read() == open(tok, "rb").read()
+    shards = _shards(tmp_path, 3)
+    merged = str(tmp_path / "merged.jsonl")
+    flags = [f"--shard={p}" for p in (shards[2], shards[0], shards[1])]
+    result = run(*flags, f"--tokenizer={alone}", f"--out={merged}", binary=MERGE)
+    assert result.returncode == 0, result.stderr
+    assert open(merged, "rb").read() == open(kd, "rb").read()
+    # Each shard holds its contiguous third of the records, not the whole dataset.
+    assert [len(open(p, "rb").read().splitlines()) - 1 for p in shards] == [16, 17, 17]
+
+
+def test_bad_shards_exit_2_and_merge_writes_nothing(tmp_path):
+    shards = _shards(tmp_path, 2)
+    tok = str(tmp_path / "tok.json")
+    assert run(f"--tokenizer_out={tok}", "--n=50").returncode == 0
+    merged = str(tmp_path / "merged.jsonl")
+    cases = [
+        ([shards[0]], "error: --shard: 1 of 2 shards given, records 0..24 of 50; pass every shard"),
+        ([shards[0], shards[0]], "expected shard 1 starting at id 25; pass every shard exactly once"),
+        ([tok], "format: is 'm8b-spm-bpe', expected 'm8b-kd-shard'"),
+    ]
+    for given, message in cases:
+        result = run(*[f"--shard={p}" for p in given], f"--tokenizer={tok}", f"--out={merged}", binary=MERGE)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    other = str(tmp_path / "other.jsonl")
+    assert run(f"--out={other}", "--shard=1", "--num_shards=2", "--n=50", "--seed=4").returncode == 0
+    pair = [f"--shard={shards[0]}", f"--shard={other}"]
+    result = run(*pair, f"--tokenizer={tok}", f"--out={merged}", binary=MERGE)
+    assert result.returncode == 2 and "belongs to another dataset" in result.stderr
+    for flags, message in [
+        (["--shard=2", "--num_shards=2"], "error: --shard is 2; use 0..1"),
+        (["--num_shards=51"], "error: --num_shards is 51; use 1..50"),
+        (["--shard=1"], "error: --shard 1 needs --num_shards"),
+        (
+            ["--num_shards=2", f"--tokenizer_out={tmp_path / 't.json'}"],
+            "error: --tokenizer_out: a --num_shards",
+        ),
+    ]:
+        result = run(f"--out={tmp_path / 'x.jsonl'}", "--n=50", *flags)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not os.path.exists(merged) and not os.path.exists(tmp_path / "x.jsonl")

@@ -79,7 +79,7 @@ _pipeline_stage = rule(
     },
 )
 
-def pipeline_stage(name, tool, mnemonic, inputs = {}, outputs = {}, output_dirs = {}, args = [], **kwargs):
+def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs = {}, output_dirs = {}, args = [], **kwargs):
     """A pipeline step: `tool --<flag>=<input> ... --<flag>=<output> ... <args>`.
 
     Args:
@@ -87,16 +87,19 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, outputs = {}, output_dirs 
       tool: a py_binary label.
       mnemonic: the action's name in logs and cache statistics.
       inputs: {flag: label of one file}.
+      input_lists: {flag: [labels of one file each]}: the flag is repeated, once per file.
       outputs: {flag: file name}; each output gets the label ":<file name>".
       output_dirs: {flag: directory name}; the stage target's default outputs.
       args: further flags, passed as written.
       **kwargs: common attributes (visibility, tags).
     """
+    by_label = {label: flag for flag, label in inputs.items()}
+    by_label.update({label: flag for flag, labels in input_lists.items() for label in labels})
     _pipeline_stage(
         name = name,
         tool = tool,
         mnemonic = mnemonic,
-        inputs = {label: flag for flag, label in inputs.items()},
+        inputs = by_label,
         outs = outputs.values(),
         output_flags = outputs.keys(),
         output_dir_names = output_dirs.values(),

@@ -29,7 +29,7 @@ port=$(free_port)
 cache=("$repo/tools/remote_cache/cache.sh" --port "$port" --store "$work/store" --run "$work/run")
 remote=(--config=remote "--remote_cache=http://127.0.0.1:$port")
 # The M8b* stages of pipeline/defs.bzl: training and conversion must never rerun needlessly.
-upstream=M8bDataset,M8bTrain,M8bTorchScript,M8bCoreML,M8bGGUF
+upstream=M8bTokenizer,M8bDatasetShard,M8bDataset,M8bTrain,M8bTorchScript,M8bCoreML,M8bGGUF
 
 cleanup() {
   (cd "$tree" 2>/dev/null && ./bazelw --output_base="$base" shutdown >/dev/null 2>&1) || true

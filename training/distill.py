@@ -63,6 +63,9 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device: str) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
     def select(self, index: torch.Tensor) -> "Batch":
         """Rows `index`, trimmed to their longest real length so no step pays for others' padding."""
         width = int(self.lengths[index].max())
@@ -165,6 +168,25 @@ def completion_logits(model: Student, batch: Batch) -> torch.Tensor:
     return model.lm_head(hidden_states(model, batch.input_ids)[batch.loss_mask])
 
 
+class CompletionLogits(torch.nn.Module):
+    """completion_logits(model, batch) as a module of (input_ids, loss_mask), for wrappers.
+
+    DistributedDataParallel syncs gradients only for a module's forward it runs, and training runs
+    the student piecewise (hidden_states, then the head on completion rows); this wraps that from the
+    outside, leaving model.py as it is. With compile=True the hidden states go through torch.compile
+    (dynamic shapes: every batch has its own length); the row selection and the head stay eager,
+    since a boolean mask has a data-dependent size.
+    """
+
+    def __init__(self, model: Student, compile: bool = False):
+        super().__init__()
+        self.model = model
+        self.hidden = torch.compile(hidden_states, dynamic=True) if compile else hidden_states
+
+    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.hidden(self.model, input_ids)[loss_mask])
+
+
 def distill_loss(z: torch.Tensor, batch: Batch, cfg: LossConfig) -> LossParts:
     """The module docstring's loss; z = completion_logits(model, batch), [M, V]."""
     log_probs = F.log_softmax(z.float(), dim=-1)
@@ -245,8 +267,11 @@ def evaluate_loss(model: Student, data: Batch, cfg: LossConfig, batch_size: int 
     sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
     count = 0
     # Rows sorted by length: each chunk is trimmed to its longest row, so sorting saves padding.
+    device = next(model.parameters()).device
     for index in torch.sort(data.lengths, stable=True).indices.split(batch_size):
         batch = data.select(index)
+        if device.type != "cpu":
+            batch = batch.to(device)
         parts = distill_loss(completion_logits(model, batch), batch, cfg)
         tokens = int(batch.loss_mask.sum())
         sums["loss"] += float(parts.total) * tokens
@@ -255,6 +280,16 @@ def evaluate_loss(model: Student, data: Batch, cfg: LossConfig, batch_size: int 
         count += tokens
     model.train(was_training)
     return {name: value / count for name, value in sums.items()}
+
+
+def _global_parts(parts: LossParts, share: float, world) -> LossParts:
+    """The global batch's loss parts from every rank's (a token-weighted sum over ranks), for logs."""
+    import torch.distributed as dist
+
+    values = torch.stack([parts.total.detach(), parts.kl.detach(), parts.ce.detach()]).double() * share
+    dist.all_reduce(values)
+    total, kl, ce = values.cpu()
+    return LossParts(total=total, kl=kl, ce=ce)
 
 
 FINAL_TRAIN_STEPS = 50
@@ -275,11 +310,14 @@ class _Progress:
         self.start = self.last = time.monotonic()
         self.tokens_since = 0
         self.total_tokens = 0
+        self.half = (self.start, 0)
 
     def step(self, step: int, tokens: int, loss: float, lr: float) -> None:
         self.tokens_since += tokens
         self.total_tokens += tokens
         now = time.monotonic()
+        if step + 1 == (self.cfg.steps + 1) // 2:  # the second half's rate leaves out warm-up (compiling)
+            self.half = (now, self.total_tokens)
         done = step + 1
         due = (
             self.cfg.log_every_steps > 0 and done % self.cfg.log_every_steps == 0
@@ -294,6 +332,18 @@ class _Progress:
         self.last = now
         self.tokens_since = 0
 
+    def summary(self) -> None:
+        """One line bench/scale_out.py reads: all steps, and the second half alone."""
+        now = time.monotonic()
+        at, tokens = self.half
+        logging.info(
+            "trained %d tokens in %.3f s; second half %d tokens in %.3f s",
+            self.total_tokens,
+            now - self.start,
+            self.total_tokens - tokens,
+            now - at,
+        )
+
 
 def train(
     model: Student,
@@ -302,8 +352,15 @@ def train(
     cfg: TrainConfig,
     loss_cfg: LossConfig,
     on_step: Callable[[dict], None] | None = None,
+    world=None,
+    compile: bool = False,
 ) -> TrainResult:
-    """Trains `model` in place for cfg.steps AdamW steps; returns the loss history."""
+    """Trains `model` in place for cfg.steps AdamW steps; returns the loss history.
+
+    world: a training.parallel.World when running under torch.distributed (every rank calls this
+    with the same arguments; see parallel.py for how a global batch is split); None: one process.
+    compile: run the student's hidden states through torch.compile.
+    """
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
     model.train()
@@ -311,17 +368,47 @@ def train(
     order = BatchOrder(train_data.lengths, cfg.batch_size, cfg.seed)
     progress = _Progress(cfg)
     history = []
+    forward = None
+    if world is not None or compile:
+        forward = CompletionLogits(model, compile)
+    if world is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(
+            forward, device_ids=[world.local_rank] if world.backend == "nccl" else None
+        )
+        # Completion tokens per row: a rank's share of the global batch's per-token mean.
+        row_tokens = train_data.loss_mask.sum(dim=1)
     for step in range(cfg.steps):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = train_data.select(order.next())
-        parts = distill_loss(completion_logits(model, batch), batch, loss_cfg)
+        index = order.next()
+        if world is None:
+            batch = train_data.select(index)
+            z = (
+                completion_logits(model, batch)
+                if forward is None
+                else forward(batch.input_ids, batch.loss_mask)
+            )
+            parts = distill_loss(z, batch, loss_cfg)
+            objective = parts.total
+        else:
+            batch = train_data.select(index[world.rank :: world.size])
+            share = float(row_tokens[index[world.rank :: world.size]].sum()) / float(row_tokens[index].sum())
+            if world.device != "cpu":
+                batch = batch.to(world.device)
+            parts = distill_loss(forward(batch.input_ids, batch.loss_mask), batch, loss_cfg)
+            # DDP averages gradients over ranks: scaling by size * share makes the average the
+            # gradient of the global batch's per-token mean loss.
+            objective = parts.total * (world.size * share)
         optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
+        objective.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if world is not None:
+            parts = _global_parts(parts, share, world)
         row = {"step": step + 1, "loss": parts.total.item(), "kl": parts.kl.item(), "ce": parts.ce.item()}
         row["lr"] = lr
         if heldout_data is not None and cfg.heldout_every > 0 and (step + 1) % cfg.heldout_every == 0:
@@ -331,7 +418,10 @@ def train(
         history.append(row)
         if on_step is not None:
             on_step(row)
-        progress.step(step, batch.num_tokens, row["loss"], lr)
+        progress.step(
+            step, batch.num_tokens if world is None else int(train_data.lengths[index].sum()), row["loss"], lr
+        )
+    progress.summary()
     recent = history[-FINAL_TRAIN_STEPS:]
     final_train = {
         name: math.fsum(row[name] for row in recent) / len(recent) for name in ("loss", "kl", "ce")

@@ -5,11 +5,21 @@
 
 Same inputs and flags (including --threads) -> byte-identical outputs. Every output is written at
 the end, atomically: a failed run leaves none. Bad input exits 2 with one line naming the problem.
+
+Data parallel (training/parallel.py): under `torchrun --nproc-per-node=N -m training.run_toy_distill`
+or with --nproc=N (which starts torchrun itself after checking every flag and file), N ranks
+split each global batch; rank 0 alone writes the outputs, and the metadata's
+training.distributed records the world size and backend. --threads is per rank.
+--compile runs the student through torch.compile when a C++ compiler is present (else one
+warning, and eager training). Both are off by default; the default run is unchanged.
 """
 
 import csv
 import io
 import os
+import signal
+import subprocess
+import sys
 
 from absl import flags, logging
 
@@ -17,7 +27,7 @@ from common import atomic, cli
 from common.errors import InputError
 from data import dataset as kd_dataset
 from data.tokenizer import Tokenizer
-from training import checkpoint
+from training import checkpoint, parallel
 from training.config import LossConfig, ModelConfig, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -40,6 +50,13 @@ flags.DEFINE_float("ce_weight", _LOSS_DEFAULTS.ce_weight, "Weight of the cross-e
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
 flags.DEFINE_integer("threads", 2, "torch threads; results are reproducible for a fixed value.")
 flags.DEFINE_integer("heldout_every", _DEFAULTS.heldout_every, "Steps between held-out evaluations.")
+flags.DEFINE_integer(
+    "nproc", 1, "Data-parallel processes on this machine: >1 starts torchrun with this many ranks."
+)
+flags.DEFINE_enum(
+    "backend", "auto", parallel.BACKENDS, "torch.distributed backend: auto is nccl with CUDA, else gloo."
+)
+flags.DEFINE_bool("compile", False, "Run the student through torch.compile (needs a C++ compiler).")
 
 FLAGS = flags.FLAGS
 
@@ -57,6 +74,13 @@ def _check_flags() -> None:
     for name in ("warmup", "kl_weight", "ce_weight", "heldout_every"):
         if not FLAGS[name].value >= 0:
             raise InputError(f"--{name}: must be >= 0, got {FLAGS[name].value}")
+    if FLAGS.nproc < 1:
+        raise InputError(f"--nproc: must be >= 1, got {FLAGS.nproc}")
+    if FLAGS.nproc > 1 and _under_torchrun():
+        raise InputError(
+            "--nproc: this process is already a torchrun rank; give --nproc or torchrun, not both"
+        )
+    parallel.check_world_fits(_world_size(), FLAGS.batch_size, None, _world_source())
     if FLAGS.kl_weight == 0 and FLAGS.ce_weight == 0:
         raise InputError("--kl_weight and --ce_weight are both 0; nothing would be trained")
     # Outputs are checked before training, not after minutes of it.
@@ -65,6 +89,36 @@ def _check_flags() -> None:
     for name, path in outputs.items():
         if path:
             cli.check_output_path(path, name)
+
+
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "RANK" in os.environ
+
+
+def _world_size() -> int:
+    return parallel.launched_world_size() if _under_torchrun() else FLAGS.nproc
+
+
+def _world_source() -> str:
+    return "torchrun's WORLD_SIZE" if _under_torchrun() else "--nproc"
+
+
+def _launch(nproc: int) -> None:
+    """Runs this trainer as `nproc` torchrun ranks; a failed rank is a clear error, exit status 1."""
+    args = parallel.without_flag(sys.argv[1:], "nproc")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    command = parallel.torchrun_command(sys.executable, nproc, "training.run_toy_distill", args)
+    logging.info("starting %d ranks: %s", nproc, " ".join(command))
+    status = subprocess.run(command, env=env, check=False).returncode
+    if status != 0:
+        written = [FLAGS[n].value for n in ("out_weights", "out_metadata", "out_history") if FLAGS[n].value]
+        print(
+            f"error: the {nproc}-rank training job failed (torchrun exit status {status}; the failed "
+            f"rank and its error are reported above); rank 0 writes only after the last step, so "
+            f"{', '.join(written)} were not written by this run",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 def _check_records(path: str, records: list, cfg: ModelConfig) -> None:
@@ -111,6 +165,13 @@ def main(argv: list[str]) -> None:
 
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size)
     _check_records(in_path, data.records, cfg)
+    parallel.check_world_fits(_world_size(), FLAGS.batch_size, len(train_records), _world_source())
+    use_compile = FLAGS.compile
+    blocker = parallel.compile_blocker() if use_compile else None
+    if blocker:
+        if os.environ.get("RANK", "0") == "0":
+            logging.warning("--compile: %s; training eagerly", blocker)
+        use_compile = False
 
     # torch only now, after every check of flags and files: bad input fails in well under a second
     # instead of after torch's seconds-long import. Before it loads OpenMP: idle OpenMP threads
@@ -118,10 +179,25 @@ def main(argv: list[str]) -> None:
     # parallel build), spinning made training 2x slower (130 s against 60 s with one core busy,
     # 44 s against 39 s idle); the results are byte-identical either way.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # cuBLAS is deterministic only with a fixed workspace (NCCL runs on GPUs); CPU ignores it.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     from training import distill
     from training.model import Student, count_parameters, init_weights
+
+    world = None
+    if FLAGS.nproc > 1 or _under_torchrun():
+        backend = parallel.resolve_backend(FLAGS.backend)
+        if FLAGS.nproc > 1:
+            _launch(FLAGS.nproc)
+            return
+        # torchrun stops the other ranks with SIGTERM when one fails: exit through Python, so an
+        # output being written is removed (common/atomic) instead of left as a temporary file.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        world = parallel.init(backend)
+        if world.rank != 0:
+            logging.set_verbosity(logging.WARNING)  # one rank's progress lines are the job's
 
     torch.manual_seed(FLAGS.seed)
     torch.use_deterministic_algorithms(True)
@@ -129,7 +205,10 @@ def main(argv: list[str]) -> None:
     model = Student(cfg)
     init_weights(model, FLAGS.seed)
     n_params = count_parameters(model)
-    print(f"parameters: {n_params:,} (untied embeddings)", flush=True)
+    if world is None or world.rank == 0:
+        print(f"parameters: {n_params:,} (untied embeddings)", flush=True)
+    if world is not None and world.device != "cpu":
+        model.to(world.device)
 
     train_cfg = TrainConfig(
         steps=FLAGS.steps,
@@ -143,7 +222,14 @@ def main(argv: list[str]) -> None:
     train_data = distill.make_batch(train_records, tokenizer.bos_id, tokenizer.pad_id)
     heldout_data = distill.make_batch(heldout_records, tokenizer.bos_id, tokenizer.pad_id)
     logging.info("training on %d records, %d held out", len(train_records), len(heldout_records))
-    result = distill.train(model, train_data, heldout_data, train_cfg, loss_cfg)
+    result = distill.train(
+        model, train_data, heldout_data, train_cfg, loss_cfg, world=world, compile=use_compile
+    )
+    if world is not None:
+        parallel.shutdown()
+        model.to("cpu")
+        if world.rank != 0:
+            return  # every rank holds the same weights; rank 0 alone writes them
     logging.info(
         "final train loss %.4f, held-out loss %.4f", result.final_train["loss"], result.final_heldout["loss"]
     )
@@ -179,6 +265,11 @@ def main(argv: list[str]) -> None:
             "loss": "kl_weight * T^2 * KL(top-k, both sides renormalised) + ce_weight * CE",
         },
     }
+    # Only when used, so a default run's metadata (and every cache entry after it) stays as it was.
+    if world is not None:
+        metadata["training"]["distributed"] = {"world_size": world.size, "backend": world.backend}
+    if use_compile:
+        metadata["training"]["compile"] = True
     if FLAGS.out_history:
         atomic.write_text(FLAGS.out_history, history_csv(result.history))
     try:
