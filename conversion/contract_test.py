@@ -56,7 +56,9 @@ def test_fields_follow_the_design():
     assert values["version"] == 2
     assert values["gates"]["backends"] == {
         "coreml": "fp16",
+        "coreml_fp32": "f32",
         "gguf": "f32",
+        "gguf_f16": "w_f16",
         "gguf_kv_f16": "kv_f16",
         "torchscript": "f32",
     }

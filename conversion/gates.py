@@ -31,9 +31,16 @@ FLOORS_VERSION = 1
 METRICS = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreement", "rms_dp")
 REPLAY = "replay"
 INPUT_KEYS = ("seed", "text_sequences", "behaviour_questions", "max_new_tokens")
-# The artifacts and the precision each computes in. gguf_kv_f16 is the GGUF file as llama.cpp and
-# Ollama run it by default, with an f16 KV cache.
-DEFAULT_BACKENDS = {"torchscript": "f32", "coreml": "fp16", "gguf": "f32", "gguf_kv_f16": "kv_f16"}
+# The artifacts and the precision each computes in. gguf_kv_f16 is the f32 GGUF file as llama.cpp
+# and Ollama run it by default, with an f16 KV cache; gguf_f16 the f16-weight GGUF with an f32 cache.
+DEFAULT_BACKENDS = {
+    "torchscript": "f32",
+    "coreml": "fp16",
+    "coreml_fp32": "f32",
+    "gguf": "f32",
+    "gguf_kv_f16": "kv_f16",
+    "gguf_f16": "w_f16",
+}
 _BOUND_KEYS = ("bound", "factor", "floor")
 
 

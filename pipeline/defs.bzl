@@ -170,6 +170,22 @@ def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,2
         args = ["--dtype=f32"],
     )
     pipeline_stage(
+        name = name + "_coreml_fp32",
+        tool = "//conversion:convert_coreml",
+        mnemonic = "M8bCoreML",
+        inputs = dict(checkpoint, contract = ":" + pre + "contract.json"),
+        output_dirs = {"out": pre + "magic-8-ball.fp32.mlpackage"},
+        args = ["--precision=fp32"],
+    )
+    pipeline_stage(
+        name = name + "_gguf_f16",
+        tool = "//conversion:export_gguf",
+        mnemonic = "M8bGGUF",
+        inputs = dict(checkpoint, tokenizer = tokenizer),
+        outputs = {"out": pre + "magic-8-ball.f16.gguf", "modelfile_out": pre + "Modelfile.f16"},
+        args = ["--dtype=f16"],
+    )
+    pipeline_stage(
         name = name + "_verify",
         tool = "//verify:verify_contracts",
         mnemonic = "M8bVerify",
@@ -181,6 +197,8 @@ def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,2
             torchscript = ":" + pre + "magic-8-ball.pt",
             mlpackage = ":" + name + "_coreml",
             gguf = ":" + pre + "magic-8-ball.gguf",
+            mlpackage_fp32 = ":" + name + "_coreml_fp32",
+            gguf_f16 = ":" + pre + "magic-8-ball.f16.gguf",
         ),
         outputs = {"out_report": pre + "report.json"},
         args = ["--noexit_nonzero_on_failed_gates"],

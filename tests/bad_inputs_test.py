@@ -60,6 +60,8 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "torchscript": A("torchscript"),
             "mlpackage": A("mlpackage"),
             "gguf": A("gguf"),
+            "mlpackage_fp32": A("mlpackage_fp32"),
+            "gguf_f16": A("gguf_f16"),
         },
         "ask": {
             "tokenizer": A("tokenizer"),

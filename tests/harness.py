@@ -37,6 +37,8 @@ ARTIFACTS = {
     "mlpackage": "pipeline/magic-8-ball.mlpackage",
     "gguf": "pipeline/magic-8-ball.gguf",
     "floors": "pipeline/floors.json",
+    "mlpackage_fp32": "pipeline/magic-8-ball.fp32.mlpackage",
+    "gguf_f16": "pipeline/magic-8-ball.f16.gguf",
 }
 
 TIMEOUT_S = 300

@@ -279,6 +279,8 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "torchscript": A("torchscript"),
             "mlpackage": A("mlpackage"),
             "gguf": A("gguf"),
+            "mlpackage_fp32": A("mlpackage_fp32"),
+            "gguf_f16": A("gguf_f16"),
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {

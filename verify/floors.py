@@ -9,6 +9,9 @@ compared with fp32 eager by the same metrics (verify/parity.py, compare_logits).
   f32     the model in float64 against float32 eager: the reordering noise that any second f32
           implementation (TorchScript, llama.cpp on f32 weights with an f32 KV cache) carries.
   fp16    the model in float16, weights and activations: Core ML's fp16 compute.
+  w_f16   float32 eager with every weight matrix in float16 and every matmul input rounded to
+          float16: llama.cpp on an f16 GGUF (ggml converts the f32 operand of a matmul with f16
+          weights to f16).
   kv_f16  float32 eager with attention computed as llama.cpp's CPU kernels compute it over its
           default f16 KV cache, which Ollama uses: K and V stored in float16, and the float32
           operand of each product with them (Q, then the softmax weights) rounded to float16, as
@@ -44,6 +47,7 @@ METHODS = {
     "f32": "float64 eager vs float32 eager",
     "fp16": "float16 eager (weights and activations) vs float32 eager",
     "kv_f16": "float32 eager, attention with Q, K, V and softmax weights in float16, vs float32 eager",
+    "w_f16": "float32 eager, weight matrices and matmul inputs in float16, vs float32 eager",
 }
 
 
@@ -63,6 +67,11 @@ def torch_forward(model: torch.nn.Module):
 
 def _f16(x: torch.Tensor) -> torch.Tensor:
     return x.half().float()
+
+
+def _round_input_to_fp16(module, inputs):
+    del module
+    return (_f16(inputs[0]),)
 
 
 def _attention_over_f16_cache(q, k, v, is_causal: bool = True, **unused):
@@ -104,6 +113,15 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         return twin.double()
     if precision == "fp16":
         return twin.half()
+    if precision == "w_f16":
+        with torch.no_grad():
+            for weight in twin.parameters():
+                if weight.ndim == 2:
+                    weight.copy_(_f16(weight))
+        for module in twin.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(_round_input_to_fp16)
+        return twin
     wrapped = _F16CacheAttention(twin)
     wrapped.eval()
     return wrapped

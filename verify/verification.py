@@ -33,7 +33,17 @@ from verify import inputs as inputs_lib
 from verify import mlpackage_manifest, parity, sampled_behaviour
 from verify import report as report_lib
 
-TORCHSCRIPT, COREML, GGUF, GGUF_KV_F16 = "torchscript", "coreml", "gguf", "gguf_kv_f16"
+TORCHSCRIPT, COREML, COREML_FP32 = "torchscript", "coreml", "coreml_fp32"
+GGUF, GGUF_KV_F16, GGUF_F16 = "gguf", "gguf_kv_f16", "gguf_f16"
+# backend -> the flag that names its artifact
+FLAGS_OF = {
+    TORCHSCRIPT: "torchscript",
+    COREML: "mlpackage",
+    COREML_FP32: "mlpackage_fp32",
+    GGUF: "gguf",
+    GGUF_KV_F16: "gguf",
+    GGUF_F16: "gguf_f16",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +101,7 @@ def check_inputs(paths: Paths) -> Inputs:
     """Reads and cross-checks every input without torch or coremltools; InputError on any problem."""
     contract = contract_lib.load_contract(paths.contract)
     for backend in contract.gates["backends"]:
-        flag = {TORCHSCRIPT: "torchscript", COREML: "mlpackage"}.get(backend, "gguf")
+        flag = FLAGS_OF[backend]
         if not paths.artifact(backend):
             raise InputError(
                 f"--{flag}: missing, but {paths.contract} says {backend} must be verified; "
@@ -125,12 +135,14 @@ def check_inputs(paths: Paths) -> Inputs:
     strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
     if paths.torchscript:
         torchscript_archive.check_file(paths.torchscript)
-    if paths.mlpackage:
-        mlpackage_manifest.root_model_path(paths.mlpackage)  # the layout; the spec is read later
-    if paths.gguf:
-        from verify import gguf_check
+    for package in (paths.mlpackage, paths.mlpackage_fp32):
+        if package:
+            mlpackage_manifest.root_model_path(package)  # the layout; the spec is read later
+    for gguf_path in (paths.gguf, paths.gguf_f16):
+        if gguf_path:
+            from verify import gguf_check
 
-        gguf_check.read_gguf(paths.gguf)  # header and tensor table; llama.cpp loads it later
+            gguf_check.read_gguf(gguf_path)  # header and tensor table; llama.cpp loads it later
     settings = inputs_lib.Settings(**contract.gates["inputs"])
     return Inputs(paths, contract, tokenizer, heldout, strings, settings)
 
@@ -140,13 +152,13 @@ def first_line(error: BaseException, paths: Paths) -> str:
     must not depend on where the files are."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[-1] if lines else ''}"
-    for path in (paths.torchscript, paths.mlpackage, paths.gguf):
+    for path in (paths.torchscript, paths.mlpackage, paths.gguf, paths.mlpackage_fp32, paths.gguf_f16):
         if path:
             text = text.replace(path, os.path.basename(path.rstrip("/")))
     return text[:300]
 
 
-def check_coreml_interface(report, contract, path: str) -> None:
+def check_coreml_interface(report, contract, path: str, name: str = COREML) -> None:
     """The package's spec against the contract: names, dtypes, exactly the contract's lengths (lengths
     between and beyond them refused: spec_other_lengths_unsupported), an output length not frozen."""
     from verify import coreml_spec
@@ -163,13 +175,13 @@ def check_coreml_interface(report, contract, path: str) -> None:
         if result.name == "model_kind":
             # Information: our converter only writes ML Programs, and the executor refuses anything
             # else as bad input before this runs, so as a gate it could never fail.
-            report.note(COREML, report_lib.ALL, "spec_model_kind", result.measured)
+            report.note(name, report_lib.ALL, "spec_model_kind", result.measured)
             continue
-        name = "spec_" + result.name
-        report.check(COREML, report_lib.ALL, name, result.measured, "==", result.expected, ok=result.ok)
+        check = "spec_" + result.name
+        report.check(name, report_lib.ALL, check, result.measured, "==", result.expected, ok=result.ok)
 
 
-def check_coreml_weights(report, program, model) -> None:
+def check_coreml_weights(report, program, model, name: str = COREML) -> None:
     """The package must carry the checkpoint's weights and RoPE tables, rounded to its own precision
     and otherwise unchanged, every element. Output metrics cannot see a weight fault below the fp16
     compute noise (a tensor scaled by 0.3%, noise of 1e-4: //tests:gate_power); this exact check can."""
@@ -181,8 +193,8 @@ def check_coreml_weights(report, program, model) -> None:
     # converter (multiplying by one is a no-op), so vectors are compared where they are present.
     matrices = sum(1 for tensor in tensors.values() if tensor.ndim >= 2)
     found = changed = 0
-    for name, tensor in sorted(tensors.items()):
-        key = name.replace(".", "_")
+    for tensor_name, tensor in sorted(tensors.items()):
+        key = tensor_name.replace(".", "_")
         value = consts.get(key + "_to_fp16", consts.get(key))
         if value is None:
             continue
@@ -190,8 +202,8 @@ def check_coreml_weights(report, program, model) -> None:
         value = np.asarray(value)
         expected = tensor.detach().numpy().astype(value.dtype)
         changed += int(expected.size) if expected.shape != value.shape else int((expected != value).sum())
-    report.check(COREML, report_lib.ALL, "weights_matrices_found", found, "==", matrices)
-    report.check(COREML, report_lib.ALL, "weights_elements_changed", changed, "==", 0)
+    report.check(name, report_lib.ALL, "weights_matrices_found", found, "==", matrices)
+    report.check(name, report_lib.ALL, "weights_elements_changed", changed, "==", 0)
 
 
 def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF) -> None:
@@ -217,7 +229,7 @@ def load_backends(inputs: Inputs) -> list[Backend]:
         path = paths.artifact(name)
         if name == TORCHSCRIPT:
             backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
-        elif name == COREML:
+        elif name in (COREML, COREML_FP32):
             program = mil_executor.load_mlpackage(path)
             input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
             backends.append(
@@ -227,20 +239,20 @@ def load_backends(inputs: Inputs) -> list[Backend]:
                     lambda ids, program=program, i=input_name, o=output_name: mil_executor.run(
                         program, ids, i, o
                     ),
-                    lambda report, contract, model, path=path, program=program: (
-                        check_coreml_interface(report, contract, path),
-                        check_coreml_weights(report, program, model),
+                    lambda report, contract, model, path=path, program=program, name=name: (
+                        check_coreml_interface(report, contract, path, name),
+                        check_coreml_weights(report, program, model, name),
                     ),
                 )
             )
         else:
-            llama = gguf_check.load(path, f32_kv_cache=name == GGUF)
+            llama = gguf_check.load(path, f32_kv_cache=name != GGUF_KV_F16)
             check = None
-            if name == GGUF:  # one tokenizer check per file
+            if name != GGUF_KV_F16:  # one tokenizer check per file
 
-                def check(report, contract, model, llama=llama):
+                def check(report, contract, model, llama=llama, name=name):
                     del contract, model
-                    check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings)
+                    check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings, name)
 
             backends.append(
                 Backend(name, path, lambda ids, llama=llama: gguf_check.logits(llama, ids), check)

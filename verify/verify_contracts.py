@@ -42,6 +42,8 @@ flags.DEFINE_string("dataset", None, "KD dataset JSONL; its held-out questions d
 flags.DEFINE_string("torchscript", None, "TorchScript archive from the export step.")
 flags.DEFINE_string("mlpackage", None, "Core ML .mlpackage directory.")
 flags.DEFINE_string("gguf", None, "GGUF file, checked through llama.cpp with an f32 and an f16 KV cache.")
+flags.DEFINE_string("mlpackage_fp32", None, "Core ML .mlpackage computing in fp32.")
+flags.DEFINE_string("gguf_f16", None, "GGUF file with f16 weights.")
 flags.DEFINE_string("out_report", None, "Output report JSON (required).")
 flags.DEFINE_bool(
     "exit_nonzero_on_failed_gates",
@@ -79,6 +81,8 @@ def main(argv: list[str]) -> None:
         torchscript=FLAGS.torchscript,
         mlpackage=FLAGS.mlpackage,
         gguf=FLAGS.gguf,
+        mlpackage_fp32=FLAGS.mlpackage_fp32,
+        gguf_f16=FLAGS.gguf_f16,
     )
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
