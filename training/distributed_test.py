@@ -134,7 +134,8 @@ def test_world_sizes_1_and_2_agree_within_tolerance(runs):
         for key in ("heldout_loss", "heldout_kl", "heldout_ce", "final_train_loss")
     }
     print(
-        f"world size 1 vs 2: max |weight difference| {worst:.3g} (bound {WEIGHT_TOLERANCE:g}); metrics {diffs}"
+        f"world size 1 vs 2: max |weight difference| {worst:.3g} (bound {WEIGHT_TOLERANCE:g}); "
+        f"metrics {diffs}"
     )
     for key in ("heldout_loss", "heldout_kl", "heldout_ce", "final_train_loss"):
         assert abs(m1[key] - m2[key]) <= METRIC_TOLERANCE * max(1.0, abs(m1[key])), key
