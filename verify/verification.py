@@ -56,14 +56,11 @@ class Paths:
     torchscript: str | None = None
     mlpackage: str | None = None
     gguf: str | None = None
+    mlpackage_fp32: str | None = None
+    gguf_f16: str | None = None
 
     def artifact(self, backend: str) -> str | None:
-        return {
-            TORCHSCRIPT: self.torchscript,
-            COREML: self.mlpackage,
-            GGUF: self.gguf,
-            GGUF_KV_F16: self.gguf,
-        }[backend]
+        return getattr(self, FLAGS_OF[backend])
 
 
 @dataclasses.dataclass(frozen=True)
