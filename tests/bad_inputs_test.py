@@ -201,7 +201,17 @@ LONG_PROMPT = list(range(300, 400)) * 3  # 300 ids: longer than the 256 the mode
 
 CASES = [
     # make_toy_kd: only flags and outputs.
-    _case("make_toy_kd", "missing out flag", lambda s, o: {"out": None}, "--out is required"),
+    # Without --out, make_toy_kd writes the tokenizer alone (the pipeline's tokenizer stage); with
+    # neither output there is nothing to write.
+    _case(
+        "make_toy_kd",
+        "missing both outputs",
+        lambda s, o: {"out": None, "tokenizer_out": None},
+        "--tokenizer_out is required",
+    ),
+    _case(
+        "make_toy_kd", "shard without --out", lambda s, o: {"out": None, "num_shards": 3}, "--out is required"
+    ),
     _case(
         "make_toy_kd",
         "same output twice",

@@ -23,6 +23,8 @@ ARTIFACTS = {
     "torchscript": "magic-8-ball.pt",
     "mlpackage": "magic-8-ball.mlpackage",
     "gguf": "magic-8-ball.gguf",
+    "mlpackage_fp32": "magic-8-ball.fp32.mlpackage",
+    "gguf_f16": "magic-8-ball.f16.gguf",
 }
 
 
