@@ -14,24 +14,11 @@ import pytest
 from tests import gate_faults, gate_power
 from verify import verification
 
-ARTIFACTS = {
-    "contract": "contract.json",
-    "weights": "student.safetensors",
-    "metadata": "student.json",
-    "tokenizer": "tokenizer.json",
-    "dataset": "kd.jsonl",
-    "torchscript": "magic-8-ball.pt",
-    "mlpackage": "magic-8-ball.mlpackage",
-    "gguf": "magic-8-ball.gguf",
-    "mlpackage_fp32": "magic-8-ball.fp32.mlpackage",
-    "gguf_f16": "magic-8-ball.f16.gguf",
-}
-
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     root = os.path.join(os.environ.get("TEST_SRCDIR", ""), os.environ.get("TEST_WORKSPACE", ""), "pipeline")
-    paths = verification.Paths(**{key: os.path.join(root, name) for key, name in ARTIFACTS.items()})
+    paths = verification.pipeline_paths(root)
     return gate_power.shipped(paths, str(tmp_path_factory.mktemp("faults")))
 
 

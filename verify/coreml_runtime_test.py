@@ -24,20 +24,12 @@ from verify import inputs as inputs_lib
 from verify import mil_executor, parity, verification
 
 COMPUTE_UNITS = {"all": ct.ComputeUnit.ALL, "cpu_only": ct.ComputeUnit.CPU_ONLY}
-ARTIFACTS = {
-    "contract": "contract.json",
-    "weights": "student.safetensors",
-    "metadata": "student.json",
-    "tokenizer": "tokenizer.json",
-    "dataset": "kd.jsonl",
-    "mlpackage": "magic-8-ball.mlpackage",
-}
 
 
 @pytest.fixture(scope="module")
 def shipped():
     root = os.path.join(os.environ["TEST_SRCDIR"], os.environ["TEST_WORKSPACE"], "pipeline")
-    paths = verification.Paths(**{key: os.path.join(root, name) for key, name in ARTIFACTS.items()})
+    paths = verification.pipeline_paths(root)  # every artifact: the contract names them all
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
     contract = inputs.contract

@@ -63,6 +63,26 @@ class Paths:
         return getattr(self, FLAGS_OF[backend])
 
 
+# The shipped artifacts' file names (pipeline/BUILD.bazel), for tests that verify them in place.
+PIPELINE_FILES = {
+    "contract": "contract.json",
+    "weights": "student.safetensors",
+    "metadata": "student.json",
+    "tokenizer": "tokenizer.json",
+    "dataset": "kd.jsonl",
+    "torchscript": "magic-8-ball.pt",
+    "mlpackage": "magic-8-ball.mlpackage",
+    "gguf": "magic-8-ball.gguf",
+    "mlpackage_fp32": "magic-8-ball.fp32.mlpackage",
+    "gguf_f16": "magic-8-ball.f16.gguf",
+}
+
+
+def pipeline_paths(directory: str) -> Paths:
+    """Paths of every shipped artifact in `directory`."""
+    return Paths(**{key: os.path.join(directory, name) for key, name in PIPELINE_FILES.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     """Everything read and cross-checked before any model runtime is imported."""
