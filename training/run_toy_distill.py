@@ -8,6 +8,7 @@ the end, atomically: a failed run leaves none. Bad input exits 2 with one line n
 """
 
 import csv
+import dataclasses
 import io
 import os
 
@@ -17,7 +18,7 @@ from common import atomic, cli
 from common.errors import InputError
 from data import dataset as kd_dataset
 from data.tokenizer import Tokenizer
-from training import checkpoint
+from training import arch_flags, checkpoint
 from training.config import LossConfig, ModelConfig, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> None:
     if not heldout_records:
         raise InputError(f'{in_path}: no records with split "heldout"; the held-out loss needs some')
 
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size)
+    cfg = arch_flags.config(tokenizer.vocab_size)  # the architecture flags, checked before torch
     _check_records(in_path, data.records, cfg)
 
     # torch only now, after every check of flags and files: bad input fails in well under a second
@@ -129,7 +130,7 @@ def main(argv: list[str]) -> None:
     model = Student(cfg)
     init_weights(model, FLAGS.seed)
     n_params = count_parameters(model)
-    print(f"parameters: {n_params:,} (untied embeddings)", flush=True)
+    print(arch_flags.describe(cfg), flush=True)
 
     train_cfg = TrainConfig(
         steps=FLAGS.steps,
@@ -162,18 +163,10 @@ def main(argv: list[str]) -> None:
         "tie_embeddings": cfg.tie_embeddings,
         "train_records": len(train_records),
         "heldout_records": len(heldout_records),
+        # From the config dataclasses themselves, so a new setting is recorded without an edit here.
         "training": {
-            "steps": FLAGS.steps,
-            "batch_size": FLAGS.batch_size,
-            "lr": FLAGS.lr,
-            "warmup": FLAGS.warmup,
-            "min_lr_ratio": train_cfg.min_lr_ratio,
-            "weight_decay": train_cfg.weight_decay,
-            "grad_clip": train_cfg.grad_clip,
-            "temperature": FLAGS.temperature,
-            "kl_weight": FLAGS.kl_weight,
-            "ce_weight": FLAGS.ce_weight,
-            "seed": FLAGS.seed,
+            **dataclasses.asdict(train_cfg),
+            **dataclasses.asdict(loss_cfg),
             "threads": FLAGS.threads,
             "optimizer": f"AdamW(betas=(0.9, {train_cfg.beta2}), eps=1e-8)",
             "loss": "kl_weight * T^2 * KL(top-k, both sides renormalised) + ce_weight * CE",
