@@ -64,6 +64,7 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "text_sequences": 2,
         },
         "ask": {
+            "metadata": A("metadata"),
             "tokenizer": A("tokenizer"),
             "torchscript": A("torchscript"),
             "gguf": A("gguf"),
