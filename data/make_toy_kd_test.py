@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -75,3 +76,26 @@ def test_missing_output_directory_or_flag_exits_2(tmp_path):
     result = run(f"--out={tmp_path / 'x.json'}", f"--tokenizer_out={tmp_path / 'x.json'}")
     assert result.returncode == 2 and "name the same file" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "topk, warning",
+    [
+        ("1", r"--topk=1: every position's list holds one id, so the distillation KL term is identically zero"),
+        ("32", r"--topk=32 is above the number of distinct next tokens at every position \(at most \d+\)"),
+    ],
+)
+def test_warns_when_the_top_k_carries_no_information(tmp_path, topk, warning):
+    kd = str(tmp_path / "kd.jsonl")
+    result = run(f"--out={kd}", f"--tokenizer_out={tmp_path / 'tok.json'}", "--n=40", f"--topk={topk}")
+    assert result.returncode == 0, result.stderr
+    assert re.search(warning, result.stderr), result.stderr
+    summary = dataset.topk_summary(dataset.read_dataset(kd).records)
+    coverage = re.search(r"hold (\d+\.\d)% of the teacher's mass", result.stderr)
+    assert coverage and float(coverage.group(1)) == round(summary.coverage * 100, 1)
+    assert (summary.multi == 0) == (topk == "1")
+
+
+def test_no_warning_at_the_default_top_k(tmp_path):
+    result = run(f"--out={tmp_path / 'kd.jsonl'}", f"--tokenizer_out={tmp_path / 'tok.json'}", "--n=40")
+    assert result.returncode == 0 and "--topk=" not in result.stderr, result.stderr

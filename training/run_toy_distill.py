@@ -110,6 +110,12 @@ def main(argv: list[str]) -> None:
     if not heldout_records:
         raise InputError(f'{in_path}: no records with split "heldout"; the held-out loss needs some')
 
+    if FLAGS.kl_weight > 0 and kd_dataset.topk_summary(train_records).kl_is_zero():
+        raise InputError(
+            f"{in_path}: every teacher top-k list holds one id (dataset topk {data.header.get('topk')}), so "
+            "the KL term would be identically zero; regenerate it with --topk=2 or more, or pass "
+            "--kl_weight=0 to train on the cross-entropy alone"
+        )
     cfg = arch_flags.config(tokenizer.vocab_size)  # the architecture flags, checked before torch
     _check_records(in_path, data.records, cfg)
 

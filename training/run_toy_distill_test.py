@@ -143,6 +143,19 @@ ARCHITECTURE_FLAG_ERRORS = [
 ]
 
 
+def test_a_dataset_whose_kl_term_is_zero_is_refused_unless_kl_weight_is_0(tmp_path):
+    tokenizer, header, records = make_data.generate(n=60, seed=0, heldout_fraction=0.2, topk=1)
+    paths = {"in": str(tmp_path / "kd1.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
+    dataset.write_dataset(paths["in"], header, records)
+    tokenizer.save(paths["tokenizer"])
+    outputs = _outputs(tmp_path)
+    with pytest.raises(InputError, match="kd1.jsonl: every teacher top-k list holds one id .* --kl_weight=0"):
+        _run_in_process(_args(paths, outputs) + SHORT)
+    assert not any(os.path.exists(p) for p in outputs.values())
+    _run_in_process(_args(paths, outputs) + SHORT + ["--kl_weight=0"])  # CE alone: trains
+    assert all(os.path.exists(p) for p in outputs.values())
+
+
 def test_a_tied_student_reports_its_own_parameter_count(toy, tmp_path, capsys):
     outputs = _outputs(tmp_path)
     arch = ["--tie_embeddings", "--d_model=96", "--n_layers=3", "--n_heads=6", "--n_kv_heads=3", "--max_seq_len=64"]
