@@ -81,7 +81,10 @@ def test_missing_output_directory_or_flag_exits_2(tmp_path):
 @pytest.mark.parametrize(
     "topk, warning",
     [
-        ("1", r"--topk=1: every position's list holds one id, so the distillation KL term is identically zero"),
+        (
+            "1",
+            r"--topk=1: every position's list holds one id, so the distillation KL term is identically zero",
+        ),
         ("32", r"--topk=32 is above the number of distinct next tokens at every position \(at most \d+\)"),
     ],
 )

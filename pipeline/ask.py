@@ -27,7 +27,9 @@ flags.DEFINE_string("torchscript", None, "TorchScript artifact (set by the BUILD
 flags.DEFINE_string("gguf", None, "GGUF artifact (set by the BUILD file).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON (set by the BUILD file).")
 flags.DEFINE_string(
-    "metadata", None, "Checkpoint metadata JSON the artifacts were exported from: its max_seq_len caps a reply."
+    "metadata",
+    None,
+    "Checkpoint metadata JSON the artifacts were exported from: its max_seq_len caps a reply.",
 )
 _D = sampling.DEFAULT
 flags.DEFINE_bool("greedy", False, "Always take the most likely token (ignores the sampling flags).")

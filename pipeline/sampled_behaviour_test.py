@@ -70,7 +70,14 @@ def _gate(shipped, backend: str, settings):
         )
     proposals = _PROPOSALS[settings]
     return sampled_behaviour.check(
-        backends[backend], prompts, seeds, proposals, tokenizer, settings, MAX_NEW_TOKENS, model.cfg.max_seq_len
+        backends[backend],
+        prompts,
+        seeds,
+        proposals,
+        tokenizer,
+        settings,
+        MAX_NEW_TOKENS,
+        model.cfg.max_seq_len,
     )
 
 

@@ -52,7 +52,12 @@ def _flags(loader: str, out: str) -> dict:
             "out_contract": o("contract.json"),
         },
         "convert_coreml": {**checkpoint, "contract": A("contract"), "out": o("m.mlpackage")},
-        "export_gguf": {**checkpoint, "tokenizer": A("tokenizer"), "out": o("m.gguf"), "modelfile_out": o("Modelfile")},
+        "export_gguf": {
+            **checkpoint,
+            "tokenizer": A("tokenizer"),
+            "out": o("m.gguf"),
+            "modelfile_out": o("Modelfile"),
+        },
         "verify_contracts": {
             **checkpoint,
             "contract": A("contract"),
@@ -70,7 +75,12 @@ def _flags(loader: str, out: str) -> dict:
             "gguf": A("gguf"),
             "greedy": "true",
         },
-        "measure_floors": {**checkpoint, "tokenizer": A("tokenizer"), "dataset": A("dataset"), "out": o("f.json")},
+        "measure_floors": {
+            **checkpoint,
+            "tokenizer": A("tokenizer"),
+            "dataset": A("dataset"),
+            "out": o("f.json"),
+        },
         "render_report": {
             **checkpoint,
             "report": extra["report"],
@@ -80,7 +90,12 @@ def _flags(loader: str, out: str) -> dict:
             "dataset": A("dataset"),
             "out_html": o("report.html"),
         },
-        "bench": {**checkpoint, "tokenizer": A("tokenizer"), "dataset": A("dataset"), "torchscript": A("torchscript")},
+        "bench": {
+            **checkpoint,
+            "tokenizer": A("tokenizer"),
+            "dataset": A("dataset"),
+            "torchscript": A("torchscript"),
+        },
     }[loader]
 
 

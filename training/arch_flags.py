@@ -16,7 +16,9 @@ _D = ModelConfig()
 flags.DEFINE_integer("d_model", _D.d_model, "Student width (embedding size); n_heads must divide it.")
 flags.DEFINE_integer("n_layers", _D.n_layers, "Transformer blocks.")
 flags.DEFINE_integer("n_heads", _D.n_heads, "Query heads; the head dimension d_model / n_heads must be even.")
-flags.DEFINE_integer("n_kv_heads", _D.n_kv_heads, "Key/value heads (grouped-query attention); must divide n_heads.")
+flags.DEFINE_integer(
+    "n_kv_heads", _D.n_kv_heads, "Key/value heads (grouped-query attention); must divide n_heads."
+)
 flags.DEFINE_integer("ffn_hidden", _D.ffn_hidden, "SwiGLU hidden size.")
 flags.DEFINE_integer(
     "max_seq_len",
@@ -29,7 +31,16 @@ flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "Share the embedding and 
 
 # The flags, in ModelConfig's field order (vocab_size and norm_eps are not flags: the tokenizer sets
 # the vocabulary, and norm_eps is not a size).
-NAMES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len", "rope_theta", "tie_embeddings")
+NAMES = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "ffn_hidden",
+    "max_seq_len",
+    "rope_theta",
+    "tie_embeddings",
+)
 
 
 def config(vocab_size: int) -> ModelConfig:

@@ -162,7 +162,15 @@ def _edit_metadata(metadata_path: str, edit) -> None:
         (lambda m: m["config"].update(n_experts=4), "config.n_experts: unknown field"),
         (lambda m: m.update(config=[1, 2]), "config: must be a JSON object"),
     ],
-    ids=["no weights digest", "huge context", "zero layers", "fractional width", "no heads", "unknown", "a list"],
+    ids=[
+        "no weights digest",
+        "huge context",
+        "zero layers",
+        "fractional width",
+        "no heads",
+        "unknown",
+        "a list",
+    ],
 )
 def test_check_refuses_bad_metadata_naming_file_and_field(saved, edit, message):
     _, weights, metadata = saved

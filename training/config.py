@@ -77,7 +77,9 @@ def _check_type(name: str, value, kind: type) -> None:
     # bool is an int in Python; a size of `true` is refused, and so is 128.0 for an integer.
     ok = type(value) is kind or (kind is float and type(value) is int)
     if not ok:
-        raise ConfigError(name, f"is {value!r}; must be {'a' if kind is bool else 'a positive'} {kind.__name__}")
+        raise ConfigError(
+            name, f"is {value!r}; must be {'a' if kind is bool else 'a positive'} {kind.__name__}"
+        )
     if kind is float and not math.isfinite(value):
         raise ConfigError(name, f"is {value!r}; must be finite")
 
@@ -115,9 +117,7 @@ def validate(values: dict) -> ModelConfig:
             "n_kv_heads", f"{cfg.n_kv_heads} does not divide n_heads {cfg.n_heads} (whole query groups)"
         )
     if cfg.parameter_count > MAX_PARAMETERS:
-        raise ConfigError(
-            "", f"{cfg.parameter_count:,} parameters; at most {MAX_PARAMETERS:,} are supported"
-        )
+        raise ConfigError("", f"{cfg.parameter_count:,} parameters; at most {MAX_PARAMETERS:,} are supported")
     return cfg
 
 

@@ -13,7 +13,8 @@ _VALUES = ModelConfig().to_dict()
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize(
-    "sizes", [{}, {"d_model": 192, "n_layers": 3, "n_heads": 6, "n_kv_heads": 3}, {"n_kv_heads": 4, "ffn_hidden": 96}]
+    "sizes",
+    [{}, {"d_model": 192, "n_layers": 3, "n_heads": 6, "n_kv_heads": 3}, {"n_kv_heads": 4, "ffn_hidden": 96}],
 )
 def test_parameter_count_matches_the_model(sizes, tied):
     cfg = dataclasses.replace(ModelConfig(), tie_embeddings=tied, **sizes)

@@ -129,7 +129,6 @@ def test_bad_inputs_raise_input_error_and_write_nothing(toy, tmp_path):
     assert not any(os.path.exists(p) for p in outputs.values())
 
 
-
 # One message per architecture rule, each naming its flag (checked before torch is imported).
 ARCHITECTURE_FLAG_ERRORS = [
     ("--n_heads=3", "--n_heads: 3 does not divide d_model 128"),
@@ -158,7 +157,14 @@ def test_a_dataset_whose_kl_term_is_zero_is_refused_unless_kl_weight_is_0(tmp_pa
 
 def test_a_tied_student_reports_its_own_parameter_count(toy, tmp_path, capsys):
     outputs = _outputs(tmp_path)
-    arch = ["--tie_embeddings", "--d_model=96", "--n_layers=3", "--n_heads=6", "--n_kv_heads=3", "--max_seq_len=64"]
+    arch = [
+        "--tie_embeddings",
+        "--d_model=96",
+        "--n_layers=3",
+        "--n_heads=6",
+        "--n_kv_heads=3",
+        "--max_seq_len=64",
+    ]
     _run_in_process(_args(toy, outputs) + SHORT + arch)
     model, metadata = checkpoint.load(outputs["out_weights"], outputs["out_metadata"])
     assert model.cfg.tie_embeddings and model.lm_head.weight is model.embed.weight
@@ -166,4 +172,7 @@ def test_a_tied_student_reports_its_own_parameter_count(toy, tmp_path, capsys):
     assert metadata["config"]["max_seq_len"] == 64
     expected = sum(p.numel() for p in model.parameters())  # a shared weight counted once
     assert metadata["parameter_count"] == expected == model.cfg.parameter_count
-    assert f"parameters: {expected:,} (tied embeddings; d_model 96, 3 layers, 6/3 heads" in capsys.readouterr().out
+    assert (
+        f"parameters: {expected:,} (tied embeddings; d_model 96, 3 layers, 6/3 heads"
+        in capsys.readouterr().out
+    )

@@ -14,6 +14,7 @@ import numpy as np
 
 from common.errors import InputError
 from training.config import MAX_SEQ_LEN
+
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # the GGUF versions llama.cpp reads; gguf 0.19 writes 3
 HEADER_BYTES = 24  # magic, uint32 version, uint64 tensor count, uint64 key/value count
@@ -85,7 +86,8 @@ def read_gguf(path: str) -> dict:
     # llama.cpp sizes its KV cache from it (load_llama): a hostile value must not reach it.
     if type(context) is not int or not 1 <= context <= MAX_SEQ_LEN:
         raise InputError(
-            f"{path}: llama.context_length: is {context!r}; must be an integer in 1..{MAX_SEQ_LEN}; re-export it"
+            f"{path}: llama.context_length: is {context!r}; must be an integer in 1..{MAX_SEQ_LEN}; "
+            "re-export it"
         )
     if "token_embd.weight" not in tensors or "output_norm.weight" not in tensors:
         raise InputError(f"{path}: missing tensor token_embd.weight or output_norm.weight; re-export it")

@@ -14,7 +14,9 @@ MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytest_main.py"
 def run(tmp_path, source: str, ci: str | None):
     path = tmp_path / "case_test.py"
     path.write_text(source)
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "XML_OUTPUT_FILE", "TEST_SHARD_STATUS_FILE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CI", "XML_OUTPUT_FILE", "TEST_SHARD_STATUS_FILE")
+    }
     env["TEST_TMPDIR"] = str(tmp_path)
     if ci is not None:
         env["CI"] = ci
