@@ -281,6 +281,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {
+            "metadata": A("metadata"),
             "tokenizer": A("tokenizer"),
             "torchscript": A("torchscript"),
             "gguf": A("gguf"),
