@@ -252,11 +252,23 @@ def student_chain(
         ":" + pre + "report.json": "verify=-",
         ":" + pre + "report.html": "report=-",
     }
+    e2e_binary(name = "e2e_" + name, report = ":" + pre + "report.json", artifacts = artifacts, dist_subdir = name)
+
+def e2e_binary(name, report, artifacts, dist_subdir = ""):
+    """`bazel run` target that prints a configuration's verdict table and copies its artifacts to
+    dist/ (dist/<dist_subdir>/ for a named configuration): pipeline/e2e.py.
+
+    Args:
+      name: the target's name.
+      report: label of the configuration's report.json.
+      artifacts: {label: "stage=gate"} in table order (gate "-": not verified itself).
+      dist_subdir: directory under dist/.
+    """
     native.py_binary(
-        name = "e2e_" + name,
+        name = name,
         srcs = ["e2e.py"],
         main = "e2e.py",
-        args = ["--report=$(rootpath :%sreport.json)" % pre, "--dist_subdir=" + name] + [
+        args = ["--report=$(rootpath %s)" % report] + (["--dist_subdir=" + dist_subdir] if dist_subdir else []) + [
             "--artifact=%s=$(rootpath %s)" % (spec, label)
             for label, spec in artifacts.items()
         ],

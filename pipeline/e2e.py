@@ -45,7 +45,11 @@ def default_out_dir() -> str:
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
         raise InputError("--out_dir is required outside `bazel run` (BUILD_WORKSPACE_DIRECTORY is unset)")
-    return os.path.join(workspace, "dist", FLAGS.dist_subdir)
+    return (
+        os.path.join(workspace, "dist", FLAGS.dist_subdir)
+        if FLAGS.dist_subdir
+        else os.path.join(workspace, "dist")
+    )
 
 
 def copy_artifact(path: str, out_dir: str) -> None:

@@ -36,6 +36,7 @@ ARTIFACTS = {
     "contract": "pipeline/contract.json",
     "mlpackage": "pipeline/magic-8-ball.mlpackage",
     "gguf": "pipeline/magic-8-ball.gguf",
+    "floors": "pipeline/floors.json",
 }
 
 TIMEOUT_S = 300

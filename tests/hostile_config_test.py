@@ -32,7 +32,6 @@ LOADERS = {
     "bench": "bench/all",
 }
 EXTRA_ARTIFACTS = {
-    "floors": "pipeline/floors.json",
     "report": "pipeline/report.json",
     "history": "pipeline/loss_history.jsonl",
 }
@@ -47,7 +46,7 @@ def _flags(loader: str, out: str) -> dict:
         "export_pytorch": {
             **checkpoint,
             "tokenizer": A("tokenizer"),
-            "floors": extra["floors"],
+            "floors": A("floors"),
             "out_torchscript": o("m.pt"),
             "out_contract": o("contract.json"),
         },
@@ -165,31 +164,23 @@ def spoiler(tmp_path_factory):
     return spoil.Spoiler(str(tmp_path_factory.mktemp("hostile")))
 
 
-def _check(loader, flags, path, field, out, what):
-    result = _run_limited(loader, flags)
-    left = harness.leftovers(out)
-    harness.assert_clean_failure(harness.Outcome(result.returncode, result.stderr, left), [path, field], what)
-    print(f"{what}: {harness.error_line(result.stderr)}")
+# (loader, the flag whose file is hostile, case): every loader of a checkpoint gets every metadata
+# case; the contract loaders get the contract cases.
+RUNS = [(loader, "metadata", case) for loader in sorted(LOADERS) for case in sorted(METADATA_CASES)]
+RUNS += [
+    (loader, "contract", case) for loader in ("convert_coreml", "verify_contracts") for case in CONTRACT_CASES
+]
 
 
-@pytest.mark.parametrize("case", sorted(METADATA_CASES))
-@pytest.mark.parametrize("loader", sorted(LOADERS))
-def test_hostile_metadata_exits_2_under_a_memory_limit(loader, case, spoiler, tmp_path):
-    edit, field = METADATA_CASES[case]
+@pytest.mark.parametrize("loader, slot, case", RUNS, ids=[f"{r[0]}-{r[2].replace(' ', '_')}" for r in RUNS])
+def test_hostile_file_exits_2_under_a_memory_limit(loader, slot, case, spoiler, tmp_path):
+    edit, field = (METADATA_CASES if slot == "metadata" else CONTRACT_CASES)[case]
     out = harness.fresh_dir(str(tmp_path / "out"))
-    metadata = spoiler.json_edit(A("metadata"), f"{case.replace(' ', '_')}.json", edit)
-    flags = dict(_flags(loader, out), metadata=metadata)
-    _check(loader, flags, metadata, field, out, f"{loader} {case}")
-
-
-@pytest.mark.parametrize("case", sorted(CONTRACT_CASES))
-@pytest.mark.parametrize("loader", ["convert_coreml", "verify_contracts"])
-def test_hostile_contract_exits_2_under_a_memory_limit(loader, case, spoiler, tmp_path):
-    edit, field = CONTRACT_CASES[case]
-    out = harness.fresh_dir(str(tmp_path / "out"))
-    contract = spoiler.json_edit(A("contract"), f"{case.replace(' ', '_')}.json", edit)
-    flags = dict(_flags(loader, out), contract=contract)
-    _check(loader, flags, contract, field, out, f"{loader} {case}")
+    hostile = spoiler.json_edit(A(slot), f"{case.replace(' ', '_')}.json", edit)
+    result = _run_limited(loader, dict(_flags(loader, out), **{slot: hostile}))
+    outcome = harness.Outcome(result.returncode, result.stderr, harness.leftovers(out))
+    harness.assert_clean_failure(outcome, [hostile, field], f"{loader} {case}")
+    print(f"{loader} {case}: {harness.error_line(result.stderr)}")
 
 
 def test_the_limit_is_real():
