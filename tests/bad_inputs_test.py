@@ -63,11 +63,7 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "gguf": A("gguf"),
         },
         "ask": {
-            "metadata": A("metadata"),
-            "tokenizer": A("tokenizer"),
-            "torchscript": A("torchscript"),
-            "gguf": A("gguf"),
-            "greedy": "true",
+            **harness.ask_flags(),
             "max_new_tokens": 4,
         },
     }[binary]

@@ -68,11 +68,7 @@ def _flags(loader: str, out: str) -> dict:
             "out_report": o("report.json"),
         },
         "ask": {
-            "metadata": A("metadata"),
-            "tokenizer": A("tokenizer"),
-            "torchscript": A("torchscript"),
-            "gguf": A("gguf"),
-            "greedy": "true",
+            **harness.ask_flags(),
         },
         "measure_floors": {
             **checkpoint,

@@ -280,11 +280,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {
-            "metadata": A("metadata"),
-            "tokenizer": A("tokenizer"),
-            "torchscript": A("torchscript"),
-            "gguf": A("gguf"),
-            "greedy": "true",
+            **harness.ask_flags(),
         },
     }[binary]
 
