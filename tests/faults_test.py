@@ -157,6 +157,7 @@ FULL_DISK = {
             "weights": A("weights"),
             "metadata": A("metadata"),
             "tokenizer": A("tokenizer"),
+            "floors": A("floors"),
             "out_torchscript": os.path.join(out, "magic-8-ball.pt"),
             "out_contract": os.path.join(out, "contract.json"),
         },
