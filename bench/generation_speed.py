@@ -72,8 +72,10 @@ def measure(
         raise InputError(f"new tokens and repeats must be >= 1, prompts in 1..{len(QUESTIONS)}")
     inputs = [prompt_lib.build_model_input(tokenizer, q) for q in QUESTIONS[:prompts]]
     longest = max(len(p) for p in inputs) + new_tokens
-    if longest > gguf_check.N_CTX:
-        raise InputError(f"new tokens: prompts would reach {longest} tokens; at most {gguf_check.N_CTX}")
+    if longest > model.cfg.max_seq_len:
+        raise InputError(
+            f"new tokens: prompts would reach {longest} tokens; at most {model.cfg.max_seq_len} (max_seq_len)"
+        )
     module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.gguf")

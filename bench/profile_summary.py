@@ -1,10 +1,12 @@
 """Summarises a Bazel JSON profile (`--profile=FILE`): the figures BENCHMARKS.md quotes for a cold
 `./bazelw test //...` that `bazel analyze-profile` does not print.
 
-    python3.11 bench/profile_summary.py /tmp/cold.prof
+    python3.11 bench/profile_summary.py /tmp/cold.prof [ACTIONS]
 
 Prints the phase start times, each repository fetch that took over a second, and the slot time of
-all actions (their durations summed: on 2 cores, at most twice the execution phase).
+all actions (their durations summed: on 2 cores, at most twice the execution phase). With ACTIONS,
+a substring such as `//pipeline:wide_`, also each action whose description contains it, with its
+duration (e.g. the stage times of one pipeline configuration).
 """
 
 import gzip
@@ -12,7 +14,7 @@ import json
 import sys
 
 
-def summary(events: list) -> list[str]:
+def summary(events: list, actions: str | None = None) -> list[str]:
     start = min(event["ts"] for event in events if "ts" in event)
 
     def seconds(micros: float) -> str:
@@ -26,15 +28,24 @@ def summary(events: list) -> list[str]:
             lines.append(
                 f"{seconds(event['ts'] - start)}  fetch {event['name'][11:]}: {seconds(event['dur'])}"
             )
+        elif (
+            actions
+            and event.get("ph") == "X"
+            and event.get("cat") == "action processing"
+            and actions in event.get("name", "")
+        ):
+            lines.append(f"{seconds(event['ts'] - start)}  action {event['name']}: {seconds(event['dur'])}")
     slot = sum(e.get("dur", 0) for e in events if e.get("ph") == "X" and e.get("cat") == "action processing")
     lines.append(f"action slot time: {seconds(slot).strip()}")
     return lines
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         print(
-            "usage: profile_summary.py PROFILE (a file written by bazel --profile=PROFILE)", file=sys.stderr
+            "usage: profile_summary.py PROFILE [ACTIONS]"
+            " (PROFILE: a file written by bazel --profile=PROFILE)",
+            file=sys.stderr,
         )
         return 2
     try:
@@ -42,7 +53,7 @@ def main(argv: list[str]) -> int:
             raw = handle.read()
         profile = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
         events = profile["traceEvents"] if isinstance(profile, dict) else profile
-        lines = summary(events)
+        lines = summary(events, argv[2] if len(argv) == 3 else None)
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(
             f"{argv[1]}: not a readable Bazel JSON profile ({error}); write one with --profile=FILE",

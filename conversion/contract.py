@@ -36,13 +36,12 @@ import re
 from common import atomic
 from common.errors import InputError
 from conversion import gates as gates_lib
-from training.config import MODEL_TYPE
+from training.config import DEFAULT_LENGTHS, MAX_SEQ_LEN, MAX_VOCAB_SIZE, MODEL_TYPE
 
 FORMAT = "m8b-contract"
 VERSION = 2  # 2: "gates" (bounds from floors) replaced fixed "tolerances"
 MODEL_NAME = "magic-8-ball"
-DEFAULT_LENGTHS = (64, 128, 256)
-DEFAULT_LENGTH = 128
+DEFAULT_LENGTH = DEFAULT_LENGTHS[1]  # the length TorchScript is traced at
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "logits"
 LENGTH_SYMBOL = "T"
@@ -268,13 +267,17 @@ def _validated(c: Contract, where: str) -> Contract:
             f"{where}: model_type: is {c.model_type!r}, expected {MODEL_TYPE!r}; "
             "this contract is not for a Magic 8 Ball model"
         )
-    if not _is_int(c.vocab_size) or c.vocab_size < 1:
-        raise InputError(f"{where}: vocab_size: must be a positive integer, got {c.vocab_size!r}")
+    # The same limits as a checkpoint's config (training/config.py): a contract sizes buffers too.
+    if not _is_int(c.vocab_size) or not 1 <= c.vocab_size <= MAX_VOCAB_SIZE:
+        raise InputError(
+            f"{where}: vocab_size: must be an integer in 1..{MAX_VOCAB_SIZE}, got {c.vocab_size!r}"
+        )
     if not isinstance(c.tokenizer_sha256, str) or not _SHA256.match(c.tokenizer_sha256):
         raise InputError(f"{where}: tokenizer_sha256: must be 64 lowercase hex digits")
-    if not c.lengths or not all(_is_int(t) and t >= 1 for t in c.lengths):
+    if not c.lengths or not all(_is_int(t) and 1 <= t <= MAX_SEQ_LEN for t in c.lengths):
         raise InputError(
-            f"{where}: lengths: must be a non-empty list of positive integers, got {list(c.lengths)}"
+            f"{where}: lengths: must be a non-empty list of integers in 1..{MAX_SEQ_LEN}, "
+            f"got {list(c.lengths)[:8]}"
         )
     if list(c.lengths) != sorted(set(c.lengths)):
         raise InputError(f"{where}: lengths: must be increasing without repeats, got {list(c.lengths)}")

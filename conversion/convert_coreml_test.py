@@ -98,7 +98,10 @@ def test_length_above_max_seq_len(inputs, tmp_path):
         512, TOKENIZER_SHA256, lengths=(64, 512), default_length=64, gates=gates_testing.gates((64, 512))
     ).save(path)
     out = str(tmp_path / "m.mlpackage")
-    with pytest.raises(InputError, match=r"contract.json: lengths: 512 is above the model's max_seq_len 256"):
+    with pytest.raises(
+        InputError,
+        match=rf"contract.json: lengths: 512 is above the model's max_seq_len {ModelConfig().max_seq_len}",
+    ):
         run_main(weights=inputs["weights"], metadata=inputs["metadata"], contract=path, out=out)
     assert not os.path.exists(out)
 

@@ -160,7 +160,7 @@ def test_save_path_must_be_mlpackage_in_existing_dir(package, tmp_path):
 @pytest.mark.parametrize(
     "lengths, default, message",
     [
-        ([64, 512], 64, "above the model's max_seq_len 256"),
+        ([64, 512], 64, f"above the model's max_seq_len {ModelConfig().max_seq_len}"),
         ([], 64, "empty"),
         ([64, 64], 64, "repeats"),
         ([0, 64], 64, "not a positive integer"),

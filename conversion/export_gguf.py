@@ -53,9 +53,10 @@ def main(argv: list[str]) -> None:
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     metadata = checkpoint.load_metadata(FLAGS.metadata)
     checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
-    checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+    _, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     try:
-        text = modelfile.render(os.path.basename(FLAGS.out))
+        # num_ctx is the checkpoint's context, as is the GGUF's context_length (gguf_export).
+        text = modelfile.render(os.path.basename(FLAGS.out), cfg.max_seq_len)
     except ValueError as error:
         raise InputError(f"--out: {error}") from None
 

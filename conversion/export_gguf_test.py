@@ -1,4 +1,5 @@
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def test_exports_a_checked_gguf_and_modelfile_reproducibly(inputs, tmp_path):
     assert facts["tokenizer_sha256"] == tokenizer_lib.Tokenizer.load(inputs.tokenizer).digest
     assert facts["tensors"]["blk.0.attn_q.weight"][1] == "F32"
     with open(model_file, encoding="utf-8") as handle:
-        assert handle.read() == modelfile.render("magic-8-ball.gguf")
+        assert handle.read() == modelfile.render("magic-8-ball.gguf", facts["context_length"])
+    with open(inputs.metadata, encoding="utf-8") as handle:
+        assert facts["context_length"] == json.load(handle)["config"]["max_seq_len"]
     again, again_model_file = run(inputs, str(tmp_path / "b"))
     assert _sha(again) == _sha(out) and _sha(again_model_file) == _sha(model_file)
 

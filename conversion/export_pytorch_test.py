@@ -12,6 +12,7 @@ from common.errors import InputError
 from conversion import contract as contract_lib
 from conversion import export_pytorch, gates_testing, torchscript
 from data import tokenizer as tokenizer_lib
+from training.config import ModelConfig
 from verify import fixtures
 
 torch.set_num_threads(1)
@@ -174,7 +175,7 @@ def test_bad_files_exit_2_and_write_nothing(inputs, tmp_path, flag, make, messag
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"lengths": "64,128,512"}, "512 is above the model's max_seq_len 256"),
+        ({"lengths": "64,128,512"}, f"512 is above the model's max_seq_len {ModelConfig().max_seq_len}"),
         ({"lengths": "64,x"}, "--lengths"),
         ({"lengths": ","}, "--lengths: empty"),
         ({"lengths": "64,256"}, "default_length: 128 is not one of"),

@@ -33,7 +33,6 @@ from training.model import Student
 
 ARCH = "llama"
 MODEL_NAME = MODEL_TYPE  # "magic-8-ball"
-CONTEXT_LENGTH = 256
 # Our own key: the sha256 of the tokenizer JSON the weights were trained with, so a GGUF file can be
 # matched to its tokenizer without unpacking the vocabulary.
 TOKENIZER_SHA256_KEY = "magic_8_ball.tokenizer_sha256"
@@ -88,8 +87,6 @@ def _check(model: Student, tokenizer, dtype: str) -> None:
         raise InputError(
             f"tokenizer: {tokenizer.vocab_size} tokens, but the model's vocab_size is {cfg.vocab_size}"
         )
-    if cfg.max_seq_len < CONTEXT_LENGTH:
-        raise InputError(f"model: max_seq_len {cfg.max_seq_len} is below the GGUF context {CONTEXT_LENGTH}")
     if cfg.head_dim % 2 or cfg.n_heads % cfg.n_kv_heads:
         raise InputError(
             f"model: head_dim {cfg.head_dim} / heads {cfg.n_heads}/{cfg.n_kv_heads} not llama-shaped"
@@ -111,7 +108,8 @@ def to_bytes(
         writer = gguf.GGUFWriter(path, ARCH)
         writer.add_name(MODEL_NAME)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_context_length(CONTEXT_LENGTH)
+        # The context is the checkpoint's: llama.cpp (gguf_check) and Ollama size their KV cache from it.
+        writer.add_context_length(cfg.max_seq_len)
         writer.add_embedding_length(cfg.d_model)
         writer.add_block_count(cfg.n_layers)
         writer.add_feed_forward_length(cfg.ffn_hidden)

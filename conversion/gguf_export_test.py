@@ -133,7 +133,7 @@ def test_keys_and_tensors(model, tokenizer, tmp_path):
         "general.architecture": "llama",
         "general.name": "magic-8-ball",
         "general.file_type": int(gguf.LlamaFileType.MOSTLY_F16),
-        "llama.context_length": 256,
+        "llama.context_length": cfg.max_seq_len,
         "llama.embedding_length": cfg.d_model,
         "llama.block_count": cfg.n_layers,
         "llama.feed_forward_length": cfg.ffn_hidden,
@@ -172,6 +172,12 @@ def test_keys_and_tensors(model, tokenizer, tmp_path):
     # GGUF lists dimensions innermost first: [in, out].
     assert list(tensors["blk.0.attn_k.weight"].shape) == [cfg.d_model, cfg.n_kv_heads * cfg.head_dim]
     assert list(tensors["output.weight"].shape) == [cfg.d_model, cfg.vocab_size]
+
+
+def test_the_context_length_is_the_models(tokenizer, tmp_path):
+    student = Student(ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=512))
+    path = _export(student, tokenizer, tmp_path / "m.gguf")
+    assert gguf_check.read_gguf(path)["context_length"] == 512
 
 
 def test_bad_arguments_write_nothing(model, tokenizer, tmp_path):

@@ -14,24 +14,23 @@ before top_p and min_p (llama.cpp and `ask` do it last), which moves the top_p c
 
 from training import sampling
 
-CONTEXT_LENGTH = 256  # the longest sequence the student was trained and exported for
-
-# `ask`'s defaults (one definition: training/sampling.DEFAULT). repeat_penalty 1.0 is off.
+# `ask`'s defaults (one definition: training/sampling.DEFAULT). repeat_penalty 1.0 is off. num_ctx,
+# the context, is the checkpoint's max_seq_len: render() takes it.
 DEFAULT_PARAMETERS = (
     ("temperature", sampling.DEFAULT.temperature),
     ("top_k", sampling.DEFAULT.top_k),
     ("top_p", sampling.DEFAULT.top_p),
     ("min_p", sampling.DEFAULT.min_p),
     ("repeat_penalty", 1.0),
-    ("num_ctx", CONTEXT_LENGTH),
     ("num_predict", 32),
 )
 
 
-def render(gguf_filename: str, parameters=DEFAULT_PARAMETERS) -> str:
+def render(gguf_filename: str, num_ctx: int | None, parameters=DEFAULT_PARAMETERS) -> str:
     """Modelfile text for a GGUF file in the same directory as the Modelfile.
 
     gguf_filename is a bare file name: Ollama resolves FROM ./name relative to the Modelfile.
+    num_ctx: the model's max_seq_len (the GGUF's context_length); None leaves it out.
     """
     if (
         not gguf_filename
@@ -50,5 +49,7 @@ def render(gguf_filename: str, parameters=DEFAULT_PARAMETERS) -> str:
         "",
         'PARAMETER stop "</s>"',
     ]
+    if num_ctx is not None:
+        parameters = (*parameters, ("num_ctx", num_ctx))
     lines += [f"PARAMETER {name} {value}" for name, value in parameters]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ from training import sampling
 
 
 def test_modelfile_points_at_the_gguf_and_uses_the_training_prompt():
-    text = modelfile.render("magic-8-ball.gguf")
+    text = modelfile.render("magic-8-ball.gguf", 512)
     lines = text.splitlines()
     assert "FROM ./magic-8-ball.gguf" in lines
     # data/prompt.py's format, with the newline as a real newline inside a """ block.
@@ -18,7 +18,7 @@ def test_modelfile_points_at_the_gguf_and_uses_the_training_prompt():
         "top_p": "0.9",
         "min_p": "0.0",
         "repeat_penalty": "1.0",
-        "num_ctx": "256",
+        "num_ctx": "512",
         "num_predict": "32",
     }
     # The same values as `ask`'s defaults, read back as numbers.
@@ -26,11 +26,11 @@ def test_modelfile_points_at_the_gguf_and_uses_the_training_prompt():
     assert float(params["temperature"]) == default.temperature and int(params["top_k"]) == default.top_k
     assert float(params["top_p"]) == default.top_p and float(params["min_p"]) == default.min_p
     assert text.endswith("\n") and not any(line != line.rstrip() for line in lines)
-    assert modelfile.render("magic-8-ball.gguf") == text
+    assert modelfile.render("magic-8-ball.gguf", 512) == text
 
 
 def test_custom_parameters():
-    text = modelfile.render("m.gguf", parameters=(("temperature", 0.1),))
+    text = modelfile.render("m.gguf", None, parameters=(("temperature", 0.1),))
     assert "PARAMETER temperature 0.1" in text and "num_ctx" not in text
 
 
@@ -39,4 +39,4 @@ def test_custom_parameters():
 )
 def test_refuses_names_that_are_not_bare_file_names(name):
     with pytest.raises(ValueError, match="bare file name"):
-        modelfile.render(name)
+        modelfile.render(name, 256)

@@ -93,7 +93,7 @@ def test_load_rejects_damaged_files(tmp_path, exported):
 @pytest.mark.parametrize(
     ("lengths", "default", "message"),
     [
-        ([64, 128, 512], 128, "above the model's max_seq_len 256"),
+        ([64, 128, 512], 128, f"above the model's max_seq_len {ModelConfig().max_seq_len}"),
         ([64, 256], 128, "default_length: 128 is not one of"),
         ([], 128, "empty"),
         ([64, 64, 128], 128, "repeats"),

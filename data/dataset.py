@@ -360,3 +360,30 @@ def merge_shards(paths: list[str]) -> tuple[dict, bytes]:
     records = [record for _, shard_records, _ in shards for record in shard_records]
     lines = [_dumps(header), *_record_lines("merged dataset", header, records)]
     return header, "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopkSummary:
+    """What the teacher's top-k lists hold, over every completion position of some records."""
+
+    positions: int
+    coverage: float  # mean over positions of the teacher probability mass inside its top-k list
+    longest: int  # ids in the longest list (a list is shorter than k where fewer tokens can follow)
+    multi: int  # positions whose list holds two or more ids: only these carry a KL signal
+
+    def kl_is_zero(self) -> bool:
+        """True when the top-k KL term (renormalised over each list, training/distill.py) is 0 at
+        every position: no list compares two tokens."""
+        return self.multi == 0
+
+
+def topk_summary(records: Iterable[Record]) -> TopkSummary:
+    positions = multi = longest = 0
+    mass = 0.0
+    for record in records:
+        for row in record.topk_logprobs:
+            positions += 1
+            multi += len(row) >= 2
+            longest = max(longest, len(row))
+            mass += min(1.0, sum(math.exp(lp) for lp in row))
+    return TopkSummary(positions, mass / positions if positions else 0.0, longest, multi)

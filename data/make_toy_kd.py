@@ -49,6 +49,29 @@ def _check_mode() -> None:
         cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")  # the tokenizer alone
 
 
+def _warn_if_topk_uninformative(topk: int, summary: dataset.TopkSummary) -> None:
+    """--topk=1 gives the KL term nothing to compare; a k above every position's number of possible
+    next tokens adds nothing over that number. Both are legal, and both deserve a word."""
+    coverage = f"the top-k lists hold {summary.coverage:.1%} of the teacher's mass on average"
+    if summary.kl_is_zero():
+        logging.warning(
+            "--topk=%d: every position's list holds one id, so the distillation KL term is identically "
+            "zero (%s); the trainer refuses this dataset unless --kl_weight=0. Use --topk=2 or more.",
+            topk,
+            coverage,
+        )
+    elif topk > summary.longest:
+        logging.warning(
+            "--topk=%d is above the number of distinct next tokens at every position (at most %d): "
+            "the lists hold %d ids at most, so k above %d carries no more information (%s)",
+            topk,
+            summary.longest,
+            summary.longest,
+            summary.longest,
+            coverage,
+        )
+
+
 def main(argv: list[str]) -> None:
     del argv
     _check_mode()
@@ -85,6 +108,7 @@ def main(argv: list[str]) -> None:
     with atomic.output_file(FLAGS.tokenizer_out) as handle:
         handle.write(tok.to_bytes())
         dataset.write_dataset(FLAGS.out, header, records)
+    _warn_if_topk_uninformative(FLAGS.topk, dataset.topk_summary(records))
     logging.info(
         "wrote %s (%d records, %d held out) and %s (tokenizer %s)",
         FLAGS.out,

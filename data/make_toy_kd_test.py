@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -136,3 +137,29 @@ def test_bad_shards_exit_2_and_merge_writes_nothing(tmp_path):
         result = run(f"--out={tmp_path / 'x.jsonl'}", "--n=50", *flags)
         assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not os.path.exists(merged) and not os.path.exists(tmp_path / "x.jsonl")
+
+
+@pytest.mark.parametrize(
+    "topk, warning",
+    [
+        (
+            "1",
+            r"--topk=1: every position's list holds one id, so the distillation KL term is identically zero",
+        ),
+        ("32", r"--topk=32 is above the number of distinct next tokens at every position \(at most \d+\)"),
+    ],
+)
+def test_warns_when_the_top_k_carries_no_information(tmp_path, topk, warning):
+    kd = str(tmp_path / "kd.jsonl")
+    result = run(f"--out={kd}", f"--tokenizer_out={tmp_path / 'tok.json'}", "--n=40", f"--topk={topk}")
+    assert result.returncode == 0, result.stderr
+    assert re.search(warning, result.stderr), result.stderr
+    summary = dataset.topk_summary(dataset.read_dataset(kd).records)
+    coverage = re.search(r"hold (\d+\.\d)% of the teacher's mass", result.stderr)
+    assert coverage and float(coverage.group(1)) == round(summary.coverage * 100, 1)
+    assert (summary.multi == 0) == (topk == "1")
+
+
+def test_no_warning_at_the_default_top_k(tmp_path):
+    result = run(f"--out={tmp_path / 'kd.jsonl'}", f"--tokenizer_out={tmp_path / 'tok.json'}", "--n=40")
+    assert result.returncode == 0 and "--topk=" not in result.stderr, result.stderr

@@ -19,13 +19,18 @@ from common.errors import InputError
 from conversion import torchscript_archive
 from data import prompt
 from data.tokenizer import Tokenizer
-from training import sampling
+from training import checkpoint, sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
 flags.DEFINE_string("torchscript", None, "TorchScript artifact (set by the BUILD file).")
 flags.DEFINE_string("gguf", None, "GGUF artifact (set by the BUILD file).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON (set by the BUILD file).")
+flags.DEFINE_string(
+    "metadata",
+    None,
+    "Checkpoint metadata JSON the artifacts were exported from: its max_seq_len caps a reply.",
+)
 _D = sampling.DEFAULT
 flags.DEFINE_bool("greedy", False, "Always take the most likely token (ignores the sampling flags).")
 flags.DEFINE_float("temperature", _D.temperature, "Sampling temperature (> 0), applied last.")
@@ -39,8 +44,6 @@ flags.DEFINE_integer(
     "give the same answer, and different questions get different draws.",
 )
 flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.")
-
-MAX_LENGTH = 256  # the longest contract length
 
 
 # The model runtimes (torch, llama.cpp) are imported only once the question, the tokenizer and the
@@ -56,10 +59,15 @@ def torchscript_forward(path: str):
     return lambda ids: forward(ids.numpy())
 
 
-def gguf_forward(path: str):
+def gguf_forward(path: str, max_length: int):
     from verify import gguf_check
 
-    gguf_check.read_gguf(path)  # a damaged file is a clear error before llama.cpp sees it
+    context = gguf_check.read_gguf(path)["context_length"]  # a damaged file fails before llama.cpp
+    if context != max_length:
+        raise InputError(
+            f"--gguf: {path} has context_length {context}, but --metadata says max_seq_len {max_length}; "
+            "pass the GGUF exported from that checkpoint"
+        )
     llama = gguf_check.load_llama(path)
     return lambda ids: gguf_check.gguf_logits(llama, ids.numpy())
 
@@ -96,13 +104,17 @@ def main(argv: list[str]) -> None:
         raise InputError(f"--max_new_tokens: {FLAGS.max_new_tokens}; must be at least 1")
     sampler = _sampler()
     cli.require_flag(FLAGS.tokenizer, "tokenizer")
+    cli.require_flag(FLAGS.metadata, "metadata")
     tokenizer = Tokenizer.load(FLAGS.tokenizer)
+    # The context is the checkpoint's (validated like every loader's before anything is built).
+    _, cfg = checkpoint.check_metadata(FLAGS.metadata)
+    max_length = cfg.max_seq_len
     path = FLAGS.torchscript if FLAGS.backend == "torchscript" else FLAGS.gguf
     cli.require_flag(path, FLAGS.backend)
     ids = prompt.build_model_input(tokenizer, question)
-    if len(ids) >= MAX_LENGTH:
-        raise InputError(f"question: {len(ids)} tokens; at most {MAX_LENGTH - 1} fit the model")
-    forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path)
+    if len(ids) >= max_length:
+        raise InputError(f"question: {len(ids)} tokens; at most {max_length - 1} fit the model")
+    forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path, max_length)
     from training import generate
 
     new = generate.generate(
@@ -112,7 +124,7 @@ def main(argv: list[str]) -> None:
         max_new_tokens=FLAGS.max_new_tokens,
         sampler=sampler,
         seed=FLAGS.seed,
-        max_length=MAX_LENGTH,
+        max_length=max_length,
     )
     print(tokenizer.decode(new).strip())
     sys.stdout.flush()

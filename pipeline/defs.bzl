@@ -108,22 +108,51 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs 
         **kwargs
     )
 
-def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,256"):
-    """Train -> floors -> TorchScript + contract -> Core ML -> GGUF -> report for one student.
+# The default configuration's dataset flags and contract lengths (the default chain in
+# pipeline/BUILD.bazel and every configuration that does not name its own). The longest length is
+# the trainer's default --max_seq_len (training/config.py); a configuration with a longer context
+# sets --max_seq_len in its train_args and names its lengths.
+DEFAULT_DATASET_ARGS = ["--n=6000", "--seed=0", "--heldout_fraction=0.2", "--topk=8"]
+DEFAULT_LENGTHS = [64, 128, 256]
 
-    Every output is prefixed `<name>.` (":<name>.report.json", ...), and `<name>_gates_test`
-    fails when any of its gates failed. The default chain in pipeline/BUILD.bazel is written out
-    stage by stage; this builds further students from the same dataset, e.g. other seeds, whose
-    untouched artifacts must pass every gate (no false alarms: //tests:gate_power).
+def student_chain(
+        name,
+        dataset = ":kd.jsonl",
+        tokenizer = ":tokenizer.json",
+        dataset_args = None,
+        train_args = [],
+        lengths = DEFAULT_LENGTHS,
+        e2e = False):
+    """A named pipeline configuration: dataset -> train -> floors -> TorchScript + contract -> Core ML
+    -> GGUF -> report, and `<name>_gates_test`, which fails when any of its gates failed or anything
+    its contract names was not verified.
+
+    Every output is prefixed `<name>.` (":<name>.report.json", ":<name>.magic-8-ball.gguf", ...).
+    The default chain in pipeline/BUILD.bazel is written out stage by stage with the same tools.
 
     Args:
-      name: prefix of every target and file.
-      dataset: label of kd.jsonl.
-      tokenizer: label of tokenizer.json.
-      train_args: flags for the trainer (e.g. ["--seed=1"]).
-      lengths: the contract lengths.
+      name: the configuration's name: prefix of every target and file.
+      dataset: label of kd.jsonl to train on (default: the default chain's); ignored with dataset_args.
+      tokenizer: label of its tokenizer.json; ignored with dataset_args.
+      dataset_args: flags for //data:make_toy_kd (e.g. DEFAULT_DATASET_ARGS with another --seed): the
+        configuration then builds its own dataset and tokenizer, ":<name>.kd.jsonl".
+      train_args: flags for the trainer: the seed and the architecture (--seed, --d_model, --n_layers,
+        --n_heads, --n_kv_heads, --ffn_hidden, --max_seq_len, --rope_theta, --tie_embeddings).
+      lengths: the contract lengths (ints); each at most the --max_seq_len of train_args.
+      e2e: also render ":<name>.report.html" and add `e2e_<name>`, which prints the verdict and
+        copies every artifact to dist/<name>/ (`bazel run //pipeline:e2e_<name>`).
     """
     pre = name + "."
+    lengths_flag = "--lengths=" + ",".join([str(length) for length in lengths])
+    if dataset_args != None:
+        pipeline_stage(
+            name = name + "_dataset",
+            tool = "//data:make_toy_kd",
+            mnemonic = "M8bDataset",
+            outputs = {"out": pre + "kd.jsonl", "tokenizer_out": pre + "tokenizer.json"},
+            args = dataset_args,
+        )
+        dataset, tokenizer = ":" + pre + "kd.jsonl", ":" + pre + "tokenizer.json"
     pipeline_stage(
         name = name + "_checkpoint",
         tool = "//training:run_toy_distill",
@@ -143,7 +172,7 @@ def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,2
         mnemonic = "M8bFloors",
         inputs = dict(checkpoint, tokenizer = tokenizer, dataset = dataset),
         outputs = {"out": pre + "floors.json"},
-        args = ["--lengths=" + lengths],
+        args = [lengths_flag],
     )
     pipeline_stage(
         name = name + "_torchscript",
@@ -151,7 +180,7 @@ def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,2
         mnemonic = "M8bTorchScript",
         inputs = dict(checkpoint, tokenizer = tokenizer, floors = ":" + pre + "floors.json"),
         outputs = {"out_torchscript": pre + "magic-8-ball.pt", "out_contract": pre + "contract.json"},
-        args = ["--lengths=" + lengths],
+        args = [lengths_flag],
     )
     pipeline_stage(
         name = name + "_coreml",
@@ -210,4 +239,67 @@ def student_chain(name, dataset, tokenizer, train_args = [], lengths = "64,128,2
         args = ["$(rootpath :%sreport.json)" % pre, "$(rootpath :%scontract.json)" % pre],
         data = [":" + pre + "report.json", ":" + pre + "contract.json"],
         python_version = "PY3",
+    )
+    if not e2e:
+        return
+    pipeline_stage(
+        name = name + "_report_html",
+        tool = "//verify:render_report",
+        mnemonic = "M8bReportHtml",
+        inputs = dict(
+            checkpoint,
+            report = ":" + pre + "report.json",
+            contract = ":" + pre + "contract.json",
+            history = ":" + pre + "loss_history.jsonl",
+            tokenizer = tokenizer,
+            dataset = dataset,
+        ),
+        outputs = {"out_html": pre + "report.html"},
+    )
+
+    # The artifacts `e2e_<name>` prints and copies: stage=gate=path, as for the default `e2e`.
+    artifacts = {
+        dataset: "dataset=-",
+        tokenizer: "dataset=-",
+        ":" + pre + "student.safetensors": "checkpoint=-",
+        ":" + pre + "student.json": "checkpoint=-",
+        ":" + pre + "loss_history.jsonl": "checkpoint=-",
+        ":" + pre + "floors.json": "floors=-",
+        ":" + pre + "magic-8-ball.pt": "torchscript=torchscript",
+        ":" + pre + "contract.json": "torchscript=-",
+        ":" + name + "_coreml": "coreml=coreml",
+        ":" + pre + "magic-8-ball.gguf": "gguf=gguf",
+        ":" + pre + "Modelfile": "gguf=-",
+        ":" + pre + "report.json": "verify=-",
+        ":" + pre + "report.html": "report=-",
+    }
+    e2e_binary(name = "e2e_" + name, report = ":" + pre + "report.json", artifacts = artifacts, dist_subdir = name)
+
+def e2e_binary(name, report, artifacts, dist_subdir = ""):
+    """`bazel run` target that prints a configuration's verdict table and copies its artifacts to
+    dist/ (dist/<dist_subdir>/ for a named configuration): pipeline/e2e.py.
+
+    Args:
+      name: the target's name.
+      report: label of the configuration's report.json.
+      artifacts: {label: "stage=gate"} in table order (gate "-": not verified itself).
+      dist_subdir: directory under dist/.
+    """
+    native.py_binary(
+        name = name,
+        srcs = ["e2e.py"],
+        main = "e2e.py",
+        args = ["--report=$(rootpath %s)" % report] + (["--dist_subdir=" + dist_subdir] if dist_subdir else []) + [
+            "--artifact=%s=$(rootpath %s)" % (spec, label)
+            for label, spec in artifacts.items()
+        ],
+        data = artifacts.keys(),
+        python_version = "PY3",
+        deps = [
+            "//common:atomic",
+            "//common:cli",
+            "//common:digest",
+            "//common:errors",
+            "@pip//:absl_py",
+        ],
     )

@@ -21,6 +21,9 @@ flags.DEFINE_string("report", None, "report.json from //verify:verify_contracts 
 flags.DEFINE_string(
     "out_dir", None, "Where to copy the artifacts. Default: dist/ in the workspace that ran `bazel run`."
 )
+flags.DEFINE_string(
+    "dist_subdir", "", "A named configuration's directory under dist/ (set by the BUILD file: e2e_<name>)."
+)
 
 
 def human_size(size: int) -> str:
@@ -42,7 +45,11 @@ def default_out_dir() -> str:
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
         raise InputError("--out_dir is required outside `bazel run` (BUILD_WORKSPACE_DIRECTORY is unset)")
-    return os.path.join(workspace, "dist")
+    return (
+        os.path.join(workspace, "dist", FLAGS.dist_subdir)
+        if FLAGS.dist_subdir
+        else os.path.join(workspace, "dist")
+    )
 
 
 def copy_artifact(path: str, out_dir: str) -> None:

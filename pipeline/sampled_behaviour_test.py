@@ -23,7 +23,6 @@ import pytest
 ENV = ("M8B_WEIGHTS", "M8B_METADATA", "M8B_DATASET", "M8B_TOKENIZER", "M8B_TORCHSCRIPT", "M8B_GGUF")
 QUESTIONS = 200
 MAX_NEW_TOKENS = 32
-MAX_LENGTH = 256
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,14 @@ def _gate(shipped, backend: str, settings):
         )
     proposals = _PROPOSALS[settings]
     return sampled_behaviour.check(
-        backends[backend], prompts, seeds, proposals, tokenizer, settings, MAX_NEW_TOKENS, MAX_LENGTH
+        backends[backend],
+        prompts,
+        seeds,
+        proposals,
+        tokenizer,
+        settings,
+        MAX_NEW_TOKENS,
+        model.cfg.max_seq_len,
     )
 
 

@@ -8,6 +8,7 @@ binary's launcher, as a user would type it.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -64,10 +65,7 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "gguf_f16": A("gguf_f16"),
         },
         "ask": {
-            "tokenizer": A("tokenizer"),
-            "torchscript": A("torchscript"),
-            "gguf": A("gguf"),
-            "greedy": "true",
+            **harness.ask_flags(),
             "max_new_tokens": 4,
         },
     }[binary]
@@ -116,6 +114,14 @@ def _drop(key):
 
 def _metadata(s, name, edit):
     return s.json_edit(A("metadata"), name, edit)
+
+
+def _repinned(s, weights):
+    """The damaged `weights` and a metadata copy whose weights_sha256 is that file's digest."""
+    with open(weights, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    name = "pinned_" + os.path.basename(weights) + ".json"
+    return {"weights": weights, "metadata": _metadata(s, name, _set("weights_sha256", digest))}
 
 
 def _contract(s, name, edit):
@@ -532,7 +538,6 @@ CASES = [
         lambda s, o: {"contract": _contract(s, "long_contract.json", _contract_lengths([64, 128, 512]))},
         "{contract}",
         "512",
-        "max_seq_len",
     ),
     _case(
         "convert_coreml",
@@ -587,22 +592,16 @@ CASES = [
     ),
     _case(
         "export_gguf",
-        "unpinned weights cut",
-        # Without weights_sha256 in the metadata the safetensors layout check must catch the cut.
-        lambda s, o: {
-            "weights": s.truncated(A("weights"), "cut2.safetensors", 0.9),
-            "metadata": _metadata(s, "unpinned.json", _drop("weights_sha256")),
-        },
+        "repinned weights cut",
+        # weights_sha256 pinned to the damaged file: the safetensors layout check must catch the cut.
+        lambda s, o: _repinned(s, s.truncated(A("weights"), "cut2.safetensors", 0.9)),
         "{weights}",
         "safetensors",
     ),
     _case(
         "export_gguf",
-        "unpinned weights header flipped",
-        lambda s, o: {
-            "weights": s.flipped(A("weights"), "flip2.safetensors", [0, 9, 20]),
-            "metadata": _metadata(s, "unpinned2.json", _drop("weights_sha256")),
-        },
+        "repinned weights header flipped",
+        lambda s, o: _repinned(s, s.flipped(A("weights"), "flip2.safetensors", [0, 9, 20])),
         "{weights}",
         "safetensors",
     ),

@@ -69,6 +69,12 @@ def artifact(name: str) -> str:
     return runfile(ARTIFACTS[name])
 
 
+def ask_flags() -> dict:
+    """`ask`'s good inputs (the pipeline's artifacts), greedy so that a run is deterministic."""
+    names = ("metadata", "tokenizer", "torchscript", "gguf")
+    return {**{name: artifact(name) for name in names}, "greedy": "true"}
+
+
 def binary_env() -> dict:
     env = dict(os.environ)
     # One thread per tool: the suite runs beside other builds on a small machine.

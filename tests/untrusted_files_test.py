@@ -150,17 +150,16 @@ def test_the_torchscript_payload_is_live(tmp_path):
 # ---- every loader, in process ------------------------------------------------------------------
 
 
-def _unpin(doc: dict) -> None:
-    del doc["weights_sha256"]
-
-
-def _unpinned_metadata(spoiler) -> str:
-    # Without weights_sha256 the digest check cannot stop the payload: the safetensors parser must.
-    return spoiler.json_edit(A("metadata"), "unpinned.json", _unpin)
+def _pinned_metadata(spoiler, weights_path: str) -> str:
+    # weights_sha256 pinned to the payload: the digest check cannot stop it, the safetensors parser must.
+    digest = checkpoint.sha256_file(weights_path)
+    return spoiler.json_edit(
+        A("metadata"), f"pinned_{digest[:12]}.json", lambda doc: doc.update(weights_sha256=digest)
+    )
 
 
 def _load_checkpoint_weights(path, spoiler):
-    checkpoint.load(path, _unpinned_metadata(spoiler))
+    checkpoint.load(path, _pinned_metadata(spoiler, path))
 
 
 def _load_checkpoint_metadata(path, spoiler):
@@ -241,9 +240,8 @@ BINARY_SLOTS = [
 
 
 def _binary_flags(binary: str, spoiler, out: str) -> dict:
-    unpinned = _unpinned_metadata(spoiler)
     small = spoil.small_dataset(A("dataset"), spoiler.path("kd_small.jsonl"))
-    checkpoint_flags = {"weights": A("weights"), "metadata": unpinned}
+    checkpoint_flags = {"weights": A("weights"), "metadata": A("metadata")}
     return {
         "run_toy_distill": {
             "in": small,
@@ -284,10 +282,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {
-            "tokenizer": A("tokenizer"),
-            "torchscript": A("torchscript"),
-            "gguf": A("gguf"),
-            "greedy": "true",
+            **harness.ask_flags(),
         },
     }[binary]
 
@@ -317,6 +312,8 @@ def test_every_binary_refuses_payloads(binary, slot, payload, spoiler, marker, t
         flags["mlpackage"] = _mlpackage_with(path, spoiler, "Data/com.apple.CoreML/model.mlmodel")
     else:
         flags[slot] = path
+    if slot == "weights":
+        flags["metadata"] = _pinned_metadata(spoiler, path)
     if binary == "ask" and slot == "gguf":
         flags["backend"] = "gguf"
     argv = ("Will it rain tomorrow?",) if binary == "ask" else ()
@@ -349,6 +346,8 @@ def _name(node: ast.AST) -> str:
         node = node.value
     if isinstance(node, ast.Name):
         parts.append(node.id)
+    elif parts:
+        parts.append("<expr>")  # a method of a call's result, `f(x).eval()`, is not the builtin eval
     return ".".join(reversed(parts))
 
 
@@ -408,6 +407,7 @@ def test_the_inventory_catches_unsafe_loads():
         "eval(text)",
     ]
     good = ["torch.load(path, weights_only=True)", "np.load(path)", "model.eval()", "json.loads(text)"]
+    good += ["copy.deepcopy(model).eval()"]
     for line in bad:
         assert _unsafe_calls(line, "x.py"), line
     for line in good:

@@ -9,7 +9,6 @@ it first, so a bad checkpoint fails in well under a second. save() and load() im
 safetensors' torch half themselves, which is why this module's imports stay light.
 """
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -18,9 +17,10 @@ import os
 from common import atomic
 from common.digest import sha256_file  # noqa: F401  (re-exported: callers use checkpoint.sha256_file)
 from common.errors import InputError
-from training.config import MODEL_TYPE, ModelConfig
+from training.config import MODEL_TYPE, ConfigError, ModelConfig
 
-REQUIRED_METADATA = ("model_type", "config", "tokenizer_sha256", "dataset_sha256", "steps")
+# weights_sha256 is required: without it a changed weights file would be checked by its layout only.
+REQUIRED_METADATA = ("model_type", "config", "tokenizer_sha256", "dataset_sha256", "steps", "weights_sha256")
 
 # Bytes per element of the safetensors dtypes torch writes.
 _DTYPE_BYTES = {
@@ -72,6 +72,13 @@ def load_metadata(metadata_path: str) -> dict:
     return metadata
 
 
+def check_metadata(metadata_path: str) -> tuple[dict, ModelConfig]:
+    """(metadata, config) from the metadata file alone: for a binary that reads the architecture
+    but not the weights (pipeline/ask.py). InputError for anything wrong."""
+    metadata = load_metadata(metadata_path)
+    return metadata, _model_config(metadata["config"], metadata_path)
+
+
 def require_tokenizer(metadata: dict, metadata_path: str, tokenizer_digest: str, tokenizer_path: str) -> None:
     """Raises InputError unless the checkpoint was trained with this tokenizer (by sha256)."""
     if metadata["tokenizer_sha256"] != tokenizer_digest:
@@ -83,26 +90,13 @@ def require_tokenizer(metadata: dict, metadata_path: str, tokenizer_digest: str,
 
 
 def _model_config(values, metadata_path: str) -> ModelConfig:
-    """metadata["config"] as a ModelConfig: known fields, each of its default's type, positive, consistent."""
-    if not isinstance(values, dict):
-        raise InputError(f"{metadata_path}: config: must be a JSON object of model settings")
+    """metadata["config"] as a ModelConfig: every field present, of its type and within
+    training/config.py's limits, before anything is built from it."""
     try:
-        cfg = ModelConfig.from_dict(values)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{metadata_path}: config: {error}") from None
-    for field in dataclasses.fields(ModelConfig):
-        value, kind = getattr(cfg, field.name), type(field.default)
-        right_type = type(value) is kind or (kind is float and type(value) is int)
-        if not right_type or (kind is not bool and not value > 0):
-            raise InputError(
-                f"{metadata_path}: config.{field.name}: is {value!r}; must be a positive {kind.__name__}"
-            )
-    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2:
-        raise InputError(
-            f"{metadata_path}: config: d_model {cfg.d_model}, n_heads {cfg.n_heads}, n_kv_heads "
-            f"{cfg.n_kv_heads}: heads must split d_model evenly into even head sizes, in whole groups"
-        )
-    return cfg
+        return ModelConfig.from_dict(values)
+    except ConfigError as error:
+        where = f"config.{error.field}" if error.field else "config"
+        raise InputError(f"{metadata_path}: {where}: {error.problem}") from None
 
 
 def _check_safetensors_layout(data: bytes, weights_path: str) -> None:
@@ -148,8 +142,7 @@ def _check_safetensors_layout(data: bytes, weights_path: str) -> None:
 def _read_checked(
     weights_path: str, metadata_path: str, expected_vocab_size: int | None
 ) -> tuple[dict, ModelConfig, bytes]:
-    metadata = load_metadata(metadata_path)
-    cfg = _model_config(metadata["config"], metadata_path)
+    metadata, cfg = check_metadata(metadata_path)
     if expected_vocab_size is not None and cfg.vocab_size != expected_vocab_size:
         raise InputError(
             f"{metadata_path}: config.vocab_size: {cfg.vocab_size}, "
@@ -162,8 +155,7 @@ def _read_checked(
         raise InputError(f"{weights_path}: checkpoint weights not found") from None
     except OSError as error:
         raise InputError(f"{weights_path}: cannot read checkpoint weights: {error.strerror}") from None
-    expected_digest = metadata.get("weights_sha256")
-    if expected_digest and hashlib.sha256(data).hexdigest() != expected_digest:
+    if hashlib.sha256(data).hexdigest() != metadata["weights_sha256"]:
         raise InputError(
             f"{weights_path}: sha256 does not match {metadata_path} weights_sha256; "
             "the weights are truncated or were changed"

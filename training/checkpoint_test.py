@@ -26,11 +26,11 @@ def saved(tmp_path):
     return model, weights, metadata
 
 
-def _unpin(metadata_path: str) -> None:
-    """Drops weights_sha256, so only the layout check stands between a damaged file and torch."""
+def _repin(weights_path: str, metadata_path: str) -> None:
+    """Pins weights_sha256 to the damaged file, so only the layout check stands between it and torch."""
     with open(metadata_path) as handle:
         values = json.load(handle)
-    del values["weights_sha256"]
+    values["weights_sha256"] = checkpoint.sha256_file(weights_path)
     with open(metadata_path, "w") as handle:
         json.dump(values, handle)
 
@@ -45,7 +45,6 @@ def test_load_gives_back_the_saved_tensors(saved):
 
 def test_check_accepts_what_safetensors_writes(saved):
     _, weights, metadata = saved
-    _unpin(metadata)
     _, cfg = checkpoint.check(weights, metadata)
     assert cfg == CFG
 
@@ -63,11 +62,11 @@ def test_check_accepts_what_safetensors_writes(saved):
 )
 def test_check_refuses_a_damaged_file_without_torch(saved, damage, reason):
     _, weights, metadata = saved
-    _unpin(metadata)
     with open(weights, "rb") as handle:
         data = damage(handle.read())
     with open(weights, "wb") as handle:
         handle.write(data)
+    _repin(weights, metadata)
     with pytest.raises(InputError, match=reason) as raised:
         checkpoint.check(weights, metadata)
     assert weights in str(raised.value)
@@ -102,15 +101,14 @@ def _first_tensor(header: dict) -> dict:
 )
 def test_check_refuses_an_inconsistent_header(saved, edit, reason):
     _, weights, metadata = saved
-    _unpin(metadata)
     _rewrite_header(weights, edit)
+    _repin(weights, metadata)
     with pytest.raises(InputError, match=reason):
         checkpoint.check(weights, metadata)
 
 
 def test_check_refuses_overlapping_tensors(saved):
     _, weights, metadata = saved
-    _unpin(metadata)
 
     def overlap(header):
         spans = sorted(
@@ -123,6 +121,7 @@ def test_check_refuses_overlapping_tensors(saved):
         header[name_b]["dtype"] = header[name_a]["dtype"]
 
     _rewrite_header(weights, overlap)
+    _repin(weights, metadata)
     with pytest.raises(InputError, match="gap or an overlap"):
         checkpoint.check(weights, metadata)
 
@@ -142,3 +141,40 @@ def test_the_layout_check_agrees_with_safetensors_on_its_own_files(saved):
         data = handle.read()
     checkpoint._check_safetensors_layout(data, weights)  # no error
     assert set(safetensors.torch.load(data)) == set(Student(CFG).state_dict())
+
+
+def _edit_metadata(metadata_path: str, edit) -> None:
+    with open(metadata_path) as handle:
+        values = json.load(handle)
+    edit(values)
+    with open(metadata_path, "w") as handle:
+        json.dump(values, handle)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.pop("weights_sha256"), "weights_sha256: missing"),
+        (lambda m: m["config"].update(max_seq_len=10**9), "config.max_seq_len: is 1000000000; at most 8192"),
+        (lambda m: m["config"].update(n_layers=0), "config.n_layers: is 0; must be positive"),
+        (lambda m: m["config"].update(d_model=16.5), "config.d_model: is 16.5; must be a positive int"),
+        (lambda m: m["config"].pop("n_heads"), "config.n_heads: missing"),
+        (lambda m: m["config"].update(n_experts=4), "config.n_experts: unknown field"),
+        (lambda m: m.update(config=[1, 2]), "config: must be a JSON object"),
+    ],
+    ids=[
+        "no weights digest",
+        "huge context",
+        "zero layers",
+        "fractional width",
+        "no heads",
+        "unknown",
+        "a list",
+    ],
+)
+def test_check_refuses_bad_metadata_naming_file_and_field(saved, edit, message):
+    _, weights, metadata = saved
+    _edit_metadata(metadata, edit)
+    with pytest.raises(InputError, match=message) as raised:
+        checkpoint.check(weights, metadata)
+    assert str(raised.value).startswith(metadata + ": ")

@@ -6,8 +6,18 @@ metadata without importing torch: a bad flag or file then fails in well under a 
 """
 
 import dataclasses
+import math
 
 MODEL_TYPE = "magic-8-ball"
+
+# Limits on a student's architecture, from flags or from a file. Every loader checks a config against
+# them before it builds anything, so a hostile student.json (max_seq_len 1e9, say, whose RoPE tables
+# alone would be hundreds of GB) is refused instead of exhausting memory. Large enough for real use
+# of this pipeline, far below what a 2-core CI machine can hold.
+MAX_SEQ_LEN = 8192
+MAX_PARAMETERS = 100_000_000
+MAX_VOCAB_SIZE = 1 << 20  # also the contract's bound on vocab_size
+MAX_ROPE_THETA = 1e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +40,90 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of training.model.Student, counted without torch (a tied weight once)."""
+        d, kv = self.d_model, self.n_kv_heads * self.head_dim
+        attention = 2 * d * d + 2 * d * kv  # q, o: d x d; k, v: d x (n_kv_heads * head_dim)
+        block = attention + 3 * d * self.ffn_hidden + 2 * d  # SwiGLU gate, up, down; two RMSNorms
+        embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return embeddings + self.n_layers * block + d  # + the final norm
+
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """A validated config from a JSON object; ConfigError naming the field otherwise. Every field
+        is required: a file that leaves one out was written by something else."""
+        if not isinstance(values, dict):
+            raise ConfigError("", "must be a JSON object of model settings")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
-        return cls(**values)
+            raise ConfigError(unknown[0], f"unknown field; expected only {', '.join(names)}")
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise ConfigError(missing[0], "missing")
+        return validate(values)
+
+
+class ConfigError(ValueError):
+    """A model setting out of type or range: `field` names it (a flag, or config.<field> in a file)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field, self.problem = field, problem
+
+
+def _check_type(name: str, value, kind: type) -> None:
+    # bool is an int in Python; a size of `true` is refused, and so is 128.0 for an integer.
+    ok = type(value) is kind or (kind is float and type(value) is int)
+    if not ok:
+        raise ConfigError(
+            name, f"is {value!r}; must be {'a' if kind is bool else 'a positive'} {kind.__name__}"
+        )
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(name, f"is {value!r}; must be finite")
+
+
+def validate(values: dict) -> ModelConfig:
+    """ModelConfig(**values) once every value has its field's type and lies within the limits above,
+    and the heads fit together; ConfigError naming the first field that does not. No torch, no
+    allocation: binaries call it before anything is built."""
+    fields = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
+    for name, value in values.items():
+        _check_type(name, value, fields[name])
+        if fields[name] is not bool and not value > 0:
+            raise ConfigError(name, f"is {value!r}; must be positive")
+    limits = {"max_seq_len": MAX_SEQ_LEN, "vocab_size": MAX_VOCAB_SIZE, "rope_theta": MAX_ROPE_THETA}
+    for name, limit in limits.items():
+        if name in values and values[name] > limit:
+            raise ConfigError(name, f"is {values[name]!r}; at most {limit} is supported")
+    # Each size is at most the parameter limit: the products below stay small exact integers.
+    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden"):
+        if name in values and values[name] > MAX_PARAMETERS:
+            raise ConfigError(name, f"is {values[name]!r}; at most {MAX_PARAMETERS} is supported")
+    if "norm_eps" in values and not values["norm_eps"] < 1:
+        raise ConfigError("norm_eps", f"is {values['norm_eps']!r}; must be below 1")
+    cfg = ModelConfig(**values)
+    if cfg.d_model % cfg.n_heads:
+        raise ConfigError("n_heads", f"{cfg.n_heads} does not divide d_model {cfg.d_model}")
+    if cfg.head_dim % 2:
+        raise ConfigError(
+            "n_heads",
+            f"head dimension d_model / n_heads = {cfg.d_model} / {cfg.n_heads} = {cfg.head_dim} is odd; "
+            "RoPE rotates pairs, so it must be even",
+        )
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ConfigError(
+            "n_kv_heads", f"{cfg.n_kv_heads} does not divide n_heads {cfg.n_heads} (whole query groups)"
+        )
+    if cfg.parameter_count > MAX_PARAMETERS:
+        raise ConfigError("", f"{cfg.parameter_count:,} parameters; at most {MAX_PARAMETERS:,} are supported")
+    return cfg
+
+
+# The default contract lengths (conversion/contract.py): every artifact is verified at each. The
+# longest is the default max_seq_len; a pipeline configuration names its own (pipeline/defs.bzl).
+DEFAULT_LENGTHS = tuple(ModelConfig.max_seq_len >> shift for shift in (2, 1, 0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ warning, and eager training). Both are off by default; the default run is unchan
 """
 
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -27,7 +28,7 @@ from common import atomic, cli
 from common.errors import InputError
 from data import dataset as kd_dataset
 from data.tokenizer import Tokenizer
-from training import checkpoint, parallel
+from training import arch_flags, checkpoint, parallel
 from training.config import LossConfig, ModelConfig, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -163,7 +164,13 @@ def main(argv: list[str]) -> None:
     if not heldout_records:
         raise InputError(f'{in_path}: no records with split "heldout"; the held-out loss needs some')
 
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size)
+    if FLAGS.kl_weight > 0 and kd_dataset.topk_summary(train_records).kl_is_zero():
+        raise InputError(
+            f"{in_path}: every teacher top-k list holds one id (dataset topk {data.header.get('topk')}), so "
+            "the KL term would be identically zero; regenerate it with --topk=2 or more, or pass "
+            "--kl_weight=0 to train on the cross-entropy alone"
+        )
+    cfg = arch_flags.config(tokenizer.vocab_size)  # the architecture flags, checked before torch
     _check_records(in_path, data.records, cfg)
     parallel.check_world_fits(_world_size(), FLAGS.batch_size, len(train_records), _world_source())
     use_compile = FLAGS.compile
@@ -206,7 +213,7 @@ def main(argv: list[str]) -> None:
     init_weights(model, FLAGS.seed)
     n_params = count_parameters(model)
     if world is None or world.rank == 0:
-        print(f"parameters: {n_params:,} (untied embeddings)", flush=True)
+        print(arch_flags.describe(cfg), flush=True)
     if world is not None and world.device != "cpu":
         model.to(world.device)
 
@@ -248,18 +255,10 @@ def main(argv: list[str]) -> None:
         "tie_embeddings": cfg.tie_embeddings,
         "train_records": len(train_records),
         "heldout_records": len(heldout_records),
+        # From the config dataclasses themselves, so a new setting is recorded without an edit here.
         "training": {
-            "steps": FLAGS.steps,
-            "batch_size": FLAGS.batch_size,
-            "lr": FLAGS.lr,
-            "warmup": FLAGS.warmup,
-            "min_lr_ratio": train_cfg.min_lr_ratio,
-            "weight_decay": train_cfg.weight_decay,
-            "grad_clip": train_cfg.grad_clip,
-            "temperature": FLAGS.temperature,
-            "kl_weight": FLAGS.kl_weight,
-            "ce_weight": FLAGS.ce_weight,
-            "seed": FLAGS.seed,
+            **dataclasses.asdict(train_cfg),
+            **dataclasses.asdict(loss_cfg),
             "threads": FLAGS.threads,
             "optimizer": f"AdamW(betas=(0.9, {train_cfg.beta2}), eps=1e-8)",
             "loss": "kl_weight * T^2 * KL(top-k, both sides renormalised) + ce_weight * CE",

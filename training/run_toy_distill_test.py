@@ -53,7 +53,7 @@ def test_two_runs_write_identical_checkpoints_with_full_metadata(toy, tmp_path):
         os.makedirs(os.path.dirname(outputs["out_weights"]))
         result = _run_binary(_args(toy, outputs) + SHORT)
         assert result.returncode == 0, result.stderr
-        assert "parameters: 623,232 (untied embeddings)" in result.stdout
+        assert "parameters: 623,232 (untied embeddings; d_model 128, 2 layers" in result.stdout
         assert "tokens/s" in result.stderr and "ETA" in result.stderr  # absl progress lines
     for flag in first:
         with open(first[flag], "rb") as a, open(second[flag], "rb") as b:
@@ -121,7 +121,58 @@ def test_bad_inputs_raise_input_error_and_write_nothing(toy, tmp_path):
     for override, message in cases:
         with pytest.raises(InputError, match=message.replace("(", r"\(")):
             _run_in_process(_args({**toy, **override}, outputs) + SHORT)
-    for flag_value, message in [("--steps=0", "--steps: must be > 0"), ("--ce_weight=-1", "--ce_weight")]:
+    bad_flags = [("--steps=0", "--steps: must be > 0"), ("--ce_weight=-1", "--ce_weight")]
+    bad_flags += ARCHITECTURE_FLAG_ERRORS
+    for flag_value, message in bad_flags:
         with pytest.raises(InputError, match=message):
             _run_in_process(_args(toy, outputs) + SHORT + [flag_value])
     assert not any(os.path.exists(p) for p in outputs.values())
+
+
+# One message per architecture rule, each naming its flag (checked before torch is imported).
+ARCHITECTURE_FLAG_ERRORS = [
+    ("--n_heads=3", "--n_heads: 3 does not divide d_model 128"),
+    ("--d_model=132", "--n_heads: head dimension d_model / n_heads = 132 / 4 = 33 is odd"),
+    ("--n_kv_heads=3", "--n_kv_heads: 3 does not divide n_heads 4"),
+    ("--n_layers=0", "--n_layers: is 0; must be positive"),
+    ("--rope_theta=-1", "--rope_theta: is -1.0; must be positive"),
+    ("--max_seq_len=1000000000", "--max_seq_len: is 1000000000; at most 8192 is supported"),
+    ("--ffn_hidden=1000000", "--d_model/--n_layers/--ffn_hidden: 768,230,016 parameters; at most"),
+    ("--max_seq_len=8", "longer than the model's 8"),
+]
+
+
+def test_a_dataset_whose_kl_term_is_zero_is_refused_unless_kl_weight_is_0(tmp_path):
+    tokenizer, header, records = make_data.generate(n=60, seed=0, heldout_fraction=0.2, topk=1)
+    paths = {"in": str(tmp_path / "kd1.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
+    dataset.write_dataset(paths["in"], header, records)
+    tokenizer.save(paths["tokenizer"])
+    outputs = _outputs(tmp_path)
+    with pytest.raises(InputError, match="kd1.jsonl: every teacher top-k list holds one id .* --kl_weight=0"):
+        _run_in_process(_args(paths, outputs) + SHORT)
+    assert not any(os.path.exists(p) for p in outputs.values())
+    _run_in_process(_args(paths, outputs) + SHORT + ["--kl_weight=0"])  # CE alone: trains
+    assert all(os.path.exists(p) for p in outputs.values())
+
+
+def test_a_tied_student_reports_its_own_parameter_count(toy, tmp_path, capsys):
+    outputs = _outputs(tmp_path)
+    arch = [
+        "--tie_embeddings",
+        "--d_model=96",
+        "--n_layers=3",
+        "--n_heads=6",
+        "--n_kv_heads=3",
+        "--max_seq_len=64",
+    ]
+    _run_in_process(_args(toy, outputs) + SHORT + arch)
+    model, metadata = checkpoint.load(outputs["out_weights"], outputs["out_metadata"])
+    assert model.cfg.tie_embeddings and model.lm_head.weight is model.embed.weight
+    assert (model.cfg.d_model, model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads) == (96, 3, 6, 3)
+    assert metadata["config"]["max_seq_len"] == 64
+    expected = sum(p.numel() for p in model.parameters())  # a shared weight counted once
+    assert metadata["parameter_count"] == expected == model.cfg.parameter_count
+    assert (
+        f"parameters: {expected:,} (tied embeddings; d_model 96, 3 layers, 6/3 heads"
+        in capsys.readouterr().out
+    )

@@ -17,6 +17,7 @@ import torch
 
 from common.errors import InputError
 from conversion import coreml, torchscript
+from training.config import ModelConfig
 from verify import coreml_spec, frozen_students, mil_executor
 
 torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def test_torch_export_guard_refuses_a_frozen_length(make):
 def test_export_refuses_a_frozen_length(make, tmp_path):
     # FrozenLengthError is an InputError: export_pytorch exits 2 and writes nothing.
     with pytest.raises(InputError, match="freezes the sequence length"):
-        torchscript.export(make(), LENGTHS, max_seq_len=256)
+        torchscript.export(make(), LENGTHS, max_seq_len=ModelConfig().max_seq_len)
 
 
 @pytest.mark.parametrize("make", VARIANTS)

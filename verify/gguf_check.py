@@ -13,8 +13,8 @@ import struct
 import numpy as np
 
 from common.errors import InputError
+from training.config import MAX_SEQ_LEN
 
-N_CTX = 256
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # the GGUF versions llama.cpp reads; gguf 0.19 writes 3
 HEADER_BYTES = 24  # magic, uint32 version, uint64 tensor count, uint64 key/value count
@@ -82,6 +82,13 @@ def read_gguf(path: str) -> dict:
     missing = [key for key in REQUIRED_KEYS if key not in fields]
     if missing:
         raise InputError(f"{path}: missing GGUF key {missing[0]}; re-export it")
+    context = fields["llama.context_length"]
+    # llama.cpp sizes its KV cache from it (load_llama): a hostile value must not reach it.
+    if type(context) is not int or not 1 <= context <= MAX_SEQ_LEN:
+        raise InputError(
+            f"{path}: llama.context_length: is {context!r}; must be an integer in 1..{MAX_SEQ_LEN}; "
+            "re-export it"
+        )
     if "token_embd.weight" not in tensors or "output_norm.weight" not in tensors:
         raise InputError(f"{path}: missing tensor token_embd.weight or output_norm.weight; re-export it")
     return {
@@ -129,7 +136,9 @@ def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2):
     the latter is every core, and a pool spinning on every core of a busy machine made full-sequence
     evaluation 10-100x slower.
     """
-    read_gguf(path)
+    # The context, and so the KV cache, is the model's own (the checkpoint's max_seq_len, written
+    # by the export): every contract length fits, and a longer student gets a longer cache.
+    n_ctx = read_gguf(path)["context_length"]
     import llama_cpp
 
     _silence_llama_cpp()
@@ -137,8 +146,8 @@ def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2):
     try:
         return llama_cpp.Llama(
             model_path=path,
-            n_ctx=N_CTX,
-            n_batch=N_CTX,
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
             logits_all=True,
             n_threads=n_threads,
             n_threads_batch=n_threads,
@@ -150,13 +159,13 @@ def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2):
 
 
 def gguf_logits(llama, ids) -> np.ndarray:
-    """ids int [1, T] (T <= 256) -> float32 logits [1, T, V] from a fresh KV cache."""
+    """ids int [1, T] (T <= the model's context) -> float32 logits [1, T, V] from a fresh KV cache."""
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise ValueError(f"ids must have shape [1, T], got {ids.shape}")
     length = ids.shape[1]
-    if not 1 <= length <= N_CTX:
-        raise ValueError(f"ids: length {length}; llama.cpp context holds 1..{N_CTX}")
+    if not 1 <= length <= llama.n_ctx():
+        raise ValueError(f"ids: length {length}; llama.cpp context holds 1..{llama.n_ctx()}")
     llama.reset()
     llama.eval([int(i) for i in ids[0]])
     return np.array(llama.scores[:length], dtype=np.float32)[None]

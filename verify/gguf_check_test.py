@@ -42,7 +42,12 @@ def test_read_gguf_reports_the_key_facts(good, data):
     facts = gguf_check.read_gguf(good)
     assert facts["architecture"] == "llama" and facts["name"] == "magic-8-ball"
     assert facts["version"] == 3 and facts["size"] == os.path.getsize(good)
-    assert (facts["context_length"], facts["embedding_length"], facts["block_count"]) == (256, 128, 2)
+    cfg = ModelConfig()
+    assert (facts["context_length"], facts["embedding_length"], facts["block_count"]) == (
+        cfg.max_seq_len,
+        128,
+        2,
+    )
     assert (facts["head_count"], facts["head_count_kv"], facts["feed_forward_length"]) == (4, 2, 512)
     assert facts["vocab_size"] == tok.vocab_size and facts["tokenizer_model"] == "llama"
     assert facts["tokenizer_sha256"] == tok.digest
@@ -140,3 +145,27 @@ def test_logits_interface_and_quiet_loading(good, capfd):
     with pytest.raises(ValueError, match="length 257"):
         gguf_check.gguf_logits(llama, np.ones((1, 257), np.int32))
     assert capfd.readouterr().err == ""
+
+
+def test_llama_cpp_gets_the_models_own_context(data, tmp_path):
+    """n_ctx is the GGUF's context_length (the checkpoint's max_seq_len): a 512-token student runs
+    at 512 and not beyond, and a context beyond the limit never reaches llama.cpp."""
+    tok, _ = data
+    model = Student(
+        ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=512)
+    )
+    init_weights(model, seed=0)
+    path = str(tmp_path / "long.gguf")
+    gguf_export.export(model, tok, path)
+    llama = gguf_check.load(path)
+    assert llama.n_ctx() == gguf_check.read_gguf(path)["context_length"] == 512
+    assert gguf_check.logits(llama, np.ones((1, 512), dtype=np.int64)).shape == (1, 512, tok.vocab_size)
+    with pytest.raises(ValueError, match="context holds 1..512"):
+        gguf_check.logits(llama, np.ones((1, 513), dtype=np.int64))
+
+    huge = Student(
+        ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=9000)
+    )
+    gguf_export.export(huge, tok, str(tmp_path / "huge.gguf"))
+    with pytest.raises(InputError, match="llama.context_length: is 9000; must be an integer in 1..8192"):
+        gguf_check.load(str(tmp_path / "huge.gguf"))

@@ -30,7 +30,9 @@ flags.DEFINE_string("metadata", None, "Student checkpoint metadata JSON (require
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON the student was trained with (required).")
 flags.DEFINE_string("dataset", None, "KD dataset JSONL; its held-out split gives the inputs (required).")
 flags.DEFINE_string(
-    "lengths", "64,128,256", "Comma-separated contract lengths (the export step's --lengths)."
+    "lengths",
+    ",".join(str(t) for t in contract_lib.DEFAULT_LENGTHS),
+    "Comma-separated contract lengths (the export step's --lengths).",
 )
 flags.DEFINE_string("out", None, "Output floors JSON (required).")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the random-ids row at each length.")
