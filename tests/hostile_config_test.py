@@ -65,6 +65,8 @@ def _flags(loader: str, out: str) -> dict:
             "torchscript": A("torchscript"),
             "mlpackage": A("mlpackage"),
             "gguf": A("gguf"),
+            "mlpackage_fp32": A("mlpackage_fp32"),
+            "gguf_f16": A("gguf_f16"),
             "out_report": o("report.json"),
         },
         "ask": {
