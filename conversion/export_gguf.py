@@ -1,9 +1,12 @@
 """Exports a student checkpoint to a llama-architecture GGUF file and its Ollama Modelfile.
 
     export_gguf --weights=student.safetensors --metadata=student.json --tokenizer=tokenizer.json \\
-        --out=magic-8-ball.gguf --modelfile_out=Modelfile [--dtype=f32]
+        --out=magic-8-ball.gguf --modelfile_out=Modelfile [--dtype=f32|f16|Q8_0|Q4_0]
 
-Matrices are stored in f32 by default (--dtype=f16 halves them); norm weights always in f32. The
+Matrices are stored in f32 by default; --dtype=f16 halves them, Q8_0 and Q4_0 quantize them in
+blocks of 32 values (conversion/gguf_quant.py: which tensor gets which type; norm weights always
+f32). K-quants (Q4_K_M, Q6_K, ...) are refused: they need rows of 256 values, the student's are
+shorter, and llama.cpp would silently store other types under the name. The
 tokenizer must be the one the checkpoint was trained with (its sha256 equals the checkpoint
 metadata's tokenizer_sha256). Same inputs and flags -> byte-identical outputs. Bad input exits 2
 with one line naming the problem, and nothing is written.
@@ -16,7 +19,7 @@ from absl import flags, logging
 
 from common import atomic, cli
 from common.errors import InputError
-from conversion import modelfile
+from conversion import gguf_quant, modelfile
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
 
@@ -31,8 +34,15 @@ flags.DEFINE_string(
     None,
     "Output Ollama Modelfile (required); in the same directory as --out, since it says FROM ./<gguf>.",
 )
-# The names of conversion.gguf_export.DTYPES, spelled out so that reading flags needs no torch.
-flags.DEFINE_enum("dtype", "f32", ["f32", "f16"], "Storage type of the weight matrices.")
+# A string, not an enum: a K-quant or unknown name gets an InputError (exit 2) that says why and
+# lists the allowed values (gguf_quant.check_dtype), not absl's usage dump.
+flags.DEFINE_string(
+    "dtype",
+    "f32",
+    "Storage type of the weight matrices: one of f32, f16, Q8_0, Q4_0 (Q8_0/Q4_0: blocks of 32 values "
+    "per row; K-quants are not written, since they need rows of 256 values and this student's are "
+    "shorter).",
+)
 
 FLAGS = flags.FLAGS
 
@@ -54,6 +64,7 @@ def main(argv: list[str]) -> None:
     metadata = checkpoint.load_metadata(FLAGS.metadata)
     checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
     _, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+    gguf_quant.check_dtype(FLAGS.dtype, {"d_model": cfg.d_model, "ffn_hidden": cfg.ffn_hidden})
     try:
         # num_ctx is the checkpoint's context, as is the GGUF's context_length (gguf_export).
         text = modelfile.render(os.path.basename(FLAGS.out), cfg.max_seq_len)

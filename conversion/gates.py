@@ -32,7 +32,9 @@ METRICS = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreeme
 REPLAY = "replay"
 INPUT_KEYS = ("seed", "text_sequences", "behaviour_questions", "max_new_tokens")
 # The artifacts and the precision each computes in. gguf_kv_f16 is the f32 GGUF file as llama.cpp
-# and Ollama run it by default, with an f16 KV cache; gguf_f16 the f16-weight GGUF with an f32 cache.
+# and Ollama run it by default, with an f16 KV cache; gguf_f16 the f16-weight GGUF with an f32 cache;
+# gguf_q8_0 and gguf_q4_0 the quantized GGUF variants (conversion/gguf_quant.py), with an f32 cache,
+# each against the floor of its own emulation (verify/floors.py, w_q8_0 and w_q4_0).
 DEFAULT_BACKENDS = {
     "torchscript": "f32",
     "coreml": "fp16",
@@ -40,6 +42,8 @@ DEFAULT_BACKENDS = {
     "gguf": "f32",
     "gguf_kv_f16": "kv_f16",
     "gguf_f16": "w_f16",
+    "gguf_q8_0": "w_q8_0",
+    "gguf_q4_0": "w_q4_0",
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
 

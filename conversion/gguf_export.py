@@ -11,11 +11,14 @@ over a head's dimensions, so the same permutation on Q and K leaves them unchang
 projection keep their order. `permute_qk=False` writes the unpermuted (wrong) layout: it exists so a
 test can show that the parity check catches it.
 
-Precision. Matrices are f32 by default (dtype="f32"): the file is small (~2.5 MB) and llama.cpp then
+Precision. Matrices are f32 by default (dtype="f32"): the file is small and llama.cpp then
 differs from PyTorch only by summation order and its KV cache. dtype="f16" stores the matrices in
-f16. Norm weights are always f32 (llama.cpp expects 1-D tensors in f32).
+f16, "Q8_0" and "Q4_0" quantize them (conversion/gguf_quant.py says which tensor gets which type).
+Norm weights are always f32 (llama.cpp expects 1-D tensors in f32). After writing, the file is read
+back and every tensor's type compared with the plan, so a file never claims a type it does not hold.
 
-Same model, tokenizer and options -> byte-identical file (GGUFWriter writes no timestamps).
+Same model, tokenizer and options -> byte-identical file (GGUFWriter writes no timestamps; the
+quantizers are deterministic NumPy).
 """
 
 import logging
@@ -28,6 +31,7 @@ import torch
 
 from common import atomic
 from common.errors import InputError
+from conversion import gguf_quant
 from training.config import MODEL_TYPE
 from training.model import Student
 
@@ -36,7 +40,9 @@ MODEL_NAME = MODEL_TYPE  # "magic-8-ball"
 # Our own key: the sha256 of the tokenizer JSON the weights were trained with, so a GGUF file can be
 # matched to its tokenizer without unpacking the vocabulary.
 TOKENIZER_SHA256_KEY = "magic_8_ball.tokenizer_sha256"
-DTYPES = ("f32", "f16")
+DTYPES = gguf_quant.DTYPES
+
+_F32, _F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
 
 # GGUFWriter logs the temporary file name it writes to at INFO; that is noise in a build log.
 logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
@@ -52,37 +58,46 @@ def permute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
     )
 
 
+def tensor_names(cfg) -> dict[str, str]:
+    """{PyTorch state_dict name: GGUF tensor name}, in file order."""
+    names = {"embed.weight": "token_embd.weight"}
+    for i in range(cfg.n_layers):
+        p = f"blocks.{i}."
+        names.update(
+            {
+                p + "attn_norm.weight": f"blk.{i}.attn_norm.weight",
+                p + "attn.q_proj.weight": f"blk.{i}.attn_q.weight",
+                p + "attn.k_proj.weight": f"blk.{i}.attn_k.weight",
+                p + "attn.v_proj.weight": f"blk.{i}.attn_v.weight",
+                p + "attn.o_proj.weight": f"blk.{i}.attn_output.weight",
+                p + "ffn_norm.weight": f"blk.{i}.ffn_norm.weight",
+                p + "ffn.gate_proj.weight": f"blk.{i}.ffn_gate.weight",
+                p + "ffn.up_proj.weight": f"blk.{i}.ffn_up.weight",
+                p + "ffn.down_proj.weight": f"blk.{i}.ffn_down.weight",
+            }
+        )
+    names.update({"norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"})
+    return names
+
+
 def gguf_tensors(model: Student, permute_qk: bool = True) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in PyTorch [out, in] layout) for every tensor, in file order."""
     cfg = model.cfg
     state = {
         name: t.detach().to(torch.float32).contiguous().numpy() for name, t in model.state_dict().items()
     }
-    tensors = [("token_embd.weight", state["embed.weight"])]
-    for i in range(cfg.n_layers):
-        p = f"blocks.{i}."
-        q, k = state[p + "attn.q_proj.weight"], state[p + "attn.k_proj.weight"]
-        if permute_qk:
-            q, k = permute_rows(q, cfg.n_heads), permute_rows(k, cfg.n_kv_heads)
-        tensors += [
-            (f"blk.{i}.attn_norm.weight", state[p + "attn_norm.weight"]),
-            (f"blk.{i}.attn_q.weight", q),
-            (f"blk.{i}.attn_k.weight", k),
-            (f"blk.{i}.attn_v.weight", state[p + "attn.v_proj.weight"]),
-            (f"blk.{i}.attn_output.weight", state[p + "attn.o_proj.weight"]),
-            (f"blk.{i}.ffn_norm.weight", state[p + "ffn_norm.weight"]),
-            (f"blk.{i}.ffn_gate.weight", state[p + "ffn.gate_proj.weight"]),
-            (f"blk.{i}.ffn_up.weight", state[p + "ffn.up_proj.weight"]),
-            (f"blk.{i}.ffn_down.weight", state[p + "ffn.down_proj.weight"]),
-        ]
-    tensors += [("output_norm.weight", state["norm.weight"]), ("output.weight", state["lm_head.weight"])]
+    tensors = []
+    for state_name, name in tensor_names(cfg).items():
+        array = state[state_name]
+        if permute_qk and name.endswith((".attn_q.weight", ".attn_k.weight")):
+            array = permute_rows(array, cfg.n_heads if name.endswith("attn_q.weight") else cfg.n_kv_heads)
+        tensors.append((name, array))
     return tensors
 
 
 def _check(model: Student, tokenizer, dtype: str) -> None:
     cfg = model.cfg
-    if dtype not in DTYPES:
-        raise InputError(f"dtype: {dtype!r}; choose one of {', '.join(DTYPES)}")
+    gguf_quant.check_dtype(dtype)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise InputError(
             f"tokenizer: {tokenizer.vocab_size} tokens, but the model's vocab_size is {cfg.vocab_size}"
@@ -103,11 +118,13 @@ def to_bytes(
     """The GGUF file's bytes. tokenizer_sha256 defaults to tokenizer.digest."""
     _check(model, tokenizer, dtype)
     cfg = model.cfg
+    tensors = gguf_tensors(model, permute_qk)
+    types = gguf_quant.plan(dtype, tensors)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.gguf")
         writer = gguf.GGUFWriter(path, ARCH)
         writer.add_name(MODEL_NAME)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_file_type(gguf_quant.FILE_TYPES[dtype])
         # The context is the checkpoint's: llama.cpp (gguf_check) and Ollama size their KV cache from it.
         writer.add_context_length(cfg.max_seq_len)
         writer.add_embedding_length(cfg.d_model)
@@ -134,14 +151,15 @@ def to_bytes(
         writer.add_add_space_prefix(False)
         writer.add_string(TOKENIZER_SHA256_KEY, tokenizer_sha256 or tokenizer.digest)
 
-        for name, array in gguf_tensors(model, permute_qk):
-            if dtype == "f16" and array.ndim == 2:
-                array = array.astype(np.float16)
-            writer.add_tensor(name, np.ascontiguousarray(array))
+        for name, array in tensors:
+            qtype = types[name]
+            data = gguf_quant.encode(array, qtype)
+            writer.add_tensor(name, data, raw_dtype=qtype if qtype not in (_F32, _F16) else None)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        gguf_quant.check_types(path, types)
         with open(path, "rb") as handle:
             return handle.read()
 

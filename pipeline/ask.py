@@ -1,8 +1,9 @@
 """`bazel run //pipeline:ask -- "Will it rain tomorrow?"`: the exported model answers a question.
 
 --backend=torchscript runs the TorchScript artifact; --backend=gguf runs the GGUF file through
-llama.cpp (its logits; the sampling is ours, so both backends pick alike). Greedy with --greedy,
-otherwise sampling as llama.cpp chains it: --top_k, then --top_p, then --min_p, then
+llama.cpp (its logits; the sampling is ours, so both backends pick alike), in the weight type
+--variant names (f32, f16, Q8_0, Q4_0: magic-8-ball.<variant>.gguf; f32 is magic-8-ball.gguf).
+Greedy with --greedy, otherwise sampling as llama.cpp chains it: --top_k, then --top_p, then --min_p, then
 --temperature (training/sampling.py). The defaults are Ollama's, and the Modelfile beside the GGUF
 file states the same values.
 
@@ -24,7 +25,16 @@ from training import checkpoint, sampling
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
 flags.DEFINE_string("torchscript", None, "TorchScript artifact (set by the BUILD file).")
-flags.DEFINE_string("gguf", None, "GGUF artifact (set by the BUILD file).")
+flags.DEFINE_string("gguf", None, "GGUF artifact, f32 weights (set by the BUILD file).")
+# --variant -> the flag naming its file. A string flag, not an enum: an unknown name is an InputError
+# (exit 2) listing these.
+GGUF_VARIANTS = {"f32": "gguf", "f16": "gguf_f16", "Q8_0": "gguf_q8_0", "Q4_0": "gguf_q4_0"}
+for _variant, _flag in GGUF_VARIANTS.items():
+    if _flag != "gguf":
+        flags.DEFINE_string(_flag, None, f"GGUF artifact, {_variant} weights (set by the BUILD file).")
+flags.DEFINE_string(
+    "variant", "f32", f"With --backend=gguf: which GGUF file answers, one of {', '.join(GGUF_VARIANTS)}."
+)
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON (set by the BUILD file).")
 flags.DEFINE_string(
     "metadata",
@@ -109,8 +119,13 @@ def main(argv: list[str]) -> None:
     # The context is the checkpoint's (validated like every loader's before anything is built).
     _, cfg = checkpoint.check_metadata(FLAGS.metadata)
     max_length = cfg.max_seq_len
-    path = FLAGS.torchscript if FLAGS.backend == "torchscript" else FLAGS.gguf
-    cli.require_flag(path, FLAGS.backend)
+    if FLAGS.variant not in GGUF_VARIANTS:
+        raise InputError(f"--variant: {FLAGS.variant!r}; choose one of {', '.join(GGUF_VARIANTS)}")
+    if FLAGS.backend == "torchscript" and FLAGS.variant != "f32":
+        raise InputError(f"--variant={FLAGS.variant} names a GGUF file; use it with --backend=gguf")
+    flag = "torchscript" if FLAGS.backend == "torchscript" else GGUF_VARIANTS[FLAGS.variant]
+    path = FLAGS[flag].value
+    cli.require_flag(path, flag)
     ids = prompt.build_model_input(tokenizer, question)
     if len(ids) >= max_length:
         raise InputError(f"question: {len(ids)} tokens; at most {max_length - 1} fit the model")

@@ -115,6 +115,11 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs 
 DEFAULT_DATASET_ARGS = ["--n=6000", "--seed=0", "--heldout_fraction=0.2", "--topk=8"]
 DEFAULT_LENGTHS = [64, 128, 256]
 
+# The quantized GGUF variants every chain ships and verifies (conversion/gguf_quant.py QUANTIZED):
+# stage `gguf_<variant lower>`, file magic-8-ball.<variant>.gguf, Modelfile.<variant>, verify flag
+# --gguf_<variant lower>, backend gguf_<variant lower> (conversion/gates.py DEFAULT_BACKENDS).
+GGUF_VARIANTS = ["Q8_0", "Q4_0"]
+
 def student_chain(
         name,
         dataset = ":kd.jsonl",
@@ -214,6 +219,22 @@ def student_chain(
         outputs = {"out": pre + "magic-8-ball.f16.gguf", "modelfile_out": pre + "Modelfile.f16"},
         args = ["--dtype=f16"],
     )
+    for variant in GGUF_VARIANTS:
+        pipeline_stage(
+            name = name + "_gguf_" + variant.lower(),
+            tool = "//conversion:export_gguf",
+            mnemonic = "M8bGGUF",
+            inputs = dict(checkpoint, tokenizer = tokenizer),
+            outputs = {
+                "out": pre + "magic-8-ball.%s.gguf" % variant,
+                "modelfile_out": pre + "Modelfile.%s" % variant,
+            },
+            args = ["--dtype=" + variant],
+        )
+    variant_inputs = {
+        "gguf_" + variant.lower(): ":" + pre + "magic-8-ball.%s.gguf" % variant
+        for variant in GGUF_VARIANTS
+    }
     pipeline_stage(
         name = name + "_verify",
         tool = "//verify:verify_contracts",
@@ -228,6 +249,7 @@ def student_chain(
             gguf = ":" + pre + "magic-8-ball.gguf",
             mlpackage_fp32 = ":" + name + "_coreml_fp32",
             gguf_f16 = ":" + pre + "magic-8-ball.f16.gguf",
+            **variant_inputs
         ),
         outputs = {"out_report": pre + "report.json"},
         args = ["--noexit_nonzero_on_failed_gates"],
@@ -270,9 +292,15 @@ def student_chain(
         ":" + name + "_coreml": "coreml=coreml",
         ":" + pre + "magic-8-ball.gguf": "gguf=gguf",
         ":" + pre + "Modelfile": "gguf=-",
+    }
+    for variant in GGUF_VARIANTS:
+        stage = "gguf_" + variant.lower()
+        artifacts[":" + pre + "magic-8-ball.%s.gguf" % variant] = "%s=%s" % (stage, stage)
+        artifacts[":" + pre + "Modelfile.%s" % variant] = stage + "=-"
+    artifacts.update({
         ":" + pre + "report.json": "verify=-",
         ":" + pre + "report.html": "report=-",
-    }
+    })
     e2e_binary(name = "e2e_" + name, report = ":" + pre + "report.json", artifacts = artifacts, dist_subdir = name)
 
 def e2e_binary(name, report, artifacts, dist_subdir = ""):

@@ -17,6 +17,12 @@ compared with fp32 eager by the same metrics (verify/parity.py, compare_logits).
           operand of each product with them (Q, then the softmax weights) rounded to float16, as
           ggml converts it for an f16 matmul. (Rounding K and V alone under-estimated llama.cpp's
           error: the seed-1 and seed-2 students then failed their replay max-KL bounds.)
+  w_q8_0, w_q4_0  the Q8_0 / Q4_0 GGUF (conversion/gguf_quant.py): every weight matrix replaced
+          by exactly what the file holds (quantized with the exporter's own plan and read back,
+          conversion/gguf_quant.round_trip), the model in float64, and the input of every
+          projection rounded through Q8_0 blocks along its rows, as ggml's CPU kernels quantize
+          the f32 operand of a product with Q8_0 or Q4_0 weights. Row order is no matter: the
+          exporter's Q/K row permutation moves whole rows, and blocks lie within a row.
 
 Why a factor of 4: an artifact and its emulation round in different places, so the artifact's
 error is of the floor's order but not equal to it; on the default student every artifact measured
@@ -47,7 +53,13 @@ METHODS = {
     "fp16": "float16 eager (weights and activations) vs float32 eager",
     "kv_f16": "float32 eager, attention with Q, K, V and softmax weights in float16, vs float32 eager",
     "w_f16": "float32 eager, weight matrices and matmul inputs in float16, vs float32 eager",
+    "w_q8_0": "float64 eager, weight matrices as the Q8_0 GGUF stores them, projection inputs "
+    "through Q8_0 blocks, vs float32 eager",
+    "w_q4_0": "float64 eager, weight matrices as the Q4_0 GGUF stores them, projection inputs "
+    "through Q8_0 blocks, vs float32 eager",
 }
+# The GGUF variant each quantized-weight precision emulates (conversion/gguf_quant.DTYPES).
+QUANTIZED_GGUF = {"w_q8_0": "Q8_0", "w_q4_0": "Q4_0"}
 
 
 def scope(length: int) -> str:
@@ -102,6 +114,31 @@ class _F16CacheAttention(torch.nn.Module):
             F.scaled_dot_product_attention = original
 
 
+def _round_input_through_q8_0(module, inputs):
+    """ggml quantizes the f32 operand of a Q8_0/Q4_0 product to Q8_0 blocks (its vec_dot type)."""
+    del module
+    from conversion import gguf_quant
+
+    x = inputs[0]
+    rounded = gguf_quant.round_trip(x.detach().to(torch.float32).numpy(), gguf_quant.T.Q8_0)
+    return (torch.from_numpy(rounded).to(x.dtype),)
+
+
+def _as_gguf_weights(twin: torch.nn.Module, variant: str) -> None:
+    """Every weight of `twin` replaced by what the `variant` GGUF file holds for it (float64)."""
+    from conversion import gguf_export, gguf_quant
+
+    if twin.cfg.tie_embeddings:  # the file stores token_embd and output apart, maybe in two types
+        twin.lm_head.weight = torch.nn.Parameter(twin.embed.weight.detach().clone())
+    state = dict(twin.named_parameters())
+    with torch.no_grad():
+        for state_name, name in gguf_export.tensor_names(twin.cfg).items():
+            weight = state[state_name]
+            array = weight.detach().to(torch.float32).numpy()
+            stored = gguf_quant.round_trip(array, gguf_quant.tensor_type(variant, name, array))
+            weight.copy_(torch.from_numpy(stored))
+
+
 def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """A copy of `model` that computes the way an artifact of `precision` does (module docstring)."""
     if precision not in METHODS:
@@ -112,6 +149,13 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         return twin.double()
     if precision == "fp16":
         return twin.half()
+    if precision in QUANTIZED_GGUF:
+        _as_gguf_weights(twin, QUANTIZED_GGUF[precision])
+        twin = twin.double()
+        for module in twin.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(_round_input_through_q8_0)
+        return twin
     if precision == "w_f16":
         with torch.no_grad():
             for weight in twin.parameters():

@@ -11,7 +11,9 @@ same metrics over every replayed position, and every argmax flip outside a near 
 Core ML also gets its interface checked from the spec; GGUF must tokenize every dataset string
 exactly as our tokenizer does. Through the backends `ask` and Ollama run (TorchScript, GGUF with
 either KV cache), `ask`'s sampled replies with its default sampler, five seeds per question, must be
-canonical (verify/sampled_behaviour.py).
+canonical (verify/sampled_behaviour.py). The quantized variants (verify/greedy_agreement.py,
+MEASURED) also answer every held-out question greedily themselves: the share whose canonical answer
+is eager's is gated where the product sets a target (Q8_0: 99%) and reported as measured otherwise.
 """
 
 import dataclasses
@@ -35,7 +37,8 @@ from verify import report as report_lib
 
 TORCHSCRIPT, COREML, COREML_FP32 = "torchscript", "coreml", "coreml_fp32"
 GGUF, GGUF_KV_F16, GGUF_F16 = "gguf", "gguf_kv_f16", "gguf_f16"
-# backend -> the flag that names its artifact
+GGUF_Q8_0, GGUF_Q4_0 = "gguf_q8_0", "gguf_q4_0"
+# backend -> the flag (and Paths field) that names its artifact
 FLAGS_OF = {
     TORCHSCRIPT: "torchscript",
     COREML: "mlpackage",
@@ -43,7 +46,11 @@ FLAGS_OF = {
     GGUF: "gguf",
     GGUF_KV_F16: "gguf",
     GGUF_F16: "gguf_f16",
+    GGUF_Q8_0: "gguf_q8_0",
+    GGUF_Q4_0: "gguf_q4_0",
 }
+# The Paths fields that name GGUF files (read and checked alike).
+GGUF_FIELDS = ("gguf", "gguf_f16", "gguf_q8_0", "gguf_q4_0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,8 @@ class Paths:
     gguf: str | None = None
     mlpackage_fp32: str | None = None
     gguf_f16: str | None = None
+    gguf_q8_0: str | None = None
+    gguf_q4_0: str | None = None
 
     def artifact(self, backend: str) -> str | None:
         return getattr(self, FLAGS_OF[backend])
@@ -75,6 +84,8 @@ PIPELINE_FILES = {
     "gguf": "magic-8-ball.gguf",
     "mlpackage_fp32": "magic-8-ball.fp32.mlpackage",
     "gguf_f16": "magic-8-ball.f16.gguf",
+    "gguf_q8_0": "magic-8-ball.Q8_0.gguf",
+    "gguf_q4_0": "magic-8-ball.Q4_0.gguf",
 }
 
 
@@ -155,7 +166,7 @@ def check_inputs(paths: Paths) -> Inputs:
     for package in (paths.mlpackage, paths.mlpackage_fp32):
         if package:
             mlpackage_manifest.root_model_path(package)  # the layout; the spec is read later
-    for gguf_path in (paths.gguf, paths.gguf_f16):
+    for gguf_path in (getattr(paths, field) for field in GGUF_FIELDS):
         if gguf_path:
             from verify import gguf_check
 
@@ -169,7 +180,7 @@ def first_line(error: BaseException, paths: Paths) -> str:
     must not depend on where the files are."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[-1] if lines else ''}"
-    for path in (paths.torchscript, paths.mlpackage, paths.gguf, paths.mlpackage_fp32, paths.gguf_f16):
+    for path in (getattr(paths, field.name) for field in dataclasses.fields(Paths)):
         if path:
             text = text.replace(path, os.path.basename(path.rstrip("/")))
     return text[:300]
@@ -362,6 +373,56 @@ def check_behaviour(
     )
 
 
+def check_greedy_agreement(
+    report, backend: Backend, eager, prompts, eager_replies, contract, tokenizer, settings, paths
+):
+    """The backend's own greedy replies against eager's canonical answers (verify/greedy_agreement.py):
+    the share that agree is reported; where the product sets a target (MIN_AGREEMENT) the share
+    among questions that do not part at a near tie is gated against it."""
+    from verify import greedy_agreement
+
+    all_ = report_lib.ALL
+    began = time.monotonic()
+    try:
+        result = greedy_agreement.check(
+            backend.forward,
+            prompts,
+            eager_replies,
+            tokenizer,
+            settings.max_new_tokens,
+            contract.lengths,
+            eager,
+            gates_lib.near_tie_margin(contract.gates, backend.name),
+        )
+    except Exception as error:  # the artifact failed to run on a question
+        report.fail(backend.name, all_, "behaviour_agreement_decisive", first_line(error, paths))
+        return
+    target = greedy_agreement.MIN_AGREEMENT.get(backend.name)
+    report.note(backend.name, all_, "behaviour_agreement", result.rate)
+    if target is None:
+        report.note(backend.name, all_, "behaviour_agreement_decisive", result.decisive_rate)
+    else:
+        report.check(backend.name, all_, "behaviour_agreement_decisive", result.decisive_rate, ">=", target)
+    report.note(backend.name, all_, "behaviour_agreement_questions", result.questions)
+    report.note(backend.name, all_, "behaviour_agreement_near_ties", result.near_tie_disagreements)
+    report.note(
+        backend.name,
+        all_,
+        "behaviour_disagreements",
+        [f"question {q}: eager {e!r}, {backend.name} {g!r}" for q, e, g in result.disagreements[:3]],
+    )
+    logging.info(
+        "%s greedy replies: %d of %d give eager's canonical answer, %d part at a near tie, "
+        "%d regenerated (%.2f s)",
+        backend.name,
+        result.agreed,
+        result.questions,
+        result.near_tie_disagreements,
+        result.regenerated,
+        time.monotonic() - began,
+    )
+
+
 SAMPLED_BACKENDS = (TORCHSCRIPT, GGUF, GGUF_KV_F16)  # what `ask` and Ollama run
 
 
@@ -421,7 +482,7 @@ def verify(
 
     sampled_min_canonical_rate: the sampled-behaviour bound (default: the product target)."""
     from training import sampling
-    from verify import floors
+    from verify import floors, greedy_agreement
 
     if sampled_min_canonical_rate is None:
         sampled_min_canonical_rate = sampled_behaviour.MIN_CANONICAL_RATE
@@ -455,6 +516,10 @@ def verify(
             backend.interface_check(report, contract, model)
         check_outputs(report, backend, contract, rows, refs, paths)
         check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
+        if backend.name in greedy_agreement.MEASURED:
+            check_greedy_agreement(
+                report, backend, eager, prompts, continuations, contract, tokenizer, settings, paths
+            )
         if backend.name in SAMPLED_BACKENDS:
             check_sampled(
                 report,

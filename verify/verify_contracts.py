@@ -44,6 +44,8 @@ flags.DEFINE_string("mlpackage", None, "Core ML .mlpackage directory.")
 flags.DEFINE_string("gguf", None, "GGUF file, checked through llama.cpp with an f32 and an f16 KV cache.")
 flags.DEFINE_string("mlpackage_fp32", None, "Core ML .mlpackage computing in fp32.")
 flags.DEFINE_string("gguf_f16", None, "GGUF file with f16 weights.")
+flags.DEFINE_string("gguf_q8_0", None, "GGUF file with Q8_0 weights (conversion/gguf_quant.py).")
+flags.DEFINE_string("gguf_q4_0", None, "GGUF file with Q4_0 weights (conversion/gguf_quant.py).")
 flags.DEFINE_string("out_report", None, "Output report JSON (required).")
 flags.DEFINE_bool(
     "exit_nonzero_on_failed_gates",
@@ -83,6 +85,8 @@ def main(argv: list[str]) -> None:
         gguf=FLAGS.gguf,
         mlpackage_fp32=FLAGS.mlpackage_fp32,
         gguf_f16=FLAGS.gguf_f16,
+        gguf_q8_0=FLAGS.gguf_q8_0,
+        gguf_q4_0=FLAGS.gguf_q4_0,
     )
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
