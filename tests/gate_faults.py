@@ -28,6 +28,9 @@ SCALE = 1.003  # 0.3%
 NOISE = 1e-4
 ROPE_FACTOR = 1.03
 EPS_FACTOR = 10.0
+# A quantized GGUF's block scale: the f16 scale of the first block of this tensor x16, as one
+# flipped exponent bit makes it (32 weights of an early projection, in a file of ~600k).
+SCALE_BLOCK = ("blk.0.attn_v.weight", 16.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,6 +344,36 @@ def _gg_flair_byte(shipped):
     return _gguf_edit(shipped, "flair", change)
 
 
+def _gg_scale_block(variant: str):
+    """The quantized `variant` GGUF (backend gguf_<variant lower>) with one block scale corrupted."""
+    import gguf
+
+    backend = "gguf_" + variant.lower()
+
+    def inject(shipped):
+        source = shipped.inputs.paths.artifact(backend)
+        path = os.path.join(shipped.tmp, f"scale_block.{variant}.gguf")
+        shutil.copyfile(source, path)
+        reader = gguf.GGUFReader(path, "r+")
+        tensor = next(t for t in reader.tensors if t.name == SCALE_BLOCK[0])
+        assert tensor.tensor_type.name == variant, f"{SCALE_BLOCK[0]} is {tensor.tensor_type.name}"
+        # Q8_0 and Q4_0 blocks both begin with their f16 scale.
+        scale = tensor.data.reshape(-1)[:2].view(np.float16)
+        scale *= np.float16(SCALE_BLOCK[1])
+        reader.data.flush()
+        del reader
+        llama = gguf_check.load(path)
+        inputs = shipped.inputs
+
+        def check(report, contract, model):
+            del contract, model
+            verification.check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings, backend)
+
+        return verification.Backend(backend, path, lambda ids: gguf_check.logits(llama, ids), check)
+
+    return inject
+
+
 def _gg_unpermuted(shipped):
     path = os.path.join(shipped.tmp, "unpermuted.gguf")
     gguf_export.export(shipped.model, shipped.inputs.tokenizer, path, permute_qk=False)
@@ -378,6 +411,11 @@ FAULTS = (
     Fault("weight_consts_renamed", "Core ML weight consts under other names", {"coreml": _cm_renamed}),
     Fault("fp16_logits", "logits returned as float16", {"coreml": _cm_fp16_logits}),
     Fault("last_position_dropped", "logits for T-1 positions", {"torchscript": _ts_drops_last_position}),
+    Fault(
+        "scale_block_x16",
+        f"the f16 scale of {SCALE_BLOCK[0]}'s first block x {SCALE_BLOCK[1]:g}",
+        {"gguf_q8_0": _gg_scale_block("Q8_0"), "gguf_q4_0": _gg_scale_block("Q4_0")},
+    ),
 )
 
 # Gated checks of report.json that no fault above trips, and the test that shows each one failing.
@@ -387,6 +425,8 @@ SHOWN_ELSEWHERE = {
     "sampled_canonical_rate": "//verify:verify_contracts_test "
     "(test_sampled_replies_below_the_bound_fail_the_gates) and //pipeline:sampled_behaviour_test "
     "(sampling without the tail cut)",
+    "behaviour_agreement_decisive": "//verify:greedy_agreement_test "
+    "(test_greedy_replies_below_the_target_fail_the_gate)",
     "spec_input_names": _SPEC_TEST,
     "spec_input_dtype": _SPEC_TEST,
     "spec_input_enumerated_shapes": _SPEC_TEST,
