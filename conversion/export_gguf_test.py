@@ -108,3 +108,38 @@ def test_binary_exits_2_with_one_line_and_no_output(inputs, tmp_path):
     )
     assert result.returncode == 2
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0"])
+def test_exports_a_quantized_variant_with_its_own_modelfile(inputs, tmp_path, dtype):
+    name = f"magic-8-ball.{dtype}.gguf"
+    out, model_file = run(
+        inputs,
+        str(tmp_path),
+        out=str(tmp_path / name),
+        modelfile_out=str(tmp_path / f"Modelfile.{dtype}"),
+        dtype=dtype,
+    )
+    facts = gguf_check.read_gguf(out)
+    assert facts["tensors"]["blk.0.attn_q.weight"][1] == dtype
+    assert facts["tensors"]["blk.0.attn_norm.weight"][1] == "F32"
+    with open(model_file, encoding="utf-8") as handle:
+        assert f"FROM ./{name}\n" in handle.read()
+
+
+def test_a_k_quant_or_unknown_dtype_exits_2_listing_the_allowed_ones(inputs, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    args = [f"--{name}={value}" for name, value in _values(inputs, str(tmp_path)).items()]
+    for dtype, why in (
+        ("Q4_K_M", "K-quant; K-quants need every row to be a multiple of 256"),
+        ("q8", "'q8'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "conversion.export_gguf", *args, f"--dtype={dtype}"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2, result.stderr
+        assert why in result.stderr and "one of f32, f16, Q8_0, Q4_0" in result.stderr
+        assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ import os
 import gguf
 import numpy as np
 import pytest
+
 from common.errors import InputError
 from conversion import gguf_export, gguf_quant
 from data import generate

@@ -5,7 +5,12 @@
      "results": {"torchscript": {"T64": {"max_abs_diff": {"value": 2e-06, "op": "<=",
                                                            "bound": 0.0001, "ok": true}, ...},
                                  "all": {"behaviour_mismatches": {...}}}, ...},
+     "summary": {"gguf_q8_0": {"size": ..., "kl_mean": ..., "same_top": ...,
+                               "behaviour_agreement": ...}, ...},
      "gates_ok": true}
+
+"summary" is derived from the rest (verify/artifact_summary.py): one row per verified artifact,
+the facts a user picks a variant by.
 
 Scopes are "T<length>" for checks at one contract length and "all" for whole-artifact checks.
 A note is a measured value without a bound (near ties, agreement): it never gates.
@@ -24,6 +29,7 @@ import math
 import operator
 
 from common import atomic, digest
+from verify import artifact_summary
 
 FORMAT = "m8b-verify-report"
 VERSION = 1
@@ -111,6 +117,7 @@ class Report:
             "contract_sha256": self.contract_sha256,
             "artifacts": self.artifacts,
             "results": self.results,
+            "summary": artifact_summary.summarize(self.artifacts, self.results),
             "gates_ok": self.gates_ok,
         }
 

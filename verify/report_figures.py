@@ -167,3 +167,21 @@ def parity_svg(max_abs: dict[str, dict[int, float]], bounds: dict[str, float]) -
             fontsize=8,
         )
         return _svg(fig)
+
+
+def size_vs_kld_svg(summary: dict[str, dict]) -> str:
+    """The Pareto picture: each artifact's size against its mean KL from fp32 eager (both log)."""
+    with _style():
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
+        for name, row in sorted(summary.items()):
+            if "size" not in row:
+                continue
+            # An exact 0 has no place on a log axis: drawn at 1e-15, far below any artifact's error.
+            x, y = row["size"], max(_round(row["kl_mean"]), 1e-15)
+            ax.scatter([x], [y], s=28, color=PASS_COLOR, zorder=3)
+            ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("file size (bytes, log)")
+        ax.set_ylabel("mean KL vs fp32 eager (worst length, log)")
+        return _svg(fig)

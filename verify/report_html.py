@@ -2,11 +2,14 @@
 
     page(report, contract, metadata, history, quality, answers, examples) -> str
 
-Four sections, each with a stable id the browser test looks for:
+Five sections, each with a stable id the browser test looks for:
   #loss-curves           train and held-out loss per step (figure)
   #answer-distributions  teacher vs student answer distribution per question kind (figure + tables)
   #parity                every artifact's checks at every contract length, measured value vs bound
                          (figure + table)
+  #variants              every artifact's size against its mean KL (the Pareto picture users pick
+                         a variant from) and one row per artifact: size, KL, same top, behaviour
+                         agreement (report.json "summary", verify/artifact_summary.py)
   #gates                 gate verdict per artifact, `ask`'s sampled replies per backend (canonical
                          rate against its bound), artifact sizes and digests, the model card
 
@@ -23,7 +26,7 @@ import json
 from verify import report_figures
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'"
-SECTIONS = ("loss-curves", "answer-distributions", "parity", "gates")
+SECTIONS = ("loss-curves", "answer-distributions", "parity", "variants", "gates")
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 64rem; color: #222;
@@ -170,6 +173,50 @@ def _parity_section(report: dict, contract: dict) -> str:
         "outside the contract</summary>\n" + _other_checks_table(report, set(lengths)) + "</details>\n"
     )
     return _section("parity", "Parity of every artifact at every length", body)
+
+
+def _variants_section(report: dict, contract: dict) -> str:
+    """Size against KL for every artifact, and a row per artifact (verify/artifact_summary.py)."""
+    summary = report.get("summary") or {}
+    if not summary:
+        return _section("variants", "Variants: size against distribution error", "<p>No artifact ran.</p>\n")
+    precisions = contract.get("gates", {}).get("backends", {})
+    gates = artifact_gates(report)
+    figure = _figure(
+        report_figures.size_vs_kld_svg(summary),
+        "File size against mean KL(eager || artifact) at the worst contract length: down and to the "
+        "left is better; a variant is worth shipping when no other is both smaller and closer.",
+    )
+
+    def fmt(row, key, pattern="{:.4g}"):
+        return _e(pattern.format(row[key])) if key in row else ""
+
+    rows = [
+        [
+            _e(name),
+            _e(precisions.get(name, "")),
+            _e(f"{row['size']:,}") if "size" in row else "",
+            fmt(row, "kl_mean"),
+            fmt(row, "kl_max"),
+            fmt(row, "same_top", "{:.2%}"),
+            fmt(row, "rms_dp"),
+            fmt(row, "behaviour_agreement", "{:.1%}"),
+            _verdict(gates.get(name)),
+        ]
+        for name, row in sorted(summary.items(), key=lambda item: -item[1].get("size", 0))
+    ]
+    header = ["artifact", "precision", "size (bytes)", "KL mean", "KL max", "same top", "RMS dp",
+              "behaviour agreement", "verdict"]  # fmt: skip
+    note = (
+        "<p>Worst value over the contract lengths. Behaviour agreement: held-out questions whose "
+        "greedy reply through the artifact gives eager's canonical answer, where measured "
+        "(verify/greedy_agreement.py).</p>\n"
+    )
+    return _section(
+        "variants",
+        "Variants: size against distribution error",
+        figure + _table(header, rows, {2, 3, 4, 5, 6, 7}) + note,
+    )
 
 
 def _cell(entry: dict) -> tuple[str, str]:
@@ -330,6 +377,7 @@ def page(
         _loss_section(history, metadata),
         _distribution_section(quality, answers, examples),
         _parity_section(report, contract),
+        _variants_section(report, contract),
         _gates_section(report, contract, metadata, quality),
     ]
     return (

@@ -85,7 +85,7 @@ def test_every_section_and_figure_is_there():
     page = report_html.page(*_inputs())
     for section in report_html.SECTIONS:
         assert f'<section id="{section}">' in page
-    assert page.count("<svg") == 3  # loss curves, distributions, parity
+    assert page.count("<svg") == 3  # loss curves, distributions, parity (no summary: no variants figure)
     assert "Content-Security-Policy" in page and "<script" not in page
     assert "623,232" in page
     for length in (64, 128, 256):  # the parity table has a column per contract length
@@ -122,3 +122,18 @@ def test_failures_are_shown():
     page = report_html.page(*_inputs(failing=True))
     assert '<span class="fail">FAIL</span>' in page
     assert report_html.artifact_gates(_inputs(failing=True)[0]) == {"torchscript": True, "coreml": False}
+
+
+def test_the_variants_section_plots_and_tabulates_every_summarized_artifact():
+    report, contract, *rest = _inputs(hostile=HOSTILE)
+    report["summary"] = {
+        "gguf_q8_0" + HOSTILE: {"size": 677_088, "kl_mean": 2.1e-4, "kl_max": 1.5e-3, "same_top": 0.985,
+                                "rms_dp": 0.0049, "behaviour_agreement": 0.985},
+        "torchscript": {"size": 2_500_000, "kl_mean": 0.0, "kl_max": 0.0, "same_top": 1.0, "rms_dp": 1e-7},
+    }  # fmt: skip
+    page = report_html.page(report, contract, *rest)
+    section = page.split('<section id="variants">', 1)[1].split("</section>", 1)[0]
+    assert section.count("<svg") == 1 and HOSTILE not in section
+    rows = re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>", 1)[1])
+    assert len(rows) == 2 and "torchscript" in rows[0]  # largest first
+    assert "677,088" in rows[1] and "98.5%" in rows[1] and "0.00021" in rows[1]
