@@ -6,6 +6,8 @@ work). Three ways to decode, trials alternating:
                      (how training/generate.py drives every backend)
   llama.cpp full     llama.cpp, full recompute per token (the same work as TorchScript)
   llama.cpp kv       llama.cpp with its KV cache, one new token per step (how Ollama runs it)
+and, with the KV cache, each other GGUF variant the pipeline ships (f16, Q8_0, Q4_0 weights,
+conversion/gguf_quant.py), each against the f32 file in the same trials.
 """
 
 import os
@@ -35,6 +37,11 @@ QUESTIONS = [
 TORCHSCRIPT = "generation: TorchScript (full recompute)"
 LLAMA_FULL = "generation: llama.cpp (full recompute)"
 LLAMA_KV = "generation: llama.cpp (KV cache)"
+VARIANTS = ("f16", "Q8_0", "Q4_0")  # beside the f32 file of LLAMA_KV
+
+
+def variant_row(variant: str) -> str:
+    return f"generation: llama.cpp (KV cache), {variant} GGUF"
 
 
 def torchscript_greedy(module, prompt_ids, new_tokens):
@@ -67,7 +74,8 @@ def llama_kv_greedy(llama, prompt_ids, new_tokens):
 def measure(
     model, tokenizer, prompts: int, new_tokens: int, repeats: int, threads: int, dtype: str = "f32"
 ) -> list[Row]:
-    """[TorchScript (baseline), llama.cpp full, llama.cpp kv] in new tokens/s."""
+    """[TorchScript (baseline), llama.cpp full, llama.cpp kv, then llama.cpp kv per variant (baseline
+    llama.cpp kv on the `dtype` file)] in new tokens/s."""
     if new_tokens < 1 or repeats < 1 or not 1 <= prompts <= len(QUESTIONS):
         raise InputError(f"new tokens and repeats must be >= 1, prompts in 1..{len(QUESTIONS)}")
     inputs = [prompt_lib.build_model_input(tokenizer, q) for q in QUESTIONS[:prompts]]
@@ -83,11 +91,18 @@ def measure(
         # Default runtime settings (f16 KV cache), as Ollama would run the file.
         # Every evaluation on `threads` threads, multi-token ones too, as TorchScript runs.
         llama = gguf_check.load_llama(path, f32_kv_cache=False, n_threads=threads)
+        variants = {}
+        for variant in VARIANTS:
+            variant_path = os.path.join(tmp, f"bench.{variant}.gguf")
+            gguf_export.export(model, tokenizer, variant_path, dtype=variant)
+            variants[variant] = gguf_check.load_llama(variant_path, f32_kv_cache=False, n_threads=threads)
     methods = {
         TORCHSCRIPT: lambda p: torchscript_greedy(module, p, new_tokens),
         LLAMA_FULL: lambda p: llama_full_greedy(llama, p, new_tokens),
         LLAMA_KV: lambda p: llama_kv_greedy(llama, p, new_tokens),
     }
+    for variant, variant_llama in variants.items():
+        methods[variant_row(variant)] = lambda p, v=variant_llama: llama_kv_greedy(v, p, new_tokens)
     # Warm up each once; the greedy tokens should agree (same model, f32 vs llama.cpp rounding).
     replies = {name: [run(p) for p in inputs] for name, run in methods.items()}
     same = sum(r == replies[TORCHSCRIPT][i] for i, r in enumerate(replies[LLAMA_KV]))
@@ -104,4 +119,5 @@ def measure(
         Row(TORCHSCRIPT, "tokens/s", tuple(rates[TORCHSCRIPT])),
         Row(LLAMA_FULL, "tokens/s", tuple(rates[LLAMA_FULL]), TORCHSCRIPT),
         Row(LLAMA_KV, "tokens/s", tuple(rates[LLAMA_KV]), TORCHSCRIPT),
+        *(Row(variant_row(v), "tokens/s", tuple(rates[variant_row(v)]), LLAMA_KV) for v in variants),
     ]
