@@ -52,6 +52,7 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
                     f"--torchscript={a}/magic-8-ball.pt", f"--mlpackage={a}/magic-8-ball.mlpackage",
                     f"--mlpackage_fp32={a}/magic-8-ball.fp32.mlpackage",
                     f"--gguf_f16={a}/magic-8-ball.f16.gguf",
+                    f"--gguf_q8_0={a}/magic-8-ball.Q8_0.gguf", f"--gguf_q4_0={a}/magic-8-ball.Q4_0.gguf",
                     f"--gguf={a}/magic-8-ball.gguf", f"--out_report={out}/report.json"]),
         (names[4], [tools["measure_floors"], *checkpoint, f"--tokenizer={a}/tokenizer.json",
                     f"--dataset={a}/kd.jsonl", f"--out={out}/floors.json"]),

@@ -63,6 +63,8 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
             "gguf_f16": A("gguf_f16"),
+            "gguf_q8_0": A("gguf_q8_0"),
+            "gguf_q4_0": A("gguf_q4_0"),
         },
         "ask": {
             **harness.ask_flags(),
@@ -851,6 +853,20 @@ CASES = [
         lambda s, o: {"backend": "gguf", "gguf": s.truncated(A("gguf"), "ask_cut.gguf", 0.6)},
         "{gguf}",
         "not a readable GGUF file",
+    ),
+    _case(
+        "ask",
+        "unknown gguf variant",
+        lambda s, o: {"backend": "gguf", "variant": "Q4_K_M"},
+        "--variant",
+        "f32, f16, Q8_0, Q4_0",
+    ),
+    _case(
+        "export_gguf",
+        "k-quant dtype",
+        lambda s, o: {"dtype": "Q4_K_M"},
+        "K-quant",
+        "256",
     ),
     _case(
         "ask",

@@ -39,6 +39,8 @@ ARTIFACTS = {
     "floors": "pipeline/floors.json",
     "mlpackage_fp32": "pipeline/magic-8-ball.fp32.mlpackage",
     "gguf_f16": "pipeline/magic-8-ball.f16.gguf",
+    "gguf_q8_0": "pipeline/magic-8-ball.Q8_0.gguf",
+    "gguf_q4_0": "pipeline/magic-8-ball.Q4_0.gguf",
 }
 
 TIMEOUT_S = 300

@@ -67,6 +67,8 @@ def _flags(loader: str, out: str) -> dict:
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
             "gguf_f16": A("gguf_f16"),
+            "gguf_q8_0": A("gguf_q8_0"),
+            "gguf_q4_0": A("gguf_q4_0"),
             "out_report": o("report.json"),
         },
         "ask": {

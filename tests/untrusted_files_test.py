@@ -279,6 +279,8 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
             "gguf_f16": A("gguf_f16"),
+            "gguf_q8_0": A("gguf_q8_0"),
+            "gguf_q4_0": A("gguf_q4_0"),
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {
