@@ -60,6 +60,8 @@ def test_fields_follow_the_design():
         "gguf": "f32",
         "gguf_f16": "w_f16",
         "gguf_kv_f16": "kv_f16",
+        "gguf_q4_0": "w_q4_0",
+        "gguf_q8_0": "w_q8_0",
         "torchscript": "f32",
     }
     entry = values["gates"]["bounds"]["fp16"]["T64"]["kl_max"]

@@ -64,7 +64,10 @@ def main(argv: list[str]) -> None:
     metadata = checkpoint.load_metadata(FLAGS.metadata)
     checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
     _, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
-    gguf_quant.check_dtype(FLAGS.dtype, {"d_model": cfg.d_model, "ffn_hidden": cfg.ffn_hidden})
+    try:
+        gguf_quant.check_dtype(FLAGS.dtype, {"d_model": cfg.d_model, "ffn_hidden": cfg.ffn_hidden})
+    except InputError as error:
+        raise InputError(f"--{error}") from None  # the message starts "dtype: ..."; name the flag
     try:
         # num_ctx is the checkpoint's context, as is the GGUF's context_length (gguf_export).
         text = modelfile.render(os.path.basename(FLAGS.out), cfg.max_seq_len)
