@@ -4,7 +4,8 @@
 
 Rows (bench/table.py): training tokens/s of our trainer against a bare PyTorch loop; forward
 latency of the shipped TorchScript against eager PyTorch at T64/T128/T256; greedy generation
-tokens/s through TorchScript and llama.cpp; conversion and verification stage times against
+tokens/s through TorchScript and llama.cpp, and with llama.cpp's KV cache for every GGUF variant
+(f16, Q8_0, Q4_0) against the f32 file; conversion and verification stage times against
 start-up; and the pipeline wall-time rows that bench/pipeline_times.sh measured (--rows), since
 those run Bazel itself and cannot run inside `bazel run`. bench/all.sh runs everything.
 The pipeline's own artifacts are the inputs (set by bench/BUILD.bazel). Not a test: timings vary.

@@ -3,7 +3,8 @@
     measure_floors --weights=student.safetensors --metadata=student.json --tokenizer=tokenizer.json \\
         --dataset=kd.jsonl --lengths=64,128,256 --out=floors.json
 
-For each precision an artifact computes in (f32, fp16, f16 KV cache), its emulation in eager PyTorch
+For each precision an artifact computes in (f32, fp16, f16 weights, f16 KV cache, the Q8_0 and
+Q4_0 GGUF weights: verify/floors.py METHODS), its emulation in eager PyTorch
 is compared with fp32 eager on exactly the inputs verification uses (verify/inputs.py): the rows of
 every length and the behaviour replay. The export step turns the floors into the contract's bounds.
 Floats are kept to 4 significant digits, so the file is the same on machines whose BLAS differ in
