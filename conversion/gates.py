@@ -40,6 +40,10 @@ DEFAULT_BACKENDS = {
     "gguf": "f32",
     "gguf_kv_f16": "kv_f16",
     "gguf_f16": "w_f16",
+    # The Core ML variants with compressed weights (conversion/coreml_compress.py), each bounded by
+    # the fp16 model computing with exactly the package's weights (verify/floors.py).
+    "coreml_int8": "int8",
+    "coreml_int4": "int4",
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
 

@@ -17,6 +17,11 @@ compared with fp32 eager by the same metrics (verify/parity.py, compare_logits).
           operand of each product with them (Q, then the softmax weights) rounded to float16, as
           ggml converts it for an f16 matmul. (Rounding K and V alone under-estimated llama.cpp's
           error: the seed-1 and seed-2 students then failed their replay max-KL bounds.)
+  int8    the fp16 model with every weight matrix as the Core ML int8 package holds it (per-channel
+  int4    int8, or int4 per block of 32): quantized by coremltools' own quantizer and decompressed
+          by its own code (conversion/coreml_compress.quantize_like_package), so the emulation
+          computes with exactly the package's weights; verification checks the package holds
+          them, element for element.
 
 Why a factor of 4: an artifact and its emulation round in different places, so the artifact's
 error is of the floor's order but not equal to it; on the default student every artifact measured
@@ -47,7 +52,10 @@ METHODS = {
     "fp16": "float16 eager (weights and activations) vs float32 eager",
     "kv_f16": "float32 eager, attention with Q, K, V and softmax weights in float16, vs float32 eager",
     "w_f16": "float32 eager, weight matrices and matmul inputs in float16, vs float32 eager",
+    "int8": "float16 eager with the Core ML int8 package's weight matrices (per channel), vs float32 eager",
+    "int4": "float16 eager with the Core ML int4 package's weight matrices (per block of 32), vs float32 eager",
 }
+COMPRESSED = ("int8", "int4")  # precisions whose weights are quantized (conversion/coreml_compress.py)
 
 
 def scope(length: int) -> str:
@@ -112,6 +120,8 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         return twin.double()
     if precision == "fp16":
         return twin.half()
+    if precision in COMPRESSED:
+        return _with_compressed_weights(twin.half(), precision)
     if precision == "w_f16":
         with torch.no_grad():
             for weight in twin.parameters():
@@ -124,6 +134,20 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     wrapped = _F16CacheAttention(twin)
     wrapped.eval()
     return wrapped
+
+
+def _with_compressed_weights(model: torch.nn.Module, compression: str) -> torch.nn.Module:
+    """`model` (float16) with each weight matrix replaced by the compressed package's (module
+    docstring, int8/int4). Buffers (the RoPE tables) stay float16, as the package keeps them."""
+    from conversion import coreml_compress  # coremltools: only for these precisions
+
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.ndim == 2:
+                held = coreml_compress.quantize_like_package(weight.numpy(), compression)
+                if held is not None:
+                    weight.copy_(torch.from_numpy(held))
+    return model
 
 
 def _floored(comparison: parity.Comparison) -> dict[str, float]:

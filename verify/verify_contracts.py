@@ -44,6 +44,8 @@ flags.DEFINE_string("mlpackage", None, "Core ML .mlpackage directory.")
 flags.DEFINE_string("gguf", None, "GGUF file, checked through llama.cpp with an f32 and an f16 KV cache.")
 flags.DEFINE_string("mlpackage_fp32", None, "Core ML .mlpackage computing in fp32.")
 flags.DEFINE_string("gguf_f16", None, "GGUF file with f16 weights.")
+flags.DEFINE_string("mlpackage_int8", None, "Core ML .mlpackage with int8 weights (per channel).")
+flags.DEFINE_string("mlpackage_int4", None, "Core ML .mlpackage with int4 weights (per block, iOS18).")
 flags.DEFINE_string("out_report", None, "Output report JSON (required).")
 flags.DEFINE_bool(
     "exit_nonzero_on_failed_gates",
@@ -83,6 +85,8 @@ def main(argv: list[str]) -> None:
         gguf=FLAGS.gguf,
         mlpackage_fp32=FLAGS.mlpackage_fp32,
         gguf_f16=FLAGS.gguf_f16,
+        mlpackage_int8=FLAGS.mlpackage_int8,
+        mlpackage_int4=FLAGS.mlpackage_int4,
     )
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
