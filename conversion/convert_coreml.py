@@ -30,7 +30,9 @@ flags.DEFINE_enum("precision", "fp16", ["fp16", "fp32"], "Core ML compute precis
 # Checked by conversion.coreml_compress.check_variant, which lists the allowed values (mirrored in
 # COMPRESSIONS and TARGETS below so that reading flags needs no coremltools).
 flags.DEFINE_string("compress", "none", "Weight compression: none, int8 (per channel) or int4 (per block).")
-flags.DEFINE_string("target", None, "Deployment target: iOS16, iOS17 or iOS18 (default: the oldest the variant runs on).")
+flags.DEFINE_string(
+    "target", None, "Deployment target: iOS16, iOS17 or iOS18 (default: the oldest the variant runs on)."
+)
 flags.DEFINE_string("model_version", "1", "Version string stored in the package metadata.")
 
 FLAGS = flags.FLAGS

@@ -29,8 +29,8 @@ COMPRESSIONS = {
     "int8": ("int8", "per_channel", None, "iOS16"),
     "int4": ("int4", "per_block", 32, "iOS18"),
 }
-# Deployment targets convert_coreml accepts (its --target checks them), oldest first (ML Programs need iOS15; the opsets we
-# execute start at iOS16).
+# Deployment targets convert_coreml accepts (its --target checks them), oldest first (ML Programs
+# need iOS15; the opsets we execute start at iOS16).
 TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.target.iOS18}
 WEIGHT_THRESHOLD = 64
 MODE = "linear_symmetric"

@@ -115,6 +115,11 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs 
 DEFAULT_DATASET_ARGS = ["--n=6000", "--seed=0", "--heldout_fraction=0.2", "--topk=8"]
 DEFAULT_LENGTHS = [64, 128, 256]
 
+# What a named configuration builds and verifies: every artifact but the Core ML int8/int4 variants,
+# which only the default chain builds (their verification adds the executor's forwards, about
+# 20 s a configuration).
+CHAIN_BACKENDS = ["coreml", "coreml_fp32", "gguf", "gguf_f16", "gguf_kv_f16", "torchscript"]
+
 def student_chain(
         name,
         dataset = ":kd.jsonl",
@@ -180,7 +185,7 @@ def student_chain(
         mnemonic = "M8bTorchScript",
         inputs = dict(checkpoint, tokenizer = tokenizer, floors = ":" + pre + "floors.json"),
         outputs = {"out_torchscript": pre + "magic-8-ball.pt", "out_contract": pre + "contract.json"},
-        args = [lengths_flag],
+        args = [lengths_flag, "--verify_backends=" + ",".join(CHAIN_BACKENDS)],
     )
     pipeline_stage(
         name = name + "_coreml",

@@ -63,6 +63,8 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
             "gguf_f16": A("gguf_f16"),
+            "mlpackage_int8": A("mlpackage_int8"),
+            "mlpackage_int4": A("mlpackage_int4"),
         },
         "ask": {
             **harness.ask_flags(),

@@ -39,6 +39,8 @@ ARTIFACTS = {
     "floors": "pipeline/floors.json",
     "mlpackage_fp32": "pipeline/magic-8-ball.fp32.mlpackage",
     "gguf_f16": "pipeline/magic-8-ball.f16.gguf",
+    "mlpackage_int8": "pipeline/magic-8-ball.int8.mlpackage",
+    "mlpackage_int4": "pipeline/magic-8-ball.int4.mlpackage",
 }
 
 TIMEOUT_S = 300

@@ -67,6 +67,8 @@ def _flags(loader: str, out: str) -> dict:
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
             "gguf_f16": A("gguf_f16"),
+            "mlpackage_int8": A("mlpackage_int8"),
+            "mlpackage_int4": A("mlpackage_int4"),
             "out_report": o("report.json"),
         },
         "ask": {

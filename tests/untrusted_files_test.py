@@ -279,6 +279,8 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
             "gguf_f16": A("gguf_f16"),
+            "mlpackage_int8": A("mlpackage_int8"),
+            "mlpackage_int4": A("mlpackage_int4"),
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {

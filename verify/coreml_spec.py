@@ -222,12 +222,18 @@ def check_compression(mlpackage_path: str, compression: str) -> list[CheckResult
     by_version = {version: name for name, version in SPECIFICATION_VERSIONS.items()}
     measured_target = by_version.get(spec.specificationVersion, f"spec {spec.specificationVersion}")
     function = spec.mlProgram.functions.get(MAIN_FUNCTION) if spec.WhichOneof("Type") == "mlProgram" else None
-    ops = [t for block in function.block_specializations.values() for t in _op_types(block)] if function else []
+    ops = (
+        [t for block in function.block_specializations.values() for t in _op_types(block)] if function else []
+    )
     constexpr = sorted({t for t in ops if t.startswith("constexpr_")})
     metadata = dict(spec.description.metadata.userDefined)
     return [
         CheckResult("deployment_target", measured_target == target, measured_target, target),
-        CheckResult("compression_metadata", metadata.get("compression") == compression,
-                    metadata.get("compression"), compression),
+        CheckResult(
+            "compression_metadata",
+            metadata.get("compression") == compression,
+            metadata.get("compression"),
+            compression,
+        ),
         CheckResult("compressed_weight_ops", constexpr == [op_type], constexpr, [op_type]),
     ]

@@ -53,7 +53,7 @@ METHODS = {
     "kv_f16": "float32 eager, attention with Q, K, V and softmax weights in float16, vs float32 eager",
     "w_f16": "float32 eager, weight matrices and matmul inputs in float16, vs float32 eager",
     "int8": "float16 eager with the Core ML int8 package's weight matrices (per channel), vs float32 eager",
-    "int4": "float16 eager with the Core ML int4 package's weight matrices (per block of 32), vs float32 eager",
+    "int4": "float16 eager with the Core ML int4 package's weight matrices (blocks of 32), vs float32 eager",
 }
 COMPRESSED = ("int8", "int4")  # precisions whose weights are quantized (conversion/coreml_compress.py)
 

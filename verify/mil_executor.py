@@ -412,7 +412,10 @@ def compression_share(program: Program) -> tuple[int, int]:
     those plus every floating-point const of more than one element (scalars are constants, not
     weights; the compressed ops' own scales and data are not counted twice)."""
     compressed_inputs = {
-        id(var) for op in program.function.operations if op.op_type in CONSTEXPR_OPS for var in op.inputs.values()
+        id(var)
+        for op in program.function.operations
+        if op.op_type in CONSTEXPR_OPS
+        for var in op.inputs.values()
     }
     compressed = sum(
         int(np.prod(op.outputs[0].shape))  # static: a constexpr output's shape is its data's
