@@ -255,7 +255,9 @@ def _compressed_backend(shipped: Shipped, name: str, change=None, path: str | No
     return verification.compressed_coreml_backend(name, path, shipped.inputs.contract, program)
 
 
-def _cm_const_update(program, name: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
+def _cm_const_update(program, role: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Changes the const feeding input `role` of the faulted weight's constexpr op."""
+    name = mil_executor.compressed_input(program, _QUANTIZED, role)
     old = np.array(mil_executor.consts(program)[name])
     mil_executor.set_const(program, name, change(old))
 
@@ -274,21 +276,17 @@ def _scale_first(values):
 
 
 def _int8_scale(shipped):
-    return _compressed_backend(
-        shipped, "coreml_int8", lambda p: _cm_const_update(p, _QUANTIZED + "_scale_0", _scale_first)
-    )
+    return _compressed_backend(shipped, "coreml_int8", lambda p: _cm_const_update(p, "scale", _scale_first))
 
 
 def _int8_zero_point(shipped):
     return _compressed_backend(
-        shipped, "coreml_int8", lambda p: _cm_const_update(p, _QUANTIZED + "_zero_point_0", _bump_first(1))
+        shipped, "coreml_int8", lambda p: _cm_const_update(p, "zero_point", _bump_first(1))
     )
 
 
 def _int4_scale(shipped):
-    return _compressed_backend(
-        shipped, "coreml_int4", lambda p: _cm_const_update(p, _QUANTIZED + "_scale_1", _scale_first)
-    )
+    return _compressed_backend(shipped, "coreml_int4", lambda p: _cm_const_update(p, "scale", _scale_first))
 
 
 def _int4_value(shipped):
@@ -297,9 +295,7 @@ def _int4_value(shipped):
         values.reshape(-1)[0] = first + 1 if first < 7 else first - 1  # stays a 4-bit value
         return values
 
-    return _compressed_backend(
-        shipped, "coreml_int4", lambda p: _cm_const_update(p, _QUANTIZED + "_data_0", flip)
-    )
+    return _compressed_backend(shipped, "coreml_int4", lambda p: _cm_const_update(p, "data", flip))
 
 
 def _int4_is_int8(shipped):

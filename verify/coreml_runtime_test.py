@@ -5,8 +5,9 @@ reports it SKIPPED elsewhere; on Linux, verification runs the same package throu
 executor (verify/mil_executor.py). This test takes the pipeline's own artifacts (the shipped
 magic-8-ball.mlpackage, its int8 and int4 variants, their checkpoint and contract) and compares
 the runtime's logits with fp32 eager PyTorch on exactly the rows verification uses
-(verify/inputs.py), with the same metrics (verify/parity.py) against each package's bounds in the contract (floor x factor,
-conversion/gates.py); the variants' floors are the fp16 model computing with their weights.
+(verify/inputs.py), with the same metrics (verify/parity.py) against each package's bounds in the
+contract (floor x factor, conversion/gates.py); the variants' floors are the fp16 model computing
+with their weights.
 
 Those floors come from a float16 emulation with float32 matmul accumulation. On the CPU that is
 how Core ML computes an fp16 program; the GPU and Neural Engine may accumulate in float16, so with

@@ -431,3 +431,18 @@ def compression_share(program: Program) -> tuple[int, int]:
         and _elements(op.outputs[0].val) > 1
     )
     return compressed, compressed + plain
+
+
+def compressed_input(program: Program, weight: str, role: str) -> str:
+    """The name of the const that feeds input `role` (scale, zero_point, data, ...) of the constexpr
+    op whose output is `weight`, for set_const. The loader names these consts with a per-process
+    counter, so they are found by the op they feed, never by name."""
+    for op in program.function.operations:
+        if op.op_type in CONSTEXPR_OPS and op.outputs[0].name == weight:
+            var = op.inputs.get(role)
+            if var is None or var.op.op_type != "const":
+                raise KeyError(
+                    f"{weight}: its {op.op_type} has no const input {role!r} ({sorted(op.inputs)})"
+                )
+            return var.name
+    raise KeyError(f"no compressed weight named {weight!r}")
