@@ -1,7 +1,12 @@
 """Converts a student checkpoint to a Core ML .mlpackage with the contract's enumerated lengths.
 
     convert_coreml --weights=student.safetensors --metadata=student.json \\
-        --contract=contract.json --out=student.mlpackage [--precision=fp16|fp32]
+        --contract=contract.json --out=student.mlpackage [--precision=fp16|fp32] \\
+        [--compress=none|int8|int4] [--target=iOS16|iOS17|iOS18]
+
+--compress writes a variant with compressed weights (conversion/coreml_compress.py): int8 per
+channel, or int4 per block of 32, which needs --target=iOS18 (the default target for int4; iOS16
+otherwise). An unknown variant or a target too old for it exits 2 with the allowed values.
 
 Same inputs and flags -> byte-identical package. The package is written atomically: bad input
 exits 2 with one line naming the problem, and nothing is written.
@@ -22,11 +27,45 @@ flags.DEFINE_string("contract", None, "contract.json from the export step: lengt
 flags.DEFINE_string("out", None, "Output package directory; must end in .mlpackage (required).")
 # The names of conversion.coreml.PRECISIONS, spelled out so that reading flags needs no coremltools.
 flags.DEFINE_enum("precision", "fp16", ["fp16", "fp32"], "Core ML compute precision.")
+# Checked by conversion.coreml_compress.check_variant, which lists the allowed values (mirrored in
+# COMPRESSIONS and TARGETS below so that reading flags needs no coremltools).
+flags.DEFINE_string("compress", "none", "Weight compression: none, int8 (per channel) or int4 (per block).")
+flags.DEFINE_string(
+    "target", None, "Deployment target: iOS16, iOS17 or iOS18 (default: the oldest the variant runs on)."
+)
 flags.DEFINE_string("model_version", "1", "Version string stored in the package metadata.")
 
 FLAGS = flags.FLAGS
 
+# Variant -> the oldest deployment target it runs on; conversion/coreml_compress.py COMPRESSIONS
+# holds the same (coreml_compress_test checks they agree).
+COMPRESSIONS = {"int8": "iOS16", "int4": "iOS18"}
+TARGETS = ("iOS16", "iOS17", "iOS18")
+
 DESCRIPTION = "Magic 8 Ball student: input_ids int32 [1, T] -> next-token logits float32 [1, T, vocab]"
+
+
+def check_variant(compress: str, target: str | None, precision: str) -> tuple[str | None, str]:
+    """(compression or None, deployment target); InputError listing the allowed values."""
+    if compress not in ("none", *COMPRESSIONS):
+        raise InputError(
+            f"--compress: {compress!r} is not a Core ML variant; allowed: none, {', '.join(COMPRESSIONS)}"
+        )
+    compression = None if compress == "none" else compress
+    if compression and precision != "fp16":
+        raise InputError(f"--compress={compress}: compresses an fp16 program; use --precision=fp16")
+    oldest = COMPRESSIONS.get(compression, TARGETS[0])
+    allowed = list(TARGETS[TARGETS.index(oldest) :])
+    if target is None:
+        return compression, oldest
+    if target not in TARGETS:
+        raise InputError(f"--target: {target!r}; allowed: {', '.join(TARGETS)}")
+    if target not in allowed:
+        raise InputError(
+            f"--target: {target} is too old for --compress={compress} (4-bit per-block weights need "
+            f"{oldest}); allowed targets for {compress}: {', '.join(allowed)}"
+        )
+    return compression, target
 
 
 def main(argv: list[str]) -> None:
@@ -41,6 +80,7 @@ def main(argv: list[str]) -> None:
         raise InputError(f"--out: output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise InputError(f"--out: output directory {parent} is not writable")
+    compression, target = check_variant(FLAGS.compress, FLAGS.target, FLAGS.precision)
     contract = contract_lib.load_contract(FLAGS.contract)
     meta, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
     weights_sha256 = checkpoint.sha256_file(FLAGS.weights)
@@ -70,14 +110,23 @@ def main(argv: list[str]) -> None:
         },
     }
     logging.info(
-        "converting at lengths %s (default %d), %s", lengths, contract.default_length, FLAGS.precision
+        "converting at lengths %s (default %d), %s, %s, compression %s",
+        lengths,
+        contract.default_length,
+        FLAGS.precision,
+        target,
+        compression or "none",
     )
     # coremltools and torch only now, after every check of flags and files: bad input fails in well
     # under a second instead of after their seconds-long imports.
-    from conversion import coreml
+    from conversion import coreml, coreml_compress
 
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
-    mlmodel = coreml.convert(model, lengths, contract.default_length, FLAGS.precision, metadata)
+    mlmodel = coreml.convert(
+        model, lengths, contract.default_length, FLAGS.precision, metadata, coreml_compress.TARGETS[target]
+    )
+    if compression:
+        mlmodel = coreml_compress.compress(mlmodel, compression)
     coreml.save_mlpackage(mlmodel, FLAGS.out)
     logging.info("wrote %s", FLAGS.out)
 

@@ -41,7 +41,8 @@ PRECISIONS = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}
 # iOS15+; iOS16 still reaches nearly every device in use (iPhone 8 / 2017 onwards, macOS 13+), gets
 # the iOS16 opset (fill_like, fp16 I/O), and is what third_party/python's smoke test pins. Not
 # iOS18: it fuses attention into scaled_dot_product_attention (measured: plus select and
-# greater_equal for the mask), which older OSes lack and verify/mil_executor.py does not implement.
+# greater_equal for the mask), which older OSes lack. The int4 variant needs iOS18 all the same
+# (conversion/coreml_compress.py); verify/mil_executor.py runs its fused attention too.
 DEPLOYMENT_TARGET = ct.target.iOS16
 
 # Metadata keys convert() accepts; everything in "user_defined" must be str -> str.
@@ -76,6 +77,7 @@ def convert_traced(
     default_length: int,
     precision: str,
     metadata: dict,
+    target=DEPLOYMENT_TARGET,
 ) -> ct.models.MLModel:
     """ct.convert with the contract's input/output names and enumerated lengths, plus metadata.
 
@@ -96,7 +98,7 @@ def convert_traced(
         # would otherwise return fp16 logits).
         outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
         convert_to="mlprogram",
-        minimum_deployment_target=DEPLOYMENT_TARGET,
+        minimum_deployment_target=target,
         compute_precision=PRECISIONS[precision],
     )
     mlmodel.short_description = metadata["short_description"]
@@ -121,11 +123,14 @@ def convert(
     default_length: int,
     precision: str = "fp16",
     metadata: dict | None = None,
+    target=DEPLOYMENT_TARGET,
 ) -> ct.models.MLModel:
     """Student -> in-memory ML Program. metadata keys: see METADATA_KEYS.
 
     Put provenance (e.g. {"contract_sha256": ...}) in metadata["user_defined"];
-    user_defined_metadata["model_type"] is always "magic-8-ball". InputError for a length above
+    user_defined_metadata["model_type"] is always "magic-8-ball". `target`: a ct.target (the
+    int4 variant needs iOS18, conversion/coreml_compress.py); iOS18 programs fuse attention into
+    scaled_dot_product_attention. InputError for a length above
     the model's max_seq_len; torchscript.FrozenLengthError (an InputError) for a trace that only
     works at the default length.
     """
@@ -139,7 +144,7 @@ def convert(
     # A trace that froze the length (int() on a shape) fails or mis-shapes at the other lengths,
     # and coremltools would convert it silently: refuse it before converting.
     torchscript.check_lengths_match(traced, model, lengths, model.cfg.vocab_size)
-    return convert_traced(traced, lengths, default_length, precision, metadata)
+    return convert_traced(traced, lengths, default_length, precision, metadata, target)
 
 
 def _tree_digest(root: str) -> str:

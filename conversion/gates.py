@@ -44,6 +44,10 @@ DEFAULT_BACKENDS = {
     "gguf_f16": "w_f16",
     "gguf_q8_0": "w_q8_0",
     "gguf_q4_0": "w_q4_0",
+    # The Core ML variants with compressed weights (conversion/coreml_compress.py), each bounded by
+    # the fp16 model computing with exactly the package's weights (verify/floors.py).
+    "coreml_int8": "int8",
+    "coreml_int4": "int4",
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
 

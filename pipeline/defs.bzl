@@ -120,6 +120,14 @@ DEFAULT_LENGTHS = [64, 128, 256]
 # --gguf_<variant lower>, backend gguf_<variant lower> (conversion/gates.py DEFAULT_BACKENDS).
 GGUF_VARIANTS = ["Q8_0", "Q4_0"]
 
+# What a named configuration builds and verifies: every artifact but the Core ML int8/int4 variants,
+# which only the default chain builds (their verification adds the executor's forwards, about
+# 20 s a configuration).
+CHAIN_BACKENDS = ["coreml", "coreml_fp32", "gguf", "gguf_f16", "gguf_kv_f16", "torchscript"] + [
+    "gguf_" + variant.lower()
+    for variant in GGUF_VARIANTS
+]
+
 def student_chain(
         name,
         dataset = ":kd.jsonl",
@@ -185,7 +193,7 @@ def student_chain(
         mnemonic = "M8bTorchScript",
         inputs = dict(checkpoint, tokenizer = tokenizer, floors = ":" + pre + "floors.json"),
         outputs = {"out_torchscript": pre + "magic-8-ball.pt", "out_contract": pre + "contract.json"},
-        args = [lengths_flag],
+        args = [lengths_flag, "--verify_backends=" + ",".join(CHAIN_BACKENDS)],
     )
     pipeline_stage(
         name = name + "_coreml",

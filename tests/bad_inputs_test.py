@@ -65,6 +65,8 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "gguf_f16": A("gguf_f16"),
             "gguf_q8_0": A("gguf_q8_0"),
             "gguf_q4_0": A("gguf_q4_0"),
+            "mlpackage_int8": A("mlpackage_int8"),
+            "mlpackage_int4": A("mlpackage_int4"),
         },
         "ask": {
             **harness.ask_flags(),

@@ -241,6 +241,71 @@ def _ts_drops_last_position(shipped):
     )
 
 
+# --- Core ML int8 / int4 variants -------------------------------------------------------------
+# A corrupted byte in the compressed weights: one channel's scale or zero point, one block's scale,
+# one 4-bit value. Each moves only the elements it covers, below the quantization noise the output
+# bounds allow; the exact weight check (the package against the checkpoint quantized the same way)
+# sees every one.
+
+_QUANTIZED = WEIGHT[1] + "_quantized"
+
+
+def _compressed_backend(shipped: Shipped, name: str, change=None, path: str | None = None):
+    path = path or shipped.inputs.paths.artifact(name)
+    program = mil_executor.load_mlpackage(path)
+    if change:
+        change(program)
+    return verification.compressed_coreml_backend(name, path, shipped.inputs.contract, program)
+
+
+def _cm_const_update(program, role: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Changes the const feeding input `role` of the faulted weight's constexpr op."""
+    name = mil_executor.compressed_input(program, _QUANTIZED, role)
+    old = np.array(mil_executor.consts(program)[name])
+    mil_executor.set_const(program, name, change(old))
+
+
+def _bump_first(delta):
+    def change(values):
+        values.reshape(-1)[0] = values.reshape(-1)[0] + delta
+        return values
+
+    return change
+
+
+def _scale_first(values):
+    values.reshape(-1)[0] = values.reshape(-1)[0] * np.float16(SCALE)
+    return values
+
+
+def _int8_scale(shipped):
+    return _compressed_backend(shipped, "coreml_int8", lambda p: _cm_const_update(p, "scale", _scale_first))
+
+
+def _int8_zero_point(shipped):
+    return _compressed_backend(
+        shipped, "coreml_int8", lambda p: _cm_const_update(p, "zero_point", _bump_first(1))
+    )
+
+
+def _int4_scale(shipped):
+    return _compressed_backend(shipped, "coreml_int4", lambda p: _cm_const_update(p, "scale", _scale_first))
+
+
+def _int4_value(shipped):
+    def flip(values):
+        first = int(values.reshape(-1)[0])
+        values.reshape(-1)[0] = first + 1 if first < 7 else first - 1  # stays a 4-bit value
+        return values
+
+    return _compressed_backend(shipped, "coreml_int4", lambda p: _cm_const_update(p, "data", flip))
+
+
+def _int4_is_int8(shipped):
+    """The int8 package shipped under the int4 name (iOS16, the other weight op and weights)."""
+    return _compressed_backend(shipped, "coreml_int4", path=shipped.inputs.paths.mlpackage_int8)
+
+
 # --- GGUF ------------------------------------------------------------------------------------
 
 
@@ -416,6 +481,13 @@ FAULTS = (
         f"the f16 scale of {SCALE_BLOCK[0]}'s first block x {SCALE_BLOCK[1]:g}",
         {"gguf_q8_0": _gg_scale_block("Q8_0"), "gguf_q4_0": _gg_scale_block("Q4_0")},
     ),
+        "scale_block_corrupted",
+        f"one scale of {WEIGHT[1]} x {SCALE} (an int8 channel, an int4 block)",
+        {"coreml_int8": _int8_scale, "coreml_int4": _int4_scale},
+    ),
+    Fault("zero_point_shifted", f"one int8 zero point of {WEIGHT[1]} + 1", {"coreml_int8": _int8_zero_point}),
+    Fault("int4_value_flipped", f"one 4-bit value of {WEIGHT[1]} +- 1", {"coreml_int4": _int4_value}),
+    Fault("int8_shipped_as_int4", "the int8 package under the int4 name", {"coreml_int4": _int4_is_int8}),
 )
 
 # Gated checks of report.json that no fault above trips, and the test that shows each one failing.

@@ -41,6 +41,8 @@ ARTIFACTS = {
     "gguf_f16": "pipeline/magic-8-ball.f16.gguf",
     "gguf_q8_0": "pipeline/magic-8-ball.Q8_0.gguf",
     "gguf_q4_0": "pipeline/magic-8-ball.Q4_0.gguf",
+    "mlpackage_int8": "pipeline/magic-8-ball.int8.mlpackage",
+    "mlpackage_int4": "pipeline/magic-8-ball.int4.mlpackage",
 }
 
 TIMEOUT_S = 300

@@ -69,6 +69,8 @@ def _flags(loader: str, out: str) -> dict:
             "gguf_f16": A("gguf_f16"),
             "gguf_q8_0": A("gguf_q8_0"),
             "gguf_q4_0": A("gguf_q4_0"),
+            "mlpackage_int8": A("mlpackage_int8"),
+            "mlpackage_int4": A("mlpackage_int4"),
             "out_report": o("report.json"),
         },
         "ask": {

@@ -281,6 +281,8 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "gguf_f16": A("gguf_f16"),
             "gguf_q8_0": A("gguf_q8_0"),
             "gguf_q4_0": A("gguf_q4_0"),
+            "mlpackage_int8": A("mlpackage_int8"),
+            "mlpackage_int4": A("mlpackage_int4"),
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {

@@ -3,9 +3,11 @@
 MLModel.predict exists only on macOS, so Bazel constrains this test to @platforms//os:macos and
 reports it SKIPPED elsewhere; on Linux, verification runs the same package through the NumPy MIL
 executor (verify/mil_executor.py). This test takes the pipeline's own artifacts (the shipped
-magic-8-ball.mlpackage, its checkpoint and contract) and compares the runtime's logits with fp32
-eager PyTorch on exactly the rows verification uses (verify/inputs.py), with the same metrics
-(verify/parity.py) against the contract's fp16 bounds (floor x factor, conversion/gates.py).
+magic-8-ball.mlpackage, its int8 and int4 variants, their checkpoint and contract) and compares
+the runtime's logits with fp32 eager PyTorch on exactly the rows verification uses
+(verify/inputs.py), with the same metrics (verify/parity.py) against each package's bounds in the
+contract (floor x factor, conversion/gates.py); the variants' floors are the fp16 model computing
+with their weights.
 
 Those floors come from a float16 emulation with float32 matmul accumulation. On the CPU that is
 how Core ML computes an fp16 program; the GPU and Neural Engine may accumulate in float16, so with
@@ -24,6 +26,8 @@ from verify import inputs as inputs_lib
 from verify import mil_executor, parity, verification
 
 COMPUTE_UNITS = {"all": ct.ComputeUnit.ALL, "cpu_only": ct.ComputeUnit.CPU_ONLY}
+# The fp16 package and the compressed variants (verify/verification.py backend names).
+PACKAGES = ("coreml", "coreml_int8", "coreml_int4")
 
 
 @pytest.fixture(scope="module")
@@ -39,37 +43,40 @@ def shipped():
     return inputs, model, rows
 
 
+@pytest.mark.parametrize("package", PACKAGES)
 @pytest.mark.parametrize("units", sorted(COMPUTE_UNITS))
-def test_predict_meets_the_contract_at_every_enumerated_length(shipped, units):
+def test_predict_meets_the_contract_at_every_enumerated_length(shipped, units, package):
     from conversion import gates as gates_lib
     from verify import floors
 
     inputs, model, rows = shipped
-    mlmodel = ct.models.MLModel(inputs.paths.mlpackage, compute_units=COMPUTE_UNITS[units])
+    mlmodel = ct.models.MLModel(inputs.paths.artifact(package), compute_units=COMPUTE_UNITS[units])
     eager = floors.torch_forward(model)
-    bounds = gates_lib.bounds_for(inputs.contract.gates, "coreml")
+    bounds = gates_lib.bounds_for(inputs.contract.gates, package)
     for length in inputs.contract.lengths:
         refs = np.concatenate([eager(row) for row in rows[length]], axis=1)
         got = np.concatenate([mlmodel.predict({"input_ids": row})["logits"] for row in rows[length]], axis=1)
         assert got.shape == refs.shape, f"T{length}: output shape {got.shape}"
         measured = parity.compare_logits(refs, got).gated()
         over = {m: (v, bounds[f"T{length}"][m]) for m, v in measured.items() if v > bounds[f"T{length}"][m]}
-        assert not over, f"{units} T{length}: metric (value, bound) over the contract's fp16 bounds: {over}"
+        assert not over, f"{package} {units} T{length}: metric (value, bound) over its bounds: {over}"
 
 
-def test_runtime_agrees_with_the_numpy_executor(shipped):
+@pytest.mark.parametrize("package", PACKAGES)
+def test_runtime_agrees_with_the_numpy_executor(shipped, package):
     # The executor is Linux's stand-in for this runtime: check the stand-in where both exist. Both
     # compute the same fp16 program; they may differ by rounding order, so the bound is the
     # contract's fp16 max-abs bound against eager.
     from conversion import gates as gates_lib
 
     inputs, _, rows = shipped
-    mlmodel = ct.models.MLModel(inputs.paths.mlpackage, compute_units=ct.ComputeUnit.CPU_ONLY)
-    program = mil_executor.load_mlpackage(inputs.paths.mlpackage)
-    bounds = gates_lib.bounds_for(inputs.contract.gates, "coreml")
+    path = inputs.paths.artifact(package)
+    mlmodel = ct.models.MLModel(path, compute_units=ct.ComputeUnit.CPU_ONLY)
+    program = mil_executor.load_mlpackage(path)
+    bounds = gates_lib.bounds_for(inputs.contract.gates, package)
     for length in inputs.contract.lengths:
         for row in rows[length]:
             runtime = mlmodel.predict({"input_ids": row})["logits"].astype(np.float32)
             reference = mil_executor.run(program, row)
             diff = float(np.abs(runtime - reference).max())
-            assert diff <= bounds[f"T{length}"]["max_abs_diff"], f"T{length}: {diff}"
+            assert diff <= bounds[f"T{length}"]["max_abs_diff"], f"{package} T{length}: {diff}"

@@ -194,3 +194,46 @@ def check_spec(
 
 def failures(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if not r.ok]
+
+
+# The Core ML variants with compressed weights (conversion/coreml_compress.py): the deployment
+# target each must declare (Core ML's specification version: iOS16 is 7, iOS17 8, iOS18 9), and
+# the op that holds its weights. An int4 package below iOS18 would not load on any device.
+SPECIFICATION_VERSIONS = {"iOS16": 7, "iOS17": 8, "iOS18": 9}
+COMPRESSED_VARIANTS = {
+    "int8": ("iOS16", "constexpr_affine_dequantize"),
+    "int4": ("iOS18", "constexpr_blockwise_shift_scale"),
+}
+
+
+def _op_types(block) -> list[str]:
+    types = [op.type for op in block.operations]
+    for op in block.operations:
+        for nested in op.blocks:
+            types += _op_types(nested)
+    return types
+
+
+def check_compression(mlpackage_path: str, compression: str) -> list[CheckResult]:
+    """The variant's deployment target (exactly its target, the oldest that runs it), the metadata
+    naming the compression, and its weights held in the variant's constexpr op (none of the other)."""
+    target, op_type = COMPRESSED_VARIANTS[compression]
+    spec, _ = read_spec(mlpackage_path)
+    by_version = {version: name for name, version in SPECIFICATION_VERSIONS.items()}
+    measured_target = by_version.get(spec.specificationVersion, f"spec {spec.specificationVersion}")
+    function = spec.mlProgram.functions.get(MAIN_FUNCTION) if spec.WhichOneof("Type") == "mlProgram" else None
+    ops = (
+        [t for block in function.block_specializations.values() for t in _op_types(block)] if function else []
+    )
+    constexpr = sorted({t for t in ops if t.startswith("constexpr_")})
+    metadata = dict(spec.description.metadata.userDefined)
+    return [
+        CheckResult("deployment_target", measured_target == target, measured_target, target),
+        CheckResult(
+            "compression_metadata",
+            metadata.get("compression") == compression,
+            metadata.get("compression"),
+            compression,
+        ),
+        CheckResult("compressed_weight_ops", constexpr == [op_type], constexpr, [op_type]),
+    ]

@@ -23,6 +23,11 @@ compared with fp32 eager by the same metrics (verify/parity.py, compare_logits).
           projection rounded through Q8_0 blocks along its rows, as ggml's CPU kernels quantize
           the f32 operand of a product with Q8_0 or Q4_0 weights. Row order is no matter: the
           exporter's Q/K row permutation moves whole rows, and blocks lie within a row.
+  int8    the fp16 model with every weight matrix as the Core ML int8 package holds it (per-channel
+  int4    int8, or int4 per block of 32): quantized by coremltools' own quantizer and decompressed
+          by its own code (conversion/coreml_compress.quantize_like_package), so the emulation
+          computes with exactly the package's weights; verification checks the package holds
+          them, element for element.
 
 Why a factor of 4: an artifact and its emulation round in different places, so the artifact's
 error is of the floor's order but not equal to it; on the default student every artifact measured
@@ -57,7 +62,10 @@ METHODS = {
     "through Q8_0 blocks, vs float32 eager",
     "w_q4_0": "float64 eager, weight matrices as the Q4_0 GGUF stores them, projection inputs "
     "through Q8_0 blocks, vs float32 eager",
+    "int8": "float16 eager with the Core ML int8 package's weight matrices (per channel), vs float32 eager",
+    "int4": "float16 eager with the Core ML int4 package's weight matrices (blocks of 32), vs float32 eager",
 }
+COMPRESSED = ("int8", "int4")  # precisions whose weights are quantized (conversion/coreml_compress.py)
 # The GGUF variant each quantized-weight precision emulates (conversion/gguf_quant.DTYPES).
 QUANTIZED_GGUF = {"w_q8_0": "Q8_0", "w_q4_0": "Q4_0"}
 
@@ -156,6 +164,8 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
             if isinstance(module, torch.nn.Linear):
                 module.register_forward_pre_hook(_round_input_through_q8_0)
         return twin
+    if precision in COMPRESSED:
+        return _with_compressed_weights(twin.half(), precision)
     if precision == "w_f16":
         with torch.no_grad():
             for weight in twin.parameters():
@@ -168,6 +178,20 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     wrapped = _F16CacheAttention(twin)
     wrapped.eval()
     return wrapped
+
+
+def _with_compressed_weights(model: torch.nn.Module, compression: str) -> torch.nn.Module:
+    """`model` (float16) with each weight matrix replaced by the compressed package's (module
+    docstring, int8/int4). Buffers (the RoPE tables) stay float16, as the package keeps them."""
+    from conversion import coreml_compress  # coremltools: only for these precisions
+
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.ndim == 2:
+                held = coreml_compress.quantize_like_package(weight.numpy(), compression)
+                if held is not None:
+                    weight.copy_(torch.from_numpy(held))
+    return model
 
 
 def _floored(comparison: parity.Comparison) -> dict[str, float]:

@@ -40,7 +40,7 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]  # ids int [1, T] -> logits [1, T,
 # floor-derived distribution bounds instead). Another variant is gated by adding it here.
 MIN_AGREEMENT = {"gguf_q8_0": 0.99}
 # Every backend whose agreement is measured (and reported); gated when also in MIN_AGREEMENT.
-MEASURED = ("gguf_q8_0", "gguf_q4_0")
+MEASURED = ("gguf_q8_0", "gguf_q4_0", "coreml_int8", "coreml_int4")
 
 
 @dataclasses.dataclass(frozen=True)

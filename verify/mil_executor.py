@@ -36,6 +36,12 @@ import numpy as np
 #         we store runtime values there) and Var._sym_type (we store the concrete runtime type)
 #   - types.tensor(dtype, shape), types.is_tensor, types.nptype_from_builtin,
 #     types.symbolic.is_symbolic
+#   - compressed weights (the int8/int4 variants, conversion/coreml_compress.py): the ops
+#         constexpr_affine_dequantize (iOS16) and constexpr_blockwise_shift_scale (iOS18), run
+#         through their own Operation.materialized_val_inference() (which calls the op class's
+#         static decompress()); their inputs (quantized_data/data, scale, zero_point/offset, axis)
+#         are const ops
+#   - scaled_dot_product_attention (iOS18 programs) inputs query, key, value, attn_mask
 # Pinned by coremltools==9.0 in third_party/python/requirements_lock.txt.
 # ---------------------------------------------------------------------------------------------
 from coremltools.converters.mil.frontend.milproto import load as _milproto_load
@@ -141,7 +147,34 @@ def _matmul(op):
     return np.matmul(x, y)
 
 
+# Compressed weights and iOS18 ops (the Core ML int8/int4 variants). Kept apart from the ops
+# above: each is one function, registered in OVERRIDES below.
+
+CONSTEXPR_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
+
+
+def _constexpr(op):
+    # constexpr ops have no value_inference by design (coremltools keeps weights compressed while
+    # it optimizes); materializing is what the runtime does once when it loads the model. Their
+    # inputs are consts, so the stock decompression applies unchanged.
+    return op.materialized_val_inference()
+
+
+def _scaled_dot_product_attention(op):
+    # Float32 accumulation as in _linear, rounded to the op's dtype afterwards; the stock version
+    # multiplies in the inputs' float16 (NumPy's slow loop) and rounds every partial sum.
+    q, k, v = (x.val.astype(np.float32) for x in (op.query, op.key, op.value))
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) / np.sqrt(np.float32(q.shape[-1]))
+    if op.attn_mask is not None:
+        mask = op.attn_mask.val
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask.astype(np.float32)
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    return np.matmul(scores / scores.sum(-1, keepdims=True), v)
+
+
 OVERRIDES = {
+    **{op_type: _constexpr for op_type in CONSTEXPR_OPS},
+    "scaled_dot_product_attention": _scaled_dot_product_attention,
     "linear": _linear,
     "matmul": _matmul,
     "silu": _silu,
@@ -359,3 +392,57 @@ def set_const(program: Program, name: str, value: np.ndarray) -> None:
             _set_value(op.outputs[0], value.astype(old.dtype))
             return
     raise KeyError(f"no const named {name!r}")
+
+
+def materialized_weights(program: Program) -> dict[str, np.ndarray]:
+    """{name: value} of every compressed weight (constexpr op), decompressed as the runtime does."""
+    return {
+        op.outputs[0].name: np.asarray(_constexpr(op))
+        for op in program.function.operations
+        if op.op_type in CONSTEXPR_OPS
+    }
+
+
+def _elements(value) -> int:
+    return int(np.size(value))
+
+
+def compression_share(program: Program) -> tuple[int, int]:
+    """(weight elements held compressed, all weight elements): elements out of constexpr ops, and
+    those plus every floating-point const of more than one element (scalars are constants, not
+    weights; the compressed ops' own scales and data are not counted twice)."""
+    compressed_inputs = {
+        id(var)
+        for op in program.function.operations
+        if op.op_type in CONSTEXPR_OPS
+        for var in op.inputs.values()
+    }
+    compressed = sum(
+        int(np.prod(op.outputs[0].shape))  # static: a constexpr output's shape is its data's
+        for op in program.function.operations
+        if op.op_type in CONSTEXPR_OPS
+    )
+    plain = sum(
+        _elements(op.outputs[0].val)
+        for op in program.function.operations
+        if op.op_type == "const"
+        and id(op.outputs[0]) not in compressed_inputs
+        and np.issubdtype(np.asarray(op.outputs[0].val).dtype, np.floating)
+        and _elements(op.outputs[0].val) > 1
+    )
+    return compressed, compressed + plain
+
+
+def compressed_input(program: Program, weight: str, role: str) -> str:
+    """The name of the const that feeds input `role` (scale, zero_point, data, ...) of the constexpr
+    op whose output is `weight`, for set_const. The loader names these consts with a per-process
+    counter, so they are found by the op they feed, never by name."""
+    for op in program.function.operations:
+        if op.op_type in CONSTEXPR_OPS and op.outputs[0].name == weight:
+            var = op.inputs.get(role)
+            if var is None or var.op.op_type != "const":
+                raise KeyError(
+                    f"{weight}: its {op.op_type} has no const input {role!r} ({sorted(op.inputs)})"
+                )
+            return var.name
+    raise KeyError(f"no compressed weight named {weight!r}")

@@ -18,6 +18,8 @@ import coremltools as ct
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import get_new_symbol
 from torch import nn
 from torch.nn import functional as F
 
@@ -279,3 +281,88 @@ def test_missing_or_corrupt_packages_are_input_errors(packages, tmp_path):
     os.remove(os.path.join(no_manifest, "Manifest.json"))
     with pytest.raises(InputError, match="no Manifest.json"):
         mil_executor.load_mlpackage(no_manifest)
+
+
+# --- Compressed weights and iOS18 ops (the Core ML int8/int4 variants) -------------------------
+
+
+def _program_of(prog, path, lengths, target):
+    """Saves a MIL program with input x [1, T, 8] enumerated over `lengths`; loads it back."""
+    shapes = ct.EnumeratedShapes(shapes=[[1, t, 8] for t in lengths])
+    mlmodel = ct.convert(
+        prog,
+        inputs=[ct.TensorType(name="x", shape=shapes)],
+        convert_to="mlprogram",
+        minimum_deployment_target=target,
+        compute_precision=ct.precision.FLOAT32,
+    )
+    coreml.save_mlpackage(mlmodel, path)
+    return mil_executor.load_mlpackage(path)
+
+
+def test_constexpr_affine_dequantize_matches_numpy(tmp_path):
+    rng = np.random.default_rng(0)
+    quantized = rng.integers(-128, 128, (4, 8)).astype(np.int8)
+    zero_point = rng.integers(-3, 4, 4).astype(np.int8)
+    scale = rng.uniform(0.01, 0.1, 4).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol(), 8))], opset_version=ct.target.iOS16)
+    def prog(x):
+        w = mb.constexpr_affine_dequantize(
+            quantized_data=quantized, zero_point=zero_point, scale=scale, axis=0
+        )
+        return mb.linear(x=x, weight=w, name="y")
+
+    program = _program_of(prog, str(tmp_path / "affine.mlpackage"), OP_LENGTHS, ct.target.iOS16)
+    assert "constexpr_affine_dequantize" in program.op_types
+    weight = (quantized.astype(np.float32) - zero_point[:, None]) * scale[:, None]
+    for length in OP_LENGTHS:
+        x = rng.standard_normal((1, length, 8)).astype(np.float32)
+        got = mil_executor.evaluate(program, {"x": x})["y"]
+        np.testing.assert_allclose(got, x @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_constexpr_blockwise_shift_scale_matches_numpy(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(-8, 8, (4, 8)).astype(np.int8)  # 4-bit values
+    scale = rng.uniform(0.01, 0.1, (4, 2)).astype(np.float32)  # blocks of 4 columns
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol(), 8))], opset_version=ct.target.iOS18)
+    def prog(x):
+        w = mb.constexpr_blockwise_shift_scale(data=data, scale=scale)
+        return mb.linear(x=x, weight=w, name="y")
+
+    program = _program_of(prog, str(tmp_path / "blockwise.mlpackage"), OP_LENGTHS, ct.target.iOS18)
+    assert "constexpr_blockwise_shift_scale" in program.op_types
+    weight = data.astype(np.float32) * np.repeat(scale, 4, axis=1)
+    for length in OP_LENGTHS:
+        x = rng.standard_normal((1, length, 8)).astype(np.float32)
+        got = mil_executor.evaluate(program, {"x": x})["y"]
+        np.testing.assert_allclose(got, x @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_scaled_dot_product_attention_matches_torch(tmp_path):
+    """iOS18 programs fuse attention; the student's int4 variant runs it with a causal mask."""
+    module = Fn(lambda x: F.scaled_dot_product_attention(x, x * 0.5, x + 1.0, is_causal=True))
+    rng = np.random.default_rng(0)
+    example = torch.from_numpy(_float_input(OP_LENGTHS[-1], rng)[:, None])  # [1, 1, T, 8]: one head
+    traced = torch.jit.trace(module.eval(), example)
+    shapes = ct.EnumeratedShapes(shapes=[[1, 1, t, 8] for t in OP_LENGTHS])
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name="x", shape=shapes, dtype=np.float32)],
+        outputs=[ct.TensorType(name="y", dtype=np.float32)],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS18,
+        compute_precision=ct.precision.FLOAT32,
+    )
+    path = str(tmp_path / "sdpa.mlpackage")
+    coreml.save_mlpackage(mlmodel, path)
+    program = mil_executor.load_mlpackage(path)
+    assert "scaled_dot_product_attention" in program.op_types, sorted(set(program.op_types))
+    for length in OP_LENGTHS:
+        x = rng.standard_normal((1, 1, length, 8)).astype(np.float32)
+        got = mil_executor.evaluate(program, {"x": x})["y"]
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"length {length}")

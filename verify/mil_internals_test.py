@@ -132,3 +132,99 @@ def test_value_inference_reads_values_written_to_sym_val(program):
         "Var._sym_val -> Var.val -> value_inference",
         "gave wrong values",
     )
+
+
+# --- compressed weights (the Core ML int8/int4 variants) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module, op_type",
+    [
+        ("coremltools.converters.mil.mil.ops.defs.iOS16.constexpr_ops", "constexpr_affine_dequantize"),
+        ("coremltools.converters.mil.mil.ops.defs.iOS18.compression", "constexpr_blockwise_shift_scale"),
+    ],
+)
+def test_constexpr_ops_materialize_through_their_own_decompress(module, op_type):
+    try:
+        op_class = getattr(importlib.import_module(module), op_type)
+    except (ImportError, AttributeError) as error:
+        pytest.fail(f"coremltools internal moved: {module}.{op_type} ({error})")
+    need(
+        callable(getattr(op_class, "materialized_val_inference", None)),
+        f"{op_type}.materialized_val_inference",
+    )
+    need(
+        isinstance(inspect.getattr_static(op_class, "decompress"), staticmethod),
+        f"{op_type}.decompress",
+        "is not static",
+    )
+    need(
+        op_type in mil_executor.CONSTEXPR_OPS and op_type in mil_executor.OVERRIDES,
+        f"executor runs {op_type}",
+    )
+
+
+def test_decompress_signatures():
+    from coremltools.converters.mil.mil.ops.defs.iOS16.constexpr_ops import constexpr_affine_dequantize
+    from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_blockwise_shift_scale
+
+    affine = list(inspect.signature(constexpr_affine_dequantize.decompress).parameters)
+    need(
+        affine == ["quantized_data", "zero_point", "scale", "axis"],
+        "constexpr_affine_dequantize.decompress",
+        f"has {affine}",
+    )
+    blockwise = list(inspect.signature(constexpr_blockwise_shift_scale.decompress).parameters)
+    need(
+        blockwise == ["data", "scale", "offset"],
+        "constexpr_blockwise_shift_scale.decompress",
+        f"has {blockwise}",
+    )
+    q = np.array([[1, -2], [3, 4]], dtype=np.int8)
+    got = constexpr_blockwise_shift_scale.decompress(q, np.array([[0.5], [2.0]], dtype=np.float16), None)
+    need(
+        np.array_equal(got, np.array([[0.5, -1.0], [6.0, 8.0]], dtype=np.float16)),
+        "blockwise decompress values",
+    )
+
+
+def test_quantizer_classmethods_used_for_the_floors():
+    from coremltools.optimize.coreml import _quantization_passes
+
+    quantizer = getattr(_quantization_passes, "linear_quantize_weights", None)
+    need(quantizer is not None, "coremltools.optimize.coreml._quantization_passes.linear_quantize_weights")
+    params = list(inspect.signature(quantizer.blockwise_compress).parameters)
+    need(
+        params == ["original_data", "nbits", "mode", "signed", "block_sizes"],
+        "linear_quantize_weights.blockwise_compress(original_data, nbits, mode, signed, block_sizes)",
+        f"has {params}",
+    )
+    need(
+        isinstance(inspect.getattr_static(quantizer, "decompress"), staticmethod),
+        "linear_quantize_weights.decompress",
+    )
+
+
+def test_a_compressed_const_loads_as_a_constexpr_op_the_executor_runs(tmp_path):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol(), 4))], opset_version=ct.target.iOS18)
+    def prog(x):
+        w = mb.constexpr_blockwise_shift_scale(
+            data=np.arange(8, dtype=np.int8).reshape(2, 4) - 4, scale=np.full((2, 1), 0.25, dtype=np.float32)
+        )
+        return mb.linear(x=x, weight=w, name="y")
+
+    mlmodel = ct.convert(
+        prog,
+        inputs=[ct.TensorType(name="x", shape=ct.EnumeratedShapes(shapes=[[1, 2, 4], [1, 3, 4]]))],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS18,
+        compute_precision=ct.precision.FLOAT32,
+    )
+    path = str(tmp_path / "c.mlpackage")
+    coreml.save_mlpackage(mlmodel, path)
+    program = mil_executor.load_mlpackage(path)
+    op = next(op for op in program.function.operations if op.op_type == "constexpr_blockwise_shift_scale")
+    need(op.outputs[0].val is None, "constexpr output value", "is materialized at load (expected None)")
+    need(all(v.op.op_type == "const" for v in op.inputs.values()), "constexpr inputs", "are not const ops")
+    weights = mil_executor.materialized_weights(program)
+    need(len(weights) == 1, "mil_executor.materialized_weights", f"found {sorted(weights)}")

@@ -38,6 +38,9 @@ from verify import report as report_lib
 TORCHSCRIPT, COREML, COREML_FP32 = "torchscript", "coreml", "coreml_fp32"
 GGUF, GGUF_KV_F16, GGUF_F16 = "gguf", "gguf_kv_f16", "gguf_f16"
 GGUF_Q8_0, GGUF_Q4_0 = "gguf_q8_0", "gguf_q4_0"
+# The Core ML variants with compressed weights -> their compression (conversion/coreml_compress.py).
+COREML_INT8, COREML_INT4 = "coreml_int8", "coreml_int4"
+COREML_COMPRESSED = {COREML_INT8: "int8", COREML_INT4: "int4"}
 # backend -> the flag (and Paths field) that names its artifact
 FLAGS_OF = {
     TORCHSCRIPT: "torchscript",
@@ -48,6 +51,8 @@ FLAGS_OF = {
     GGUF_F16: "gguf_f16",
     GGUF_Q8_0: "gguf_q8_0",
     GGUF_Q4_0: "gguf_q4_0",
+    COREML_INT8: "mlpackage_int8",
+    COREML_INT4: "mlpackage_int4",
 }
 # The Paths fields that name GGUF files (read and checked alike).
 GGUF_FIELDS = ("gguf", "gguf_f16", "gguf_q8_0", "gguf_q4_0")
@@ -67,6 +72,8 @@ class Paths:
     gguf_f16: str | None = None
     gguf_q8_0: str | None = None
     gguf_q4_0: str | None = None
+    mlpackage_int8: str | None = None
+    mlpackage_int4: str | None = None
 
     def artifact(self, backend: str) -> str | None:
         return getattr(self, FLAGS_OF[backend])
@@ -86,6 +93,8 @@ PIPELINE_FILES = {
     "gguf_f16": "magic-8-ball.f16.gguf",
     "gguf_q8_0": "magic-8-ball.Q8_0.gguf",
     "gguf_q4_0": "magic-8-ball.Q4_0.gguf",
+    "mlpackage_int8": "magic-8-ball.int8.mlpackage",
+    "mlpackage_int4": "magic-8-ball.int4.mlpackage",
 }
 
 
@@ -163,7 +172,7 @@ def check_inputs(paths: Paths) -> Inputs:
     strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
     if paths.torchscript:
         torchscript_archive.check_file(paths.torchscript)
-    for package in (paths.mlpackage, paths.mlpackage_fp32):
+    for package in (paths.mlpackage, paths.mlpackage_fp32, paths.mlpackage_int8, paths.mlpackage_int4):
         if package:
             mlpackage_manifest.root_model_path(package)  # the layout; the spec is read later
     for gguf_path in (getattr(paths, field) for field in GGUF_FIELDS):
@@ -234,6 +243,61 @@ def check_coreml_weights(report, program, model, name: str = COREML) -> None:
     report.check(name, report_lib.ALL, "weights_elements_changed", changed, "==", 0)
 
 
+def check_coreml_compressed(report, program, path: str, model, name: str) -> None:
+    """A compressed variant (COREML_COMPRESSED): its target, metadata and weight ops from the spec,
+    every weight matrix of the checkpoint present and, decompressed by coremltools' own code, equal
+    element for element to the checkpoint quantized as the variant says (conversion/coreml_compress,
+    quantize_like_package: what the floors computed with). A corrupted scale or quantized value
+    moves some elements; the output metrics of a small fault sit below the quantization noise.
+    Notes the share of weight elements held compressed."""
+    from conversion import coreml_compress
+    from verify import coreml_spec, mil_executor
+
+    compression = COREML_COMPRESSED[name]
+    for result in coreml_spec.check_compression(path, compression):
+        report.check(
+            name, report_lib.ALL, "spec_" + result.name, result.measured, "==", result.expected, ok=result.ok
+        )
+    held = {**mil_executor.consts(program), **mil_executor.materialized_weights(program)}
+    matrices = {tensor_name: tensor for tensor_name, tensor in model.named_parameters() if tensor.ndim == 2}
+    found = changed = 0
+    for tensor_name, tensor in sorted(matrices.items()):
+        key = tensor_name.replace(".", "_") + "_to_fp16"
+        value = held.get(key + "_quantized", held.get(key))
+        if value is None:
+            continue
+        found += 1
+        weight = tensor.detach().numpy().astype(np.float16)
+        expected = coreml_compress.quantize_like_package(weight, compression)
+        expected = weight if expected is None else expected
+        value = np.asarray(value)
+        changed += int(expected.size) if expected.shape != value.shape else int((expected != value).sum())
+    report.check(name, report_lib.ALL, "weights_matrices_found", found, "==", len(matrices))
+    report.check(name, report_lib.ALL, "weights_elements_changed", changed, "==", 0)
+    compressed, total = mil_executor.compression_share(program)
+    report.note(name, report_lib.ALL, "weights_compressed_share", compressed / total if total else 0.0)
+    report.note(name, report_lib.ALL, "weights_compressed_elements", compressed)
+    report.note(name, report_lib.ALL, "weights_elements", total)
+
+
+def compressed_coreml_backend(name: str, path: str, contract, program=None) -> Backend:
+    """A compressed Core ML variant through the MIL executor (`program`: already loaded, e.g. with a
+    fault planted by //tests:gate_power), with its interface and exact weight checks."""
+    from verify import mil_executor
+
+    program = program or mil_executor.load_mlpackage(path)
+    input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
+    return Backend(
+        name,
+        path,
+        lambda ids: mil_executor.run(program, ids, input_name, output_name),
+        lambda report, contract, model: (
+            check_coreml_interface(report, contract, path, name),
+            check_coreml_compressed(report, program, path, model, name),
+        ),
+    )
+
+
 def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF) -> None:
     """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do."""
     from verify import gguf_check
@@ -257,6 +321,8 @@ def load_backends(inputs: Inputs) -> list[Backend]:
         path = paths.artifact(name)
         if name == TORCHSCRIPT:
             backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
+        elif name in COREML_COMPRESSED:
+            backends.append(compressed_coreml_backend(name, path, contract))
         elif name in (COREML, COREML_FP32):
             program = mil_executor.load_mlpackage(path)
             input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
@@ -371,6 +437,27 @@ def check_behaviour(
         result.near_tie_flips,
         result.seconds,
     )
+
+
+def padded_memoised(forward: Callable, lengths, pad_id: int) -> Callable:
+    """`forward` over [1, n] ids of any n up to the longest length: right-padded to the smallest
+    contract length that holds them (the model is causal, so padding changes no earlier logit) and
+    cut back to n. Memoised on the padded row, so the greedy agreement's one forward per question
+    reuses the behaviour replay's, which pads the same sequence the same way."""
+    memo: dict[bytes, np.ndarray] = {}
+
+    def run(ids) -> np.ndarray:
+        ids = np.asarray(ids).reshape(1, -1)
+        length = parity.smallest_length(ids.shape[1], lengths)
+        if length is None:
+            raise ValueError(f"{ids.shape[1]} tokens do not fit the longest length {max(lengths)}")
+        row = parity.pad_row(ids[0].tolist(), length, pad_id)
+        key = np.asarray(row, dtype=np.int64).tobytes()
+        if key not in memo:
+            memo[key] = np.asarray(forward(row), dtype=np.float32)
+        return memo[key][:, : ids.shape[1]]
+
+    return run
 
 
 def check_greedy_agreement(
@@ -514,6 +601,10 @@ def verify(
         began = time.monotonic()
         if backend.interface_check:
             backend.interface_check(report, contract, model)
+        if backend.name in COREML_COMPRESSED:  # the executor is slow: reuse the replay's forwards
+            backend = dataclasses.replace(
+                backend, forward=padded_memoised(backend.forward, contract.lengths, tokenizer.pad_id)
+            )
         check_outputs(report, backend, contract, rows, refs, paths)
         check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
         if backend.name in greedy_agreement.MEASURED:

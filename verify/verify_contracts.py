@@ -46,6 +46,8 @@ flags.DEFINE_string("mlpackage_fp32", None, "Core ML .mlpackage computing in fp3
 flags.DEFINE_string("gguf_f16", None, "GGUF file with f16 weights.")
 flags.DEFINE_string("gguf_q8_0", None, "GGUF file with Q8_0 weights (conversion/gguf_quant.py).")
 flags.DEFINE_string("gguf_q4_0", None, "GGUF file with Q4_0 weights (conversion/gguf_quant.py).")
+flags.DEFINE_string("mlpackage_int8", None, "Core ML .mlpackage with int8 weights (per channel).")
+flags.DEFINE_string("mlpackage_int4", None, "Core ML .mlpackage with int4 weights (per block, iOS18).")
 flags.DEFINE_string("out_report", None, "Output report JSON (required).")
 flags.DEFINE_bool(
     "exit_nonzero_on_failed_gates",
@@ -87,6 +89,8 @@ def main(argv: list[str]) -> None:
         gguf_f16=FLAGS.gguf_f16,
         gguf_q8_0=FLAGS.gguf_q8_0,
         gguf_q4_0=FLAGS.gguf_q4_0,
+        mlpackage_int8=FLAGS.mlpackage_int8,
+        mlpackage_int4=FLAGS.mlpackage_int4,
     )
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
