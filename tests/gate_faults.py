@@ -481,6 +481,7 @@ FAULTS = (
         f"the f16 scale of {SCALE_BLOCK[0]}'s first block x {SCALE_BLOCK[1]:g}",
         {"gguf_q8_0": _gg_scale_block("Q8_0"), "gguf_q4_0": _gg_scale_block("Q4_0")},
     ),
+    Fault(
         "scale_block_corrupted",
         f"one scale of {WEIGHT[1]} x {SCALE} (an int8 channel, an int4 block)",
         {"coreml_int8": _int8_scale, "coreml_int4": _int4_scale},
