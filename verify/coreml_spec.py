@@ -80,6 +80,28 @@ def input_dtype_of(spec, input_name: str = "input_ids") -> str | None:
     return DTYPE_NAMES.get(feature.type.multiArrayType.dataType)
 
 
+def _state_array(spec, state_name: str):
+    feature = _feature(spec.description.state, state_name)
+    if feature is None or feature.type.WhichOneof("Type") != "stateType":
+        return None
+    wrapped = feature.type.stateType
+    if wrapped.WhichOneof("Type") != "arrayType":
+        return None
+    return wrapped.arrayType
+
+
+def state_shape(spec, state_name: str) -> tuple[int, ...] | None:
+    """The declared shape of a multi-array state (states have one fixed shape); None if missing."""
+    array = _state_array(spec, state_name)
+    return None if array is None else tuple(int(d) for d in array.shape)
+
+
+def state_dtype_of(spec, state_name: str) -> str | None:
+    """ "float16", ... of a multi-array state; None if missing or not a multi-array."""
+    array = _state_array(spec, state_name)
+    return None if array is None else DTYPE_NAMES.get(array.dataType)
+
+
 def supports_length(spec, length: int, input_name: str = "input_ids") -> bool:
     """Whether the Core ML runtime would accept input_ids of shape [1, length]."""
     feature = _feature(spec.description.input, input_name)

@@ -13,6 +13,12 @@ below. After each op, the result must agree with every static dimension the prog
 for it: a program whose trace froze a length (docs/architecture.md, "Frozen lengths") fails loudly
 here at the other lengths instead of computing something plausible.
 
+Stateful programs (iOS18: a KV cache held as Core ML state, conversion/coreml_stateful.py) run
+against a `State` (make_state()), the executor's counterpart of the runtime's MLState: it holds one
+array per declared state, `read_state` copies from it, `coreml_update_state` writes into it, and
+evaluate() leaves the written values in it for the next call. A state is only updated when the
+whole call succeeded. A fresh sequence needs a fresh state (make_state() gives zeros).
+
 This is a reference, not the Core ML runtime: it proves the saved program computes the model at
 each enumerated length. verify/coreml_runtime_test.py runs the real runtime on macOS.
 """
@@ -42,6 +48,11 @@ import numpy as np
 #         static decompress()); their inputs (quantized_data/data, scale, zero_point/offset, axis)
 #         are const ops
 #   - scaled_dot_product_attention (iOS18 programs) inputs query, key, value, attn_mask
+#   - states (iOS18, ct.StateType): a state is a Function input whose sym_type is
+#         types.state(tensor) (types.is_state); the ops read_state(input) and
+#         coreml_update_state(state, value), which have no value_inference (the loader turns the
+#         saved write_state + read_state pair back into one coreml_update_state); slice_update
+#         (the cache write) runs through its own value_inference
 # Pinned by coremltools==9.0 in third_party/python/requirements_lock.txt.
 # ---------------------------------------------------------------------------------------------
 from coremltools.converters.mil.frontend.milproto import load as _milproto_load
@@ -147,6 +158,27 @@ def _matmul(op):
     return np.matmul(x, y)
 
 
+# States (iOS18 stateful programs). The value of a state input var is the State's array for the
+# call; coreml_update_state replaces it, so ops after the update read the new value, as in Core ML.
+
+STATE_OPS = ("read_state", "coreml_update_state")
+
+
+def _read_state(op):
+    # A copy: the runtime's read_state copies the state's content into a new tensor.
+    return np.array(op.input.val, copy=True)
+
+
+def _coreml_update_state(op):
+    state, value = op.state, np.asarray(op.value.val)
+    dtype = np.dtype(_types.nptype_from_builtin(state.sym_type.wrapped_type().get_primitive()))
+    held = np.asarray(state.val)
+    if value.shape != held.shape:
+        raise ValueError(f"update of state {state.name!r} has shape {value.shape}, the state {held.shape}")
+    state._sym_val = _Value(value.astype(dtype, copy=True))
+    return value
+
+
 # Compressed weights and iOS18 ops (the Core ML int8/int4 variants). Kept apart from the ops
 # above: each is one function, registered in OVERRIDES below.
 
@@ -174,6 +206,8 @@ def _scaled_dot_product_attention(op):
 
 OVERRIDES = {
     **{op_type: _constexpr for op_type in CONSTEXPR_OPS},
+    "read_state": _read_state,
+    "coreml_update_state": _coreml_update_state,
     "scaled_dot_product_attention": _scaled_dot_product_attention,
     "linear": _linear,
     "matmul": _matmul,
@@ -203,6 +237,8 @@ class Program:
     input_dtypes: dict[str, np.dtype]
     output_names: list[str]
     declared: dict[int, tuple | None]  # id(var) -> static dims as loaded
+    # Declared states (iOS18 stateful programs): name -> (shape, dtype). Empty for a stateless one.
+    state_specs: dict[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
 
     @property
     def op_types(self) -> list[str]:
@@ -211,6 +247,29 @@ class Program:
     def lengths(self, input_name: str = "input_ids") -> list[int]:
         """Sequence lengths (dim 1) the input enumerates, sorted."""
         return sorted({shape[1] for shape in self.input_shapes[input_name]})
+
+
+@dataclasses.dataclass
+class State:
+    """The values of a stateful program's states, carried from one evaluate() call to the next (the
+    executor's MLState). evaluate() replaces each array after a successful call."""
+
+    values: dict[str, np.ndarray]
+
+
+def make_state(program: Program) -> State:
+    """A fresh state for one sequence: every declared state zeroed, in its declared dtype."""
+    return State({name: np.zeros(shape, dtype) for name, (shape, dtype) in program.state_specs.items()})
+
+
+def _state_specs(path: str, spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    specs = {}
+    for feature in spec.description.state:
+        dtype = coreml_spec.state_dtype_of(spec, feature.name)
+        if dtype is None:
+            raise InputError(f"{path}: state {feature.name!r}: only multi-array states are supported")
+        specs[feature.name] = (coreml_spec.state_shape(spec, feature.name), np.dtype(dtype))
+    return specs
 
 
 def _input_signature(path: str, spec, name: str) -> tuple[list[tuple[int, ...]], np.dtype]:
@@ -257,10 +316,15 @@ def load_mlpackage(path: str) -> Program:
     shapes, dtypes = {}, {}
     for feature in spec.description.input:
         shapes[feature.name], dtypes[feature.name] = _input_signature(path, spec, feature.name)
-    if sorted(shapes) != sorted(function.inputs):
+    states = _state_specs(path, spec)
+    if sorted([*shapes, *states]) != sorted(function.inputs):
         raise InputError(
-            f"{path}: description inputs {sorted(shapes)} != program inputs {sorted(function.inputs)}"
+            f"{path}: description inputs and states {sorted([*shapes, *states])} != program inputs "
+            f"{sorted(function.inputs)}"
         )
+    for name in states:
+        if not _types.is_state(function.inputs[name].sym_type):
+            raise InputError(f"{path}: state {name!r} is not a state in the ML Program")
     declared = {}
     for var in function.inputs.values():
         declared[id(var)] = _declared_shape(var)
@@ -274,6 +338,7 @@ def load_mlpackage(path: str) -> Program:
         input_dtypes=dtypes,
         output_names=[o.name for o in spec.description.output],
         declared=declared,
+        state_specs=states,
     )
 
 
@@ -324,16 +389,51 @@ def _evaluate_op(program: Program, op) -> None:
         _set_value(var, value)
 
 
-def evaluate(program: Program, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _check_state(program: Program, state: State | None) -> None:
+    """InputError, naming the state, unless `state` is what the program declares."""
+    if not program.state_specs:
+        if state is not None:
+            raise InputError(f"{program.path}: the program has no states, but a state was given")
+        return
+    if not isinstance(state, State):
+        raise InputError(
+            f"{program.path}: the program is stateful (states {sorted(program.state_specs)}); "
+            "pass a state from make_state(program)"
+        )
+    if sorted(state.values) != sorted(program.state_specs):
+        raise InputError(
+            f"{program.path}: states are {sorted(program.state_specs)}, got {sorted(state.values)}; "
+            "use make_state(program)"
+        )
+    for name, (shape, dtype) in program.state_specs.items():
+        value = state.values[name]
+        if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
+            got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise InputError(
+                f"{program.path}: state {name!r} is {got}, but the program declares {dtype} {shape}; "
+                "use make_state(program) for a fresh state"
+            )
+
+
+def evaluate(
+    program: Program, feeds: dict[str, np.ndarray], state: State | None = None
+) -> dict[str, np.ndarray]:
     """Runs the program on named inputs; returns {output name: array}. InputError on bad feeds.
 
-    Values are written into the program's vars, so one Program must not be evaluated from two
-    threads at once; sequential runs at different lengths are fine (every op is recomputed).
+    A stateful program needs `state` (make_state()); the call reads it and leaves the updated
+    values in it, only if the whole call succeeded. Values are written into the program's vars,
+    so one Program must not be evaluated from two threads at once; sequential runs at different
+    lengths are fine (every op is recomputed).
     """
     if sorted(feeds) != sorted(program.input_shapes):
         raise InputError(f"{program.path}: inputs are {sorted(program.input_shapes)}, got {sorted(feeds)}")
+    _check_state(program, state)
     function = program.function
+    for name in program.state_specs:
+        function.inputs[name]._sym_val = _Value(state.values[name])
     for name, var in function.inputs.items():
+        if name in program.state_specs:
+            continue
         value = np.asarray(feeds[name])
         allowed = program.input_shapes[name]
         if tuple(value.shape) not in allowed:
@@ -349,6 +449,8 @@ def evaluate(program: Program, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
         if op.op_type != "const":  # const values were loaded with the program
             _evaluate_op(program, op)
     values = {var.name: var.val for var in function.outputs}
+    for name in program.state_specs:
+        state.values[name] = np.asarray(function.inputs[name].val)
     return {name: values[name] for name in program.output_names}
 
 

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from common.errors import InputError
 from conversion import coreml
 from training.model import ModelConfig, Student, init_weights
-from verify import frozen_students, mil_executor
+from verify import frozen_students, mil_executor, stateful_toy
 
 LENGTHS = [64, 128, 256]
 METADATA = {"short_description": "test", "version": "1"}
@@ -366,3 +366,105 @@ def test_scaled_dot_product_attention_matches_torch(tmp_path):
         with torch.no_grad():
             expected = module(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"length {length}")
+
+
+# --- States (iOS18 stateful programs: the Core ML KV cache) -------------------------------------
+
+
+def _stateful(module, tmp_path):
+    path = str(tmp_path / "stateful.mlpackage")
+    stateful_toy.convert(module, path)
+    return mil_executor.load_mlpackage(path)
+
+
+def _feeds(steps, pos, rng):
+    return {
+        "x": rng.standard_normal((1, steps, stateful_toy.WIDTH)).astype(np.float32),
+        "pos": np.array([pos], dtype=np.int32),
+    }
+
+
+def _torch_step(module, feeds):
+    with torch.no_grad():
+        return module(torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["pos"])).numpy()
+
+
+def test_state_writes_at_a_runtime_position_match_torch_across_calls(tmp_path):
+    """read_state, slice_update (the write at pos) and coreml_update_state, over one sequence of
+    calls whose outputs depend on everything written before: the state persists between calls."""
+    module = stateful_toy.CacheWriter()
+    program = _stateful(module, tmp_path)
+    assert {"read_state", "slice_update", "coreml_update_state"} <= set(program.op_types), program.op_types
+    assert program.state_specs == {stateful_toy.STATE: ((1, 8, 4), np.dtype(np.float16))}
+    module.cache.zero_()  # tracing wrote into the eager buffer
+    state = mil_executor.make_state(program)
+    rng = np.random.default_rng(0)
+    pos = 0
+    for steps in (3, 1, 1, 3):
+        feeds = _feeds(steps, pos, rng)
+        got = mil_executor.evaluate(program, feeds, state)["y"]
+        expected = _torch_step(module, feeds)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=f"call at pos {pos}")
+        np.testing.assert_array_equal(state.values[stateful_toy.STATE], module.cache.numpy())
+        pos += steps
+    assert np.all(state.values[stateful_toy.STATE] != 0)  # every slot written once
+
+
+def test_read_state_alone_matches_torch(tmp_path):
+    module = stateful_toy.CacheReader()
+    program = _stateful(module, tmp_path)
+    assert "read_state" in program.op_types and "coreml_update_state" not in program.op_types
+    state = mil_executor.make_state(program)
+    first = np.arange(4, dtype=np.float16) - 1.5
+    state.values[stateful_toy.STATE][0, 0] = first
+    module.cache[0, 0] = torch.from_numpy(first)
+    feeds = _feeds(3, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(mil_executor.evaluate(program, feeds, state)["y"], _torch_step(module, feeds))
+    assert np.array_equal(state.values[stateful_toy.STATE][0, 0], first)  # read, never written
+
+
+def test_a_fresh_state_starts_a_new_sequence(tmp_path):
+    program = _stateful(stateful_toy.CacheWriter(), tmp_path)
+    feeds = [_feeds(1, pos, np.random.default_rng(pos)) for pos in range(3)]
+    first, second = mil_executor.make_state(program), mil_executor.make_state(program)
+    replies = [mil_executor.evaluate(program, f, first)["y"] for f in feeds]
+    assert np.all(second.values[stateful_toy.STATE] == 0)  # states are independent
+    again = [mil_executor.evaluate(program, f, second)["y"] for f in feeds]
+    for a, b in zip(replies, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A call at position 0 on the used state still sees the first sequence's later entries.
+    stale = mil_executor.evaluate(program, feeds[0], first)["y"]
+    assert not np.array_equal(stale, replies[0])
+
+
+def test_bad_states_are_input_errors_naming_the_state(tmp_path):
+    program = _stateful(stateful_toy.CacheWriter(), tmp_path)
+    feeds = _feeds(1, 0, np.random.default_rng(0))
+    with pytest.raises(
+        InputError,
+        match=r"state 'cache' is float16 \(1, 9, 4\), but the program declares float16 \(1, 8, 4\)",
+    ):
+        mil_executor.evaluate(program, feeds, mil_executor.State({"cache": np.zeros((1, 9, 4), np.float16)}))
+    with pytest.raises(InputError, match=r"state 'cache' is float32 \(1, 8, 4\)"):
+        mil_executor.evaluate(program, feeds, mil_executor.State({"cache": np.zeros((1, 8, 4), np.float32)}))
+    with pytest.raises(InputError, match=r"states are \['cache'\], got \['kv'\]"):
+        mil_executor.evaluate(program, feeds, mil_executor.State({"kv": np.zeros((1, 8, 4), np.float16)}))
+    with pytest.raises(InputError, match="the program is stateful"):
+        mil_executor.evaluate(program, feeds)
+
+
+def test_a_failed_call_leaves_the_state_as_it_was(tmp_path):
+    program = _stateful(stateful_toy.CacheWriter(), tmp_path)
+    state = mil_executor.make_state(program)
+    mil_executor.evaluate(program, _feeds(3, 0, np.random.default_rng(0)), state)
+    before = state.values[stateful_toy.STATE].copy()
+    with pytest.raises(InputError, match="slice_update"):  # 3 slots from 6 run past the 8 slots
+        mil_executor.evaluate(program, _feeds(3, 6, np.random.default_rng(1)), state)
+    np.testing.assert_array_equal(state.values[stateful_toy.STATE], before)
+
+
+def test_a_stateless_program_refuses_a_state(packages):
+    program = mil_executor.load_mlpackage(packages["fp32"])
+    assert program.state_specs == {}
+    with pytest.raises(InputError, match="has no states"):
+        mil_executor.evaluate(program, {"input_ids": _ids(64)}, mil_executor.State({}))

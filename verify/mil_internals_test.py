@@ -16,7 +16,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import get_new_symbol
 
 from conversion import coreml
-from verify import mil_executor
+from verify import mil_executor, stateful_toy
 
 VALIDATED_VERSION = "9.0"
 
@@ -228,3 +228,56 @@ def test_a_compressed_const_loads_as_a_constexpr_op_the_executor_runs(tmp_path):
     need(all(v.op.op_type == "const" for v in op.inputs.values()), "constexpr inputs", "are not const ops")
     weights = mil_executor.materialized_weights(program)
     need(len(weights) == 1, "mil_executor.materialized_weights", f"found {sorted(weights)}")
+
+
+# --- states (the stateful Core ML package: conversion/coreml_stateful.py) -----------------------
+
+
+def test_state_ops_and_types():
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.ops.defs import coreml_dialect
+    from coremltools.converters.mil.mil.ops.defs.iOS18 import states, tensor_transformation
+
+    need(callable(getattr(types, "is_state", None)), "types.is_state")
+    op_classes = {
+        "read_state": getattr(states, "read_state", None),
+        "coreml_update_state": getattr(coreml_dialect.ops, "coreml_update_state", None),
+    }
+    for name, op_class in op_classes.items():
+        need(op_class is not None, f"op class {name} (iOS18.states / coreml_dialect.ops)")
+        need(name in mil_executor.STATE_OPS and name in mil_executor.OVERRIDES, f"executor runs {name}")
+    need(
+        list(op_classes["coreml_update_state"].input_spec.input_types) == ["state", "value"],
+        "coreml_update_state inputs (state, value)",
+    )
+    need(list(op_classes["read_state"].input_spec.input_types) == ["input"], "read_state inputs (input)")
+    slice_update = getattr(tensor_transformation, "slice_update", None)
+    need(slice_update is not None, "iOS18.tensor_transformation.slice_update")
+    need(
+        "value_inference" in vars(slice_update),
+        "slice_update.value_inference",
+        "is gone: add an override in verify/mil_executor.py",
+    )
+
+
+def test_a_saved_state_write_loads_as_coreml_update_state(tmp_path):
+    path = str(tmp_path / "stateful.mlpackage")
+    stateful_toy.convert(stateful_toy.CacheWriter(), path)
+    spec = ct.models.MLModel(path, skip_model_load=True).get_spec()
+    saved = [op.type for op in spec.mlProgram.functions["main"].block_specializations["CoreML8"].operations]
+    need("write_state" in saved, "saved stateful program", f"has no write_state ({sorted(set(saved))})")
+    program = mil_executor.load_mlpackage(path)
+    loaded = program.op_types
+    need(
+        "write_state" not in loaded and loaded.count("coreml_update_state") == saved.count("write_state"),
+        "milproto load: write_state + read_state -> coreml_update_state",
+        f"loaded {sorted(set(loaded))}",
+    )
+    state_var = program.function.inputs[stateful_toy.STATE]
+    from coremltools.converters.mil.mil import types
+
+    need(types.is_state(state_var.sym_type), "Function.inputs[state].sym_type", "is not types.state")
+    need(
+        tuple(state_var.sym_type.wrapped_type().get_shape()) == (1, 8, 4),
+        "types.state(...).wrapped_type().get_shape()",
+    )
