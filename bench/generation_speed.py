@@ -3,7 +3,7 @@
 Same student, same prompts, same number of new tokens (eos is ignored so every run does equal
 work). Three ways to decode, trials alternating:
   torchscript        torch.jit.trace of the student, full recompute of the sequence per token
-                     (how training/generate.py drives every backend)
+                     (how training/decode.py drives every backend)
   llama.cpp full     llama.cpp, full recompute per token (the same work as TorchScript)
   llama.cpp kv       llama.cpp with its KV cache, one new token per step (how Ollama runs it)
 and, with the KV cache, each other GGUF variant the pipeline ships (f16, Q8_0, Q4_0 weights,

@@ -130,9 +130,9 @@ def main(argv: list[str]) -> None:
     if len(ids) >= max_length:
         raise InputError(f"question: {len(ids)} tokens; at most {max_length - 1} fit the model")
     forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path, max_length)
-    from training import generate
+    from training import decode
 
-    new = generate.generate(
+    new = decode.generate(
         forward,
         ids,
         eos_id=tokenizer.eos_id,

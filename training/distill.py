@@ -150,30 +150,17 @@ class LossParts:
     ce: torch.Tensor
 
 
-def hidden_states(model: Student, input_ids: torch.Tensor) -> torch.Tensor:
-    """Student.forward without the output head: final-norm hidden states [B, T, d].
-
-    Training only needs logits at completion positions (about a third of them), so the head runs
-    on those rows alone; distill_test.py checks head(hidden_states) == forward.
-    """
-    cos, sin = model.rotary(input_ids)
-    x = model.embed(input_ids)
-    for block in model.blocks:
-        x = block(x, cos, sin)
-    return model.norm(x)
-
-
 def completion_logits(model: Student, batch: Batch) -> torch.Tensor:
     """Logits [M, V] at the batch's M completion positions (row-major order of loss_mask)."""
-    return model.lm_head(hidden_states(model, batch.input_ids)[batch.loss_mask])
+    return model.lm_head(model.hidden_states(batch.input_ids)[batch.loss_mask])
 
 
 class CompletionLogits(torch.nn.Module):
     """completion_logits(model, batch) as a module of (input_ids, loss_mask), for wrappers.
 
     DistributedDataParallel syncs gradients only for a module's forward it runs, and training runs
-    the student piecewise (hidden_states, then the head on completion rows); this wraps that from the
-    outside, leaving model.py as it is. With compile=True the hidden states go through torch.compile
+    the student piecewise (Student.hidden_states, then the head on completion rows); this wraps that
+    from the outside, leaving model.py as it is. With compile=True the hidden states go through torch.compile
     (dynamic shapes: every batch has its own length); the row selection and the head stay eager,
     since a boolean mask has a data-dependent size.
     """
@@ -181,10 +168,11 @@ class CompletionLogits(torch.nn.Module):
     def __init__(self, model: Student, compile: bool = False):
         super().__init__()
         self.model = model
-        self.hidden = torch.compile(hidden_states, dynamic=True) if compile else hidden_states
+        hidden = model.hidden_states
+        self.hidden = torch.compile(hidden, dynamic=True) if compile else hidden
 
     def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.hidden(self.model, input_ids)[loss_mask])
+        return self.model.lm_head(self.hidden(input_ids)[loss_mask])
 
 
 def distill_loss(z: torch.Tensor, batch: Batch, cfg: LossConfig) -> LossParts:

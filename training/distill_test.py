@@ -155,11 +155,14 @@ def test_prompt_and_padding_never_change_a_rows_loss():
     assert (logits.grad[pair.loss_mask].abs().sum(-1) > 0).all()
 
 
-def test_head_of_hidden_states_is_the_forward_pass():
+def test_completion_logits_are_the_forward_pass_at_the_completion_positions():
     model = Student(TINY)
     init_weights(model, 1)
-    ids = torch.randint(0, TINY.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(model.lm_head(distill.hidden_states(model, ids)), model(ids), atol=0, rtol=0)
+    batch = distill.make_batch(fake_records(4), BOS, PAD)
+    expected = model(batch.input_ids)[batch.loss_mask]
+    torch.testing.assert_close(distill.completion_logits(model, batch), expected, atol=0, rtol=0)
+    wrapped = distill.CompletionLogits(model)(batch.input_ids, batch.loss_mask)
+    torch.testing.assert_close(wrapped, expected, atol=0, rtol=0)
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():

@@ -23,8 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from data import teacher
-from training import incremental
-from training.generate import greedy_batch, group_by_length
+from training.decode import greedy_batch, group_by_length
+from training.model import KVCache
 
 
 @torch.no_grad()
@@ -50,11 +50,12 @@ def completion_logprobs(
 
     out = np.zeros((len(prompts), len(completions)), dtype=np.float64)
     for group in group_by_length(prompts, batch_size):
-        last, cache = incremental.prefill(model, torch.tensor([list(prompts[i]) for i in group]))
+        cache = KVCache()
+        last = model(torch.tensor([list(prompts[i]) for i in group]), cache)[:, -1]
         scores = F.log_softmax(last.float(), dim=-1)[:, first].double()
         if len(packed):
             rows = packed.repeat(len(group), 1)
-            logits, _ = incremental.extend(model, cache, rows, offsets, self_mask)
+            logits = model(rows, cache.tree(offsets, self_mask))
             logp = F.log_softmax(logits.float(), dim=-1).gather(-1, targets.expand(len(group), -1)[..., None])
             scores = scores + logp[..., 0].double() @ to_completion
         out[group] = scores.numpy()

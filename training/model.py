@@ -4,11 +4,26 @@ RMSNorm, rotary position embeddings (RoPE), SwiGLU feed-forward and grouped-quer
 attention. Untied input embedding and output head: 623,232 parameters with the
 default config.
 
+This is the one definition of the forward pass. Training, evaluation, eager decoding and every
+export run it; only the KV cache object handed to it differs (docs/architecture.md, "KV cache"):
+
+    Student(ids)                    the whole sequence, causal (training, stateless exports)
+    Student(ids, cache=KVCache())   prefill, then one or more tokens per call (eager decoding)
+    Student(ids, cache=FixedKVCache(keys, values, pos))
+                                    the same against fixed-size [.., max_seq_len, ..] cache tensors
+                                    written in place at a runtime position (TorchScript decoder,
+                                    stateful Core ML)
+
+A cache has three methods, called by Student.forward and Attention.forward:
+    positions(input_ids [B, S]) -> [S] long   absolute position of each new token (RoPE rows)
+    mask(positions [S]) -> [S, K] bool        which of the K cached keys each new token sees
+    update(layer, k, v) -> (keys, values)     stores this layer's new k, v [B, Hkv, S, D] (already
+                                              rotated) and returns all K keys and values to attend to
+
 Export rules this file obeys (docs/architecture.md, "Export rules"): the causal mask and the
-positions come from the input's runtime length, and no traced code calls int()
-on a shape or passes shape-derived sizes to view(). Head splits use
-unflatten/flatten, which carry no sizes, so TorchScript and Core ML keep a
-dynamic sequence length.
+positions come from the input's runtime length (or from a runtime position tensor), and no traced
+code calls int() on a shape or passes shape-derived sizes to view(). Head splits use
+unflatten/flatten, which carry no sizes, so TorchScript and Core ML keep a dynamic sequence length.
 """
 
 import torch
@@ -56,6 +71,10 @@ class Rotary(nn.Module):
         length = input_ids.shape[-1]
         return self.cos[:length], self.sin[:length]
 
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table rows [S, head_dim] at arbitrary positions [S] (a cached forward's new tokens)."""
+        return self.cos[positions], self.sin[positions]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -68,19 +87,34 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # [B, T, H*D] -> [B, H, T, D] without naming B or T.
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: "KVCache | FixedKVCache | None" = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x [B, S, d], cos/sin [S, D] -> [B, S, d]. No cache: causal over x. With a cache: the new
+        tokens attend to the cache's keys (their own included, after update) where mask [S, K] says."""
+        # [B, S, H*D] -> [B, H, S, D] without naming B or S.
         q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, Hkv, K, D]: every key the new tokens may see
         # Grouped-query attention: each KV head serves n_heads // n_kv_heads query heads.
         groups = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(out.transpose(1, 2).flatten(-2))
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).flatten(-2))  # [B, H, S, D] -> [B, S, d]
 
 
 class FeedForward(nn.Module):
@@ -102,13 +136,25 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: "KVCache | FixedKVCache | None" = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Student(nn.Module):
-    """input_ids [B, T] (any integer dtype) -> logits [B, T, vocab] float32."""
+    """input_ids [B, S] (any integer dtype) -> logits [B, S, vocab] float32.
+
+    Without a cache the S tokens are a whole sequence from position 0. With one they follow what
+    the cache holds, and the cache keeps their keys and values for the next call.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -121,13 +167,137 @@ class Student(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, cache: "KVCache | FixedKVCache | None" = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, S, d]; forward() is lm_head of these. The trainer runs the
+        head on completion rows only (about a third of them)."""
         input_ids = input_ids.long()
-        cos, sin = self.rotary(input_ids)
-        x = self.embed(input_ids)
-        for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))
+        if cache is None:
+            cos, sin = self.rotary(input_ids)  # [S, D] for positions 0..S-1
+            mask = None  # causal
+        else:
+            positions = cache.positions(input_ids)  # [S]
+            cos, sin = self.rotary.at(positions)
+            mask = cache.mask(positions)  # [S, K]
+        x = self.embed(input_ids)  # [B, S, d]
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, layer)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, cache: "KVCache | FixedKVCache | None" = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, cache))
+
+
+class KVCache:
+    """A growing cache for eager decoding: per layer, keys and values [B, Hkv, length, D].
+
+    Each forward appends its S tokens at positions length..length+S-1; rows may be repeated or
+    selected between calls (batched decoding drops rows that finished). `tree(offsets, self_mask)`
+    gives a view for scoring a packed tree of continuations in one call.
+    """
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.layers = layers or []
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.length + torch.arange(input_ids.shape[1])
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        # Every cached key, then causal among the new tokens.
+        steps = positions.shape[0]
+        past = torch.ones(steps, self.length, dtype=torch.bool)
+        return torch.cat((past, torch.ones(steps, steps, dtype=torch.bool).tril()), dim=1)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer < len(self.layers):
+            past_k, past_v = self.layers[layer]
+            k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+            self.layers[layer] = (k, v)
+        else:
+            self.layers.append((k, v))
+        return k, v
+
+    def repeat(self, times: int) -> "KVCache":
+        """Each row repeated `times` times (row r -> rows r*times .. r*times+times-1)."""
+        return KVCache(
+            [(k.repeat_interleave(times, 0), v.repeat_interleave(times, 0)) for k, v in self.layers]
+        )
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """The rows `rows` (a bool mask or indices) only."""
+        return KVCache([(k[rows], v[rows]) for k, v in self.layers])
+
+    def tree(self, offsets: torch.Tensor, self_mask: torch.Tensor) -> "TreeView":
+        return TreeView(self, offsets, self_mask)
+
+
+class TreeView:
+    """Scores a packed tree of continuations after a KVCache's prefix, leaving the cache as it was.
+
+    New token i sits at position length + offsets[i] and sees the whole prefix and the new tokens
+    self_mask[i] ([S, S] bool) names; so many continuations of one prompt run as one row.
+    """
+
+    def __init__(self, cache: KVCache, offsets: torch.Tensor, self_mask: torch.Tensor):
+        self.cache, self.offsets, self.self_mask = cache, offsets, self_mask
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.cache.length + self.offsets
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        past = torch.ones(positions.shape[0], self.cache.length, dtype=torch.bool)
+        return torch.cat((past, self.self_mask), dim=1)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past_k, past_v = self.cache.layers[layer]
+        return torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+
+
+class FixedKVCache:
+    """Fixed-size cache tensors written in place: the layout of the TorchScript decoder's cache and
+    of a Core ML state (a registered buffer updated by slice writes).
+
+        keys, values: [n_layers, B, n_kv_heads, max_seq_len, head_dim] (any float dtype; new
+                      entries are cast to it), already rotated; entries at or after `pos` are
+                      never read before they are written, so a fresh sequence needs no reset
+        pos:          int64 tensor [1], the position of the first new token
+
+    A forward of S tokens writes slots pos..pos+S-1 of every layer (`keys[layer, :, :, pos:pos+S] =
+    k`) and attends over all max_seq_len slots with the mask `slot <= position`. Everything is a
+    tensor op on `pos` and on the input's runtime shape (no int()), so torch.jit.trace keeps both
+    dynamic. The caller advances pos by S between calls; pos + S must stay <= max_seq_len (slices
+    past the end would silently shrink, so the caller checks it before the call).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor):
+        self.keys, self.values, self.pos = keys, values, pos
+
+    @staticmethod
+    def empty(
+        cfg: ModelConfig, batch: int = 1, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed (keys, values) of the layout above."""
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
+        return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # pos, pos+1, ..., pos+S-1 from the input's runtime length (a cumsum, not arange(int(S))).
+        return self.pos + torch.ones_like(input_ids[0]).cumsum(0) - 1
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        slots = torch.arange(self.keys.shape[3], device=positions.device)  # [max_seq_len], a constant
+        return slots[None, :] <= positions[:, None]  # [S, max_seq_len]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.pos + k.shape[2]
+        self.keys[layer, :, :, self.pos : end] = k
+        self.values[layer, :, :, self.pos : end] = v
+        return self.keys[layer].to(k.dtype), self.values[layer].to(v.dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

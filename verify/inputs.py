@@ -48,7 +48,7 @@ def replay_prompts(tokenizer, heldout, settings: Settings) -> list[list[int]]:
 
 def replay_continuations(model, tokenizer, prompts, settings: Settings) -> list[list[int]]:
     """Eager fp32 greedy replies (KV-cache decoding) to `prompts`."""
-    from training.generate import greedy_batch
+    from training.decode import greedy_batch
 
     return greedy_batch(
         model, prompts, eos_id=tokenizer.eos_id, max_new_tokens=settings.max_new_tokens, batch_size=64

@@ -12,7 +12,7 @@ draws, from the KV-cached batch decoder) goes through the backend once: prompt +
 forward. Attention is causal, so the logits at step i are exactly those the backend would see when
 generating after the same i tokens; sampling them with draw i gives the backend's own token. While
 it equals the proposal's the replay is the backend's reply; at the first step where it differs,
-the backend's token is kept and the rest is generated token by token (training/generate.py) with
+the backend's token is kept and the rest is generated token by token (training/decode.py) with
 the remaining draws. So every reply counted is the one the backend itself produces. A question's
 seeds often give the same reply; each distinct sequence goes through the backend once.
 """
@@ -88,7 +88,7 @@ def backend_reply(
     Equal to generate(forward, prompt, eos_id, max_new_tokens, sampler, draws=draws,
     max_length=max_length) (see the module docstring), with one forward when the proposal holds.
     """
-    from training import generate
+    from training import decode
 
     limit = min(max_new_tokens, max_length - len(prompt))
     proposal = list(proposal)[: max(limit, 0)]
@@ -108,7 +108,7 @@ def backend_reply(
                 return reply, True
     if len(reply) >= limit:
         return reply, False
-    rest = generate.generate(
+    rest = decode.generate(
         lambda ids: forward(ids.numpy()),
         [*prompt, *reply],
         eos_id,
@@ -183,10 +183,10 @@ def proposals_from_eager(
     sampler: sampling.Settings,
 ) -> dict[tuple[int, int], list[int]]:
     """Eager's sampled reply for every (question index, seed), through the KV-cached batch decoder."""
-    from training import generate
+    from training import decode
 
     pairs = [(q, seed) for q in range(len(prompts)) for seed in seeds]
-    replies = generate.sampled_batch(
+    replies = decode.sampled_batch(
         model,
         [prompts[q] for q, _ in pairs],
         [sampling.draws(seed, prompts[q], max_new_tokens) for q, seed in pairs],

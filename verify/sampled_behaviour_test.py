@@ -4,7 +4,7 @@ import torch
 
 from data import generate as make_data
 from data import teacher
-from training import generate, sampling
+from training import decode, sampling
 from training.model import ModelConfig, Student, init_weights
 from verify import sampled_behaviour
 
@@ -40,7 +40,7 @@ def test_the_replayed_reply_is_the_backends_own_whatever_the_proposal(toy):
     for q, prompt in enumerate(prompts):
         for seed in range(3):
             draws = sampling.draws(seed, prompt, 12)
-            own = generate.generate(lambda ids: forward(ids.numpy()), prompt, eos, 12, SETTINGS, draws=draws)
+            own = decode.generate(lambda ids: forward(ids.numpy()), prompt, eos, 12, SETTINGS, draws=draws)
             for proposal, should_hold in [(own, True), ([], False), (own[:1] + [7, 7, 7], len(own) == 1)]:
                 reply, held = sampled_behaviour.backend_reply(
                     forward, prompt, draws, proposal, eos, 12, SETTINGS, max_length=256
@@ -50,7 +50,7 @@ def test_the_replayed_reply_is_the_backends_own_whatever_the_proposal(toy):
     # max_length caps the reply as generate does.
     draws = sampling.draws(0, prompts[0], 12)
     limit = len(prompts[0]) + 2
-    capped = generate.generate(
+    capped = decode.generate(
         lambda ids: forward(ids.numpy()), prompts[0], eos, 12, SETTINGS, draws=draws, max_length=limit
     )
     reply, _ = sampled_behaviour.backend_reply(forward, prompts[0], draws, [], eos, 12, SETTINGS, limit)

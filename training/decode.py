@@ -1,9 +1,12 @@
-"""Decoding: greedy or seeded sampling (training/sampling.py) over any logits function, and batched.
+"""Decoding: greedy or seeded sampling (training/sampling.py), one token at a time or batched.
 
-`generate` works with every backend (eager PyTorch, TorchScript, Core ML via the MIL executor,
-llama.cpp): all it needs is forward(ids LongTensor [1, T]) -> logits [1, T, V] (torch or NumPy).
-It re-runs the whole sequence each step (no KV cache) because not every backend has one; the
-sequences here are a few dozen tokens.
+`generate` works with every backend through a `Steps` object: `prefill(prompt ids)` then
+`decode(token)`, each returning the next-token logits. `Recompute` turns any
+forward(ids LongTensor [1, T]) -> logits [1, T, V] (torch or NumPy: eager, TorchScript, Core ML via
+the MIL executor, llama.cpp) into Steps that re-run the whole sequence each step; `CachedSteps` runs
+the eager Student with its KV cache (training/model.py), and conversion/kv_decoder.py has the
+TorchScript decoder's. `greedy_batch` and `sampled_batch` decode many prompts through the eager
+Student's KV cache at once.
 """
 
 from collections.abc import Callable, Sequence
@@ -11,19 +14,66 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from training import incremental, sampling
-from training.model import Student
+from training import sampling
+from training.model import KVCache, Student
 
 Forward = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
 
-def _last_logits(forward: Forward, ids: list[int]) -> torch.Tensor:
-    logits = forward(torch.tensor([ids], dtype=torch.long))
-    return torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)[0, -1]
+def _as_tensor(logits) -> torch.Tensor:
+    return logits if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+
+
+class Steps:
+    """One sequence, token by token. prefill starts a new sequence (forgetting any earlier one)."""
+
+    def prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        """Logits [V] for the token after prompt_ids."""
+        raise NotImplementedError
+
+    def decode(self, token: int) -> torch.Tensor:
+        """Appends token; logits [V] for the token after it."""
+        raise NotImplementedError
+
+
+class Recompute(Steps):
+    """Steps over a whole-sequence forward: every call re-runs the sequence so far."""
+
+    def __init__(self, forward: Forward):
+        self.forward = forward
+        self.ids: list[int] = []
+
+    def _last(self) -> torch.Tensor:
+        return _as_tensor(self.forward(torch.tensor([self.ids], dtype=torch.long)))[0, -1]
+
+    def prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        self.ids = list(prompt_ids)
+        return self._last()
+
+    def decode(self, token: int) -> torch.Tensor:
+        self.ids.append(token)
+        return self._last()
+
+
+class CachedSteps(Steps):
+    """The eager Student with its growing KV cache: the prompt runs once, then one token per call."""
+
+    def __init__(self, model: Student):
+        self.model = model.eval()
+        self.cache = KVCache()
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        self.cache = KVCache()
+        return self.model(torch.tensor([list(prompt_ids)]), self.cache)[0, -1]
+
+    @torch.no_grad()
+    def decode(self, token: int) -> torch.Tensor:
+        return self.model(torch.tensor([[token]]), self.cache)[0, -1]
 
 
 def generate(
-    forward: Forward,
+    model: "Forward | Steps",
     prompt_ids: Sequence[int],
     eos_id: int,
     max_new_tokens: int,
@@ -34,26 +84,29 @@ def generate(
 ) -> list[int]:
     """The new token ids after `prompt_ids`, ending with eos_id if the model produced it.
 
-    sampler None is greedy (argmax; ties go to the lowest id). Otherwise each step samples with
-    sampling.sample(logits, draws[step], sampler), draws being sampling.draws(seed, prompt_ids,
-    max_new_tokens) unless given (a replay passes its own), so the same seed gives the same reply
-    to the same question. Stops at eos, after max_new_tokens, or when the whole sequence reaches
-    max_length (e.g. the longest input an exported artifact accepts).
+    model is Steps, or a whole-sequence forward (run through Recompute). sampler None is greedy
+    (argmax; ties go to the lowest id). Otherwise each step samples with sampling.sample(logits,
+    draws[step], sampler), draws being sampling.draws(seed, prompt_ids, max_new_tokens) unless given
+    (a replay passes its own), so the same seed gives the same reply to the same question. Stops at
+    eos, after max_new_tokens, or when the whole sequence reaches max_length (e.g. the longest
+    input an exported artifact accepts).
     """
+    steps = model if isinstance(model, Steps) else Recompute(model)
     if sampler is not None and draws is None:
         draws = sampling.draws(seed, prompt_ids, max_new_tokens)
     if sampler is not None and len(draws) < max_new_tokens:
         raise ValueError(f"{len(draws)} draws for up to {max_new_tokens} new tokens")
-    ids = list(prompt_ids)
+    length = len(prompt_ids)
     new: list[int] = []
-    while len(new) < max_new_tokens and (max_length is None or len(ids) < max_length):
-        logits = _last_logits(forward, ids).double()
+    logits = None
+    while len(new) < max_new_tokens and (max_length is None or length < max_length):
+        logits = _as_tensor(steps.prefill(prompt_ids) if logits is None else steps.decode(new[-1])).double()
         if sampler is None:
             token = int(torch.argmax(logits))
         else:
             token = sampling.sample(logits.numpy(), float(draws[len(new)]), sampler)
-        ids.append(token)
         new.append(token)
+        length += 1
         if token == eos_id:
             break
     return new
@@ -82,13 +135,14 @@ def _decode_batch(
 ) -> list[list[int]]:
     """Replies of the eager Student, pick(rows, last logits [len(rows), V], step) -> next ids.
 
-    Prompts of equal length run together with a KV cache (training/incremental.py): the prompt runs
+    Prompts of equal length run together with a KV cache (training/model.py): the prompt runs
     once and each new token costs one position, so a thousand replies take seconds. Rows leave the
     batch when they produce eos.
     """
     replies: list[list[int]] = [[] for _ in prompts]
     for group in group_by_length(prompts, batch_size):
-        logits, cache = incremental.prefill(model, torch.tensor([list(prompts[i]) for i in group]))
+        cache = KVCache()
+        logits = model(torch.tensor([list(prompts[i]) for i in group]), cache)[:, -1]
         rows = list(group)
         for step in range(max_new_tokens):
             next_ids = pick(rows, logits, step)
@@ -101,8 +155,7 @@ def _decode_batch(
                 cache = cache.select(keep)
                 next_ids = next_ids[keep]
                 rows = [r for r, k in zip(rows, keep.tolist(), strict=True) if k]
-            step_logits, cache = incremental.extend(model, cache, next_ids[:, None])
-            logits = step_logits[:, -1]
+            logits = model(next_ids[:, None], cache)[:, -1]
     return replies
 
 
