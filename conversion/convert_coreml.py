@@ -2,11 +2,13 @@
 
     convert_coreml --weights=student.safetensors --metadata=student.json \\
         --contract=contract.json --out=student.mlpackage [--precision=fp16|fp32] \\
-        [--compress=none|int8|int4] [--target=iOS16|iOS17|iOS18]
+        [--compress=none|int8|int4] [--target=iOS16|iOS17|iOS18] [--stateful]
 
 --compress writes a variant with compressed weights (conversion/coreml_compress.py): int8 per
 channel, or int4 per block of 32, which needs --target=iOS18 (the default target for int4; iOS16
 otherwise). An unknown variant or a target too old for it exits 2 with the allowed values.
+--stateful writes the package with a KV cache held as Core ML state (conversion/coreml_stateful.py):
+fp16, iOS18, uncompressed; other --precision, --compress or --target values exit 2.
 
 Same inputs and flags -> byte-identical package. The package is written atomically: bad input
 exits 2 with one line naming the problem, and nothing is written.
@@ -34,6 +36,9 @@ flags.DEFINE_string(
     "target", None, "Deployment target: iOS16, iOS17 or iOS18 (default: the oldest the variant runs on)."
 )
 flags.DEFINE_string("model_version", "1", "Version string stored in the package metadata.")
+flags.DEFINE_bool(
+    "stateful", False, "Prefill and one-token decode against a KV cache held as Core ML state (fp16, iOS18)."
+)
 
 FLAGS = flags.FLAGS
 
@@ -43,6 +48,22 @@ COMPRESSIONS = {"int8": "iOS16", "int4": "iOS18"}
 TARGETS = ("iOS16", "iOS17", "iOS18")
 
 DESCRIPTION = "Magic 8 Ball student: input_ids int32 [1, T] -> next-token logits float32 [1, T, vocab]"
+STATEFUL_DESCRIPTION = (
+    "Magic 8 Ball student with a KV cache as state: input_ids int32 [1, S] at position int32 [1] -> "
+    "next-token logits float32 [1, S, vocab]; states k_cache, v_cache"
+)
+
+
+def check_stateful(stateful: bool, compress: str, target: str | None, precision: str) -> None:
+    """InputError for a flag the stateful package cannot honour (it is fp16, iOS18, uncompressed)."""
+    if not stateful:
+        return
+    if precision != "fp16":
+        raise InputError(f"--stateful: the stateful package is fp16; drop --precision={precision}")
+    if compress != "none":
+        raise InputError(f"--stateful: the stateful package is not compressed; drop --compress={compress}")
+    if target not in (None, "iOS18"):
+        raise InputError(f"--stateful: Core ML states need iOS18; drop --target={target}")
 
 
 def check_variant(compress: str, target: str | None, precision: str) -> tuple[str | None, str]:
@@ -80,6 +101,7 @@ def main(argv: list[str]) -> None:
         raise InputError(f"--out: output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise InputError(f"--out: output directory {parent} is not writable")
+    check_stateful(FLAGS.stateful, FLAGS.compress, FLAGS.target, FLAGS.precision)
     compression, target = check_variant(FLAGS.compress, FLAGS.target, FLAGS.precision)
     contract = contract_lib.load_contract(FLAGS.contract)
     meta, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
@@ -101,7 +123,7 @@ def main(argv: list[str]) -> None:
     except InputError as error:
         raise InputError(f"{FLAGS.contract}: {error}") from None
     metadata = {
-        "short_description": DESCRIPTION,
+        "short_description": STATEFUL_DESCRIPTION if FLAGS.stateful else DESCRIPTION,
         "version": FLAGS.model_version,
         "user_defined": {
             "contract_sha256": checkpoint.sha256_file(FLAGS.contract),
@@ -110,21 +132,30 @@ def main(argv: list[str]) -> None:
         },
     }
     logging.info(
-        "converting at lengths %s (default %d), %s, %s, compression %s",
+        "converting at lengths %s (default %d), %s, %s, compression %s%s",
         lengths,
         contract.default_length,
         FLAGS.precision,
-        target,
+        "iOS18" if FLAGS.stateful else target,
         compression or "none",
+        ", KV cache as state" if FLAGS.stateful else "",
     )
     # coremltools and torch only now, after every check of flags and files: bad input fails in well
     # under a second instead of after their seconds-long imports.
-    from conversion import coreml, coreml_compress
+    from conversion import coreml, coreml_compress, coreml_stateful
 
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=contract.vocab_size)
-    mlmodel = coreml.convert(
-        model, lengths, contract.default_length, FLAGS.precision, metadata, coreml_compress.TARGETS[target]
-    )
+    if FLAGS.stateful:
+        mlmodel = coreml_stateful.convert(model, lengths, contract.default_length, metadata)
+    else:
+        mlmodel = coreml.convert(
+            model,
+            lengths,
+            contract.default_length,
+            FLAGS.precision,
+            metadata,
+            coreml_compress.TARGETS[target],
+        )
     if compression:
         mlmodel = coreml_compress.compress(mlmodel, compression)
     coreml.save_mlpackage(mlmodel, FLAGS.out)

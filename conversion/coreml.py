@@ -101,6 +101,14 @@ def convert_traced(
         minimum_deployment_target=target,
         compute_precision=PRECISIONS[precision],
     )
+    apply_metadata(mlmodel, metadata, precision)
+    return mlmodel
+
+
+def apply_metadata(mlmodel: ct.models.MLModel, metadata: dict, precision: str) -> None:
+    """Writes checked metadata into the model, without coremltools' conversion date (reproducible
+    packages); user_defined_metadata always names the model type and the precision."""
+    _check_metadata(metadata)
     mlmodel.short_description = metadata["short_description"]
     mlmodel.version = metadata["version"]
     if metadata.get("author"):
@@ -114,7 +122,6 @@ def convert_traced(
         user[key] = value
     user["model_type"] = MODEL_TYPE
     user["precision"] = precision
-    return mlmodel
 
 
 def convert(

@@ -259,3 +259,62 @@ def check_compression(mlpackage_path: str, compression: str) -> list[CheckResult
         ),
         CheckResult("compressed_weight_ops", constexpr == [op_type], constexpr, [op_type]),
     ]
+
+
+# The stateful package (conversion/coreml_stateful.py): a KV cache held as Core ML state.
+
+
+def _spec_target(spec) -> str:
+    by_version = {version: name for name, version in SPECIFICATION_VERSIONS.items()}
+    return by_version.get(spec.specificationVersion, f"spec {spec.specificationVersion}")
+
+
+def _array_dtype(feature) -> str | None:
+    if feature is None or feature.type.WhichOneof("Type") != "multiArrayType":
+        return None
+    return DTYPE_NAMES.get(feature.type.multiArrayType.dataType, "other")
+
+
+def check_stateful_spec(
+    mlpackage_path: str,
+    states: dict[str, tuple[tuple[int, ...], str]],
+    inputs: dict[str, tuple[str, list[tuple[int, ...]]]],
+    outputs: dict[str, str],
+    target: str,
+) -> list[CheckResult]:
+    """One CheckResult per property of a stateful package: its deployment target; the names,
+    shapes and dtypes of its states; the names, dtypes and enumerated shapes of its inputs; the
+    names and dtypes of its outputs; and the metadata naming the states.
+
+    states {name: (shape, dtype)}, inputs {name: (dtype, [shape, ...])}, outputs {name: dtype}, in
+    the order the package declares them. InputError only when the package cannot be read at all.
+    """
+    spec, _ = read_spec(mlpackage_path)
+    description = spec.description
+    results = []
+
+    def check(name, measured, expected):
+        results.append(CheckResult(name, measured == expected, measured, expected))
+
+    check("deployment_target", _spec_target(spec), target)
+    check("state_names", [s.name for s in description.state], list(states))
+    check("state_shapes", {n: state_shape(spec, n) for n in states}, {n: s for n, (s, _) in states.items()})
+    check(
+        "state_dtypes", {n: state_dtype_of(spec, n) for n in states}, {n: d for n, (_, d) in states.items()}
+    )
+    check("input_names", [f.name for f in description.input], list(inputs))
+    check(
+        "input_dtypes",
+        {n: _array_dtype(_feature(description.input, n)) for n in inputs},
+        {n: d for n, (d, _) in inputs.items()},
+    )
+    measured_shapes = {n: input_shapes(spec, n) for n in inputs}
+    check(
+        "input_shapes",
+        {n: sorted(s) if s else s for n, s in measured_shapes.items()},
+        {n: sorted(s) for n, (_, s) in inputs.items()},
+    )
+    check("output_names", [f.name for f in description.output], list(outputs))
+    check("output_dtypes", {n: _array_dtype(_feature(description.output, n)) for n in outputs}, outputs)
+    check("state_metadata", description.metadata.userDefined.get("state_names"), ",".join(states))
+    return results
