@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from common.errors import InputError
-from conversion import coreml
+from conversion import coreml, coreml_stateful
 from training.model import ModelConfig, Student, init_weights
 from verify import coreml_spec, frozen_students
+
+_ARRAY = coreml_spec.proto.FeatureTypes_pb2.ArrayFeatureType
 
 LENGTHS = [64, 128, 256]
 METADATA = {"short_description": "test", "version": "1"}
@@ -129,3 +131,97 @@ def test_unreadable_packages_are_input_errors(package, tmp_path):
     os.remove(os.path.join(broken, "Data/com.apple.CoreML/model.mlmodel"))
     with pytest.raises(InputError, match="which is missing"):
         coreml_spec.read_spec(broken)
+
+
+# --- The stateful package (conversion/coreml_stateful.py) ---------------------------------------
+
+STATEFUL_CHECKS = [
+    "deployment_target",
+    "state_names",
+    "state_shapes",
+    "state_dtypes",
+    "input_names",
+    "input_dtypes",
+    "input_shapes",
+    "output_names",
+    "output_dtypes",
+    "state_metadata",
+]
+
+
+@pytest.fixture(scope="module")
+def stateful_package(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("stateful") / "magic-8-ball.stateful.mlpackage")
+    coreml.save_mlpackage(coreml_stateful.convert(student(), LENGTHS, 128, METADATA), path)
+    return path
+
+
+def _stateful_failures(path, lengths=LENGTHS):
+    expected = coreml_stateful.interface(ModelConfig(), lengths)
+    return [r.name for r in coreml_spec.failures(coreml_spec.check_stateful_spec(path, **expected))]
+
+
+def test_the_stateful_package_passes_every_check(stateful_package):
+    results = coreml_spec.check_stateful_spec(
+        stateful_package, **coreml_stateful.interface(ModelConfig(), LENGTHS)
+    )
+    assert [r.name for r in results] == STATEFUL_CHECKS
+    assert coreml_spec.failures(results) == []
+
+
+def _array(feature):
+    return feature.type.multiArrayType
+
+
+def _state_array(spec, index):
+    return spec.description.state[index].type.stateType.arrayType
+
+
+# check -> one edit of the package's spec that only that check must catch.
+STATEFUL_FAULTS = {
+    "deployment_target": lambda spec: setattr(spec, "specificationVersion", 8),
+    "state_names": lambda spec: setattr(spec.description.state[1], "name", "values"),
+    "state_shapes": lambda spec: _state_array(spec, 0).shape.__setitem__(3, 128),
+    "state_dtypes": lambda spec: setattr(_state_array(spec, 1), "dataType", _ARRAY.FLOAT32),
+    "input_names": lambda spec: setattr(spec.description.input[1], "name", "pos"),
+    "input_dtypes": lambda spec: setattr(_array(spec.description.input[1]), "dataType", _ARRAY.FLOAT32),
+    "input_shapes": lambda spec: (
+        _array(spec.description.input[0]).enumeratedShapes.shapes[0].shape.__setitem__(1, 2)
+    ),
+    "output_names": lambda spec: setattr(spec.description.output[0], "name", "scores"),
+    "output_dtypes": lambda spec: setattr(_array(spec.description.output[0]), "dataType", _ARRAY.FLOAT16),
+    "state_metadata": lambda spec: spec.description.metadata.userDefined.pop("state_names"),
+}
+
+
+@pytest.mark.parametrize("check", STATEFUL_CHECKS)
+def test_each_stateful_check_fails_on_its_fault(stateful_package, tmp_path, check):
+    path = str(tmp_path / "faulty.mlpackage")
+    shutil.copytree(stateful_package, path)
+    spec, model_path = coreml_spec.read_spec(path)
+    STATEFUL_FAULTS[check](spec)
+    with open(model_path, "wb") as handle:
+        handle.write(spec.SerializeToString())
+    # A renamed state or input is also missing from the checks by name that follow.
+    also = {
+        "state_names": ["state_shapes", "state_dtypes"],
+        "input_names": ["input_dtypes", "input_shapes"],
+        "output_names": ["output_dtypes"],
+    }
+    assert _stateful_failures(path) == [c for c in STATEFUL_CHECKS if c in [check, *also.get(check, [])]]
+
+
+def test_a_stateless_package_or_a_shorter_cache_fails_the_stateful_checks(package, stateful_package):
+    assert _stateful_failures(package) == [
+        "deployment_target",
+        "state_names",
+        "state_shapes",
+        "state_dtypes",
+        "input_names",
+        "input_dtypes",
+        "input_shapes",
+        "state_metadata",
+    ]
+    # The contract says 256 positions; a package built for 128 has a shorter cache and no T256 step.
+    assert _stateful_failures(stateful_package, [64, 128, 256]) == []
+    assert _stateful_failures(stateful_package, [64, 128]) == ["state_shapes", "input_shapes"]
