@@ -5,29 +5,33 @@
 Rows (bench/table.py): training tokens/s of our trainer against a bare PyTorch loop; forward
 latency of the shipped TorchScript against eager PyTorch at T64/T128/T256; greedy generation
 tokens/s through TorchScript and llama.cpp, and with llama.cpp's KV cache for every GGUF variant
-(f16, Q8_0, Q4_0) against the f32 file; conversion and verification stage times against
-start-up; and the pipeline wall-time rows that bench/pipeline_times.sh measured (--rows), since
-those run Bazel itself and cannot run inside `bazel run`. bench/all.sh runs everything.
+(f16, Q8_0, Q4_0) against the f32 file; the MIL executor's decode per token with the stateful
+package's KV cache against its full recompute (bench/executor_decode.py); conversion and
+verification stage times against start-up; and the pipeline wall-time rows that
+bench/pipeline_times.sh measured (--rows), since those run Bazel itself and cannot run inside
+`bazel run`. bench/all.sh runs everything.
 The pipeline's own artifacts are the inputs (set by bench/BUILD.bazel). Not a test: timings vary.
 """
 
 import torch
 from absl import flags, logging
 
-from bench import forward_latency, generation_speed, stages, table, training_speed
+from bench import executor_decode, forward_latency, generation_speed, stages, table, training_speed
 from common import cli
 from common.errors import InputError
 from conversion import torchscript
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
 
-GROUPS = ("training", "forward", "generation", "stages")
+GROUPS = ("training", "forward", "generation", "executor", "stages")
 
 flags.DEFINE_string("weights", None, "Pipeline student weights (set by the BUILD file).")
 flags.DEFINE_string("metadata", None, "Pipeline student metadata JSON (set by the BUILD file).")
 flags.DEFINE_string("tokenizer", None, "Pipeline tokenizer JSON (set by the BUILD file).")
 flags.DEFINE_string("dataset", None, "Pipeline KD dataset JSONL (set by the BUILD file).")
 flags.DEFINE_string("torchscript", None, "Pipeline TorchScript artifact (set by the BUILD file).")
+flags.DEFINE_string("mlpackage", None, "Pipeline fp16 Core ML package (set by the BUILD file).")
+flags.DEFINE_string("mlpackage_stateful", None, "Pipeline stateful Core ML package (set by the BUILD file).")
 flags.DEFINE_string("artifacts", "pipeline", "Runfiles directory holding the pipeline artifacts.")
 flags.DEFINE_multi_string("tool", [], "name=path of a stage binary (set by the BUILD file).")
 flags.DEFINE_integer("repeats", 3, "Trials per row; the median is reported.")
@@ -81,6 +85,18 @@ def main(argv: list[str]) -> None:
     if "generation" not in FLAGS.skip:
         logging.info("generation rows")
         rows += generation_speed.measure(model, tokenizer, 8, FLAGS.new_tokens, FLAGS.repeats, threads=1)
+    if "executor" not in FLAGS.skip:
+        logging.info("MIL executor decode rows")
+        for name in ("mlpackage", "mlpackage_stateful"):
+            cli.require_flag(FLAGS[name].value, name)
+        rows += executor_decode.measure(
+            FLAGS.mlpackage,
+            FLAGS.mlpackage_stateful,
+            tokenizer.vocab_size,
+            FLAGS.new_tokens,
+            FLAGS.repeats,
+            tokenizer.pad_id,
+        )
     if "stages" not in FLAGS.skip:
         logging.info("stage time rows")
         rows += stages.measure(

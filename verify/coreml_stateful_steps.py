@@ -1,9 +1,12 @@
-"""The stateful Core ML package (conversion/coreml_stateful.py) as decode Steps, through the MIL
-executor: prefill starts a fresh state (Core ML's make_state()) and runs the prompt right-padded to
-the smallest enumerated length that holds it; decode runs one token at the next position.
+"""The stateful Core ML package (conversion/coreml_stateful.py) as decode Steps (training/decode.py):
+prefill starts a fresh state (Core ML's make_state()) and runs the prompt right-padded to the
+smallest enumerated length that holds it; decode runs one token at the next position.
 
-Also `prefill_forward`: one whole sequence from position 0 on a fresh state, the package's logits
-for every token, so the stateless checks (every contract length, the behaviour replay) run on it.
+`StatefulSteps` runs the package through the MIL executor; the macOS runtime test subclasses it
+with the Core ML runtime's make_state() and predict(..., state=...) (verify/coreml_runtime_test.py),
+so both take the same steps. `prefill_forward` runs a whole sequence from position 0 on a fresh
+state: the package's logits for every token, so the stateless checks (every contract length, the
+behaviour replay) run on it too.
 """
 
 from collections.abc import Sequence
@@ -16,63 +19,64 @@ from training.decode import Steps
 from verify import mil_executor
 
 
-def cache_length(program: mil_executor.Program) -> int:
-    """Positions the package's state holds (the slot axis of its cache)."""
-    shape, _ = program.state_specs[coreml_stateful.STATE_NAMES[0]]
-    return shape[3]
-
-
-def _call(program, state, ids: Sequence[int], position: int) -> np.ndarray:
-    """logits [S, V] of ids at `position` (ids already padded to an enumerated length)."""
-    if position + len(ids) > cache_length(program):
-        raise InputError(
-            f"{program.path}: {len(ids)} tokens at position {position} run past the cache's "
-            f"{cache_length(program)} positions; start a new sequence"
-        )
-    feeds = {
-        coreml_stateful.INPUT_NAME: np.asarray([ids], dtype=np.int32),
-        coreml_stateful.POSITION_NAME: np.asarray([position], dtype=np.int32),
-    }
-    return mil_executor.evaluate(program, feeds, state)[coreml_stateful.OUTPUT_NAME][0]
-
-
-def _padded(program, ids: Sequence[int], pad_id: int) -> list[int]:
-    steps = program.lengths(coreml_stateful.INPUT_NAME)
-    fitting = [s for s in steps if s >= len(ids)]
-    if not ids or not fitting:
-        raise InputError(
-            f"{program.path}: a prompt of {len(ids)} tokens; the package takes 1 to {max(steps)}"
-        )
-    return [*ids, *[pad_id] * (fitting[0] - len(ids))]
-
-
 class StatefulSteps(Steps):
     """One sequence at a time through the package; `position` is where the next token goes."""
 
     def __init__(self, program: mil_executor.Program, pad_id: int = 0):
         self.program, self.pad_id = program, pad_id
-        self.state: mil_executor.State | None = None
+        self.where = program.path
+        self.step_lengths = program.lengths(coreml_stateful.INPUT_NAME)
+        shape, _ = program.state_specs[coreml_stateful.STATE_NAMES[0]]
+        self.cache_length = shape[3]  # positions the state holds (its slot axis)
+        self.state = None
         self.position = 0
+
+    # The two calls a runtime provides.
+
+    def new_state(self):
+        return mil_executor.make_state(self.program)
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """logits [1, S, V] for the feeds, updating self.state."""
+        return mil_executor.evaluate(self.program, feeds, self.state)[coreml_stateful.OUTPUT_NAME]
+
+    # Steps.
 
     def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
         return self.prefill_all(prompt_ids)[-1]
 
     def prefill_all(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """A new sequence on a fresh state; logits [P, V] for every prompt token."""
-        self.state = mil_executor.make_state(self.program)
+        self.state = self.new_state()
         self.position = 0
-        return self._run(list(prompt_ids))
+        return self.run(list(prompt_ids), self.position)
 
     def decode(self, token: int) -> np.ndarray:
         if self.state is None:
-            raise InputError(f"{self.program.path}: decode before prefill")
-        return self._run([int(token)])[-1]
+            raise InputError(f"{self.where}: decode before prefill")
+        return self.run([int(token)], self.position)[-1]
 
-    def _run(self, ids: list[int]) -> np.ndarray:
-        """logits [len(ids), V] of ids written at self.position, which then moves past them."""
-        logits = _call(self.program, self.state, _padded(self.program, ids, self.pad_id), self.position)
-        self.position += len(ids)
-        return logits[: len(ids)]
+    def run(self, ids: list[int], position: int) -> np.ndarray:
+        """logits [len(ids), V] of ids written from `position`; the next token goes after them."""
+        fitting = [s for s in self.step_lengths if s >= len(ids)]
+        if not ids or not fitting:
+            raise InputError(
+                f"{self.where}: {len(ids)} tokens in one call; "
+                f"the package takes 1 to {max(self.step_lengths)}"
+            )
+        if position + fitting[0] > self.cache_length:
+            raise InputError(
+                f"{self.where}: {len(ids)} tokens at position {position} run past the cache's "
+                f"{self.cache_length} positions; start a new sequence"
+            )
+        row = [*ids, *[self.pad_id] * (fitting[0] - len(ids))]
+        feeds = {
+            coreml_stateful.INPUT_NAME: np.asarray([row], dtype=np.int32),
+            coreml_stateful.POSITION_NAME: np.asarray([position], dtype=np.int32),
+        }
+        logits = np.asarray(self.predict(feeds), dtype=np.float32)[0, : len(ids)]
+        self.position = position + len(ids)
+        return logits
 
 
 def prefill_forward(program: mil_executor.Program, pad_id: int = 0):
@@ -80,6 +84,6 @@ def prefill_forward(program: mil_executor.Program, pad_id: int = 0):
     steps = StatefulSteps(program, pad_id)
 
     def forward(ids) -> np.ndarray:
-        return steps.prefill_all(np.asarray(ids).reshape(-1).tolist())[None].astype(np.float32, copy=False)
+        return steps.prefill_all(np.asarray(ids).reshape(-1).tolist())[None]
 
     return forward
