@@ -14,6 +14,9 @@ how Core ML computes an fp16 program; the GPU and Neural Engine may accumulate i
 compute units "all" the error can be larger. This test has not run on a Mac yet: if "all" exceeds
 the bounds there, the device needs a floor of its own (measured, then recorded in the contract),
 not a wider constant.
+
+The stateful package decodes through make_state() and predict(..., state=...) with the same steps
+the executor takes on Linux (verify/coreml_stateful_steps.py), against eager at every step.
 """
 
 import os
@@ -22,8 +25,8 @@ import coremltools as ct
 import numpy as np
 import pytest
 
+from verify import coreml_stateful_steps, mil_executor, parity, verification
 from verify import inputs as inputs_lib
-from verify import mil_executor, parity, verification
 
 COMPUTE_UNITS = {"all": ct.ComputeUnit.ALL, "cpu_only": ct.ComputeUnit.CPU_ONLY}
 # The fp16 package and the compressed variants (verify/verification.py backend names).
@@ -80,3 +83,55 @@ def test_runtime_agrees_with_the_numpy_executor(shipped, package):
             reference = mil_executor.run(program, row)
             diff = float(np.abs(runtime - reference).max())
             assert diff <= bounds[f"T{length}"]["max_abs_diff"], f"{package} T{length}: {diff}"
+
+
+class RuntimeSteps(coreml_stateful_steps.StatefulSteps):
+    """The executor's decode steps through the Core ML runtime: make_state() for each sequence and
+    predict(..., state=...) for each call (the program gives the step lengths and cache length)."""
+
+    def __init__(self, mlmodel, program, pad_id: int):
+        super().__init__(program, pad_id)
+        self.mlmodel = mlmodel
+
+    def new_state(self):
+        return self.mlmodel.make_state()
+
+    def predict(self, feeds):
+        return self.mlmodel.predict(feeds, state=self.state)["logits"]
+
+
+@pytest.mark.parametrize("units", sorted(COMPUTE_UNITS))
+def test_stateful_package_decodes_like_eager_at_every_step(shipped, units):
+    """The longest rows fed one token per call from position 0 (every slot of the state written and
+    read), and every held-out question of the replay answered greedily: each step's logits against
+    the eager Student's own cached decoding, within the stateful package's bounds at the longest
+    length; the greedy replies token for token eager's."""
+    from conversion import gates as gates_lib
+    from training.decode import CachedSteps, generate
+
+    inputs, model, rows = shipped
+    name = "coreml_stateful"
+    path = inputs.paths.artifact(name)
+    program = mil_executor.load_mlpackage(path)
+    ours = RuntimeSteps(
+        ct.models.MLModel(path, compute_units=COMPUTE_UNITS[units]), program, inputs.tokenizer.pad_id
+    )
+    eager = CachedSteps(model)
+    longest = max(inputs.contract.lengths)
+    bounds = gates_lib.bounds_for(inputs.contract.gates, name)[f"T{longest}"]
+    for row in rows[longest]:
+        ids = row[0].tolist()
+        refs, gots = [eager.prefill(ids[:1]).numpy()], [ours.prefill(ids[:1])]
+        for token in ids[1:]:
+            refs.append(eager.decode(token).numpy())
+            gots.append(ours.decode(token))
+        measured = parity.compare_logits(np.stack(refs)[None], np.stack(gots)[None]).gated()
+        over = {m: (v, bounds[m]) for m, v in measured.items() if v > bounds[m]}
+        assert not over, f"{units}: metric (value, bound) over the T{longest} bounds: {over}"
+    prompts = inputs_lib.replay_prompts(inputs.tokenizer, inputs.heldout, inputs.settings)
+    replies = inputs_lib.replay_continuations(model, inputs.tokenizer, prompts, inputs.settings)
+    for prompt, reply in zip(prompts, replies, strict=True):
+        got = generate(
+            ours, prompt, inputs.tokenizer.eos_id, inputs.settings.max_new_tokens, max_length=longest
+        )
+        assert got == reply, f"{units}: greedy reply to {prompt} differs from eager's"
