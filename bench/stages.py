@@ -55,6 +55,7 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
                     f"--gguf_q8_0={a}/magic-8-ball.Q8_0.gguf", f"--gguf_q4_0={a}/magic-8-ball.Q4_0.gguf",
                     f"--mlpackage_int8={a}/magic-8-ball.int8.mlpackage",
                     f"--mlpackage_int4={a}/magic-8-ball.int4.mlpackage",
+                    f"--mlpackage_stateful={a}/magic-8-ball.stateful.mlpackage",
                     f"--gguf={a}/magic-8-ball.gguf", f"--out_report={out}/report.json"]),
         (names[4], [tools["measure_floors"], *checkpoint, f"--tokenizer={a}/tokenizer.json",
                     f"--dataset={a}/kd.jsonl", f"--out={out}/floors.json"]),

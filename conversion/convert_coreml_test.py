@@ -125,3 +125,28 @@ def test_vocab_mismatch(inputs, tmp_path):
     contract_lib.make_contract(300, TOKENIZER_SHA256, gates=gates_testing.gates()).save(path)
     with pytest.raises(InputError, match="vocab_size"):
         run_main(**dict(inputs, contract=path), out=str(tmp_path / "m.mlpackage"))
+
+
+def test_stateful_writes_the_kv_cache_package(inputs, tmp_path):
+    out = str(tmp_path / "magic-8-ball.stateful.mlpackage")
+    run_main(**inputs, out=out, stateful="true")
+    spec = ct.utils.load_spec(out)
+    assert [s.name for s in spec.description.state] == ["k_cache", "v_cache"]
+    user = dict(spec.description.metadata.userDefined)
+    assert user["weights_sha256"] == checkpoint.sha256_file(inputs["weights"])
+    assert user["state_names"] == "k_cache,v_cache" and spec.specificationVersion == 9  # iOS18
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ({"precision": "fp32"}, "the stateful package is fp16; drop --precision=fp32"),
+        ({"compress": "int8"}, "the stateful package is not compressed; drop --compress=int8"),
+        ({"target": "iOS16"}, "Core ML states need iOS18; drop --target=iOS16"),
+    ],
+)
+def test_stateful_refuses_flags_it_cannot_honour(inputs, tmp_path, flag, message):
+    out = str(tmp_path / "s.mlpackage")
+    with pytest.raises(InputError, match=f"--stateful: {message}"):
+        run_main(**inputs, out=out, stateful="true", **flag)
+    assert not os.path.exists(out)

@@ -38,6 +38,7 @@ INPUT_NAME = coreml.INPUT_NAME
 POSITION_NAME = "position"
 OUTPUT_NAME = coreml.OUTPUT_NAME
 STATE_NAMES = ("k_cache", "v_cache")
+WRAPPED = "model"  # the wrapper's attribute holding the Student: every weight's name starts with it
 DEPLOYMENT_TARGET = ct.target.iOS18
 TARGET_NAME = "iOS18"  # verify/coreml_spec.py SPECIFICATION_VERSIONS: spec version 9
 PRECISION = "fp16"
@@ -58,7 +59,7 @@ class StatefulStudent(nn.Module):
 
     def __init__(self, model: Student, cache_length: int):
         super().__init__()
-        self.model = model
+        self.model = model  # WRAPPED
         shape = state_shape(model.cfg, cache_length)
         # Buffer names are the Core ML state names (ct.StateType(name=...) must match them).
         self.register_buffer(STATE_NAMES[0], torch.zeros(shape, dtype=torch.float16))

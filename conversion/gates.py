@@ -48,6 +48,8 @@ DEFAULT_BACKENDS = {
     # the fp16 model computing with exactly the package's weights (verify/floors.py).
     "coreml_int8": "int8",
     "coreml_int4": "int4",
+    # The KV cache held as Core ML state (conversion/coreml_stateful.py): an fp16 program.
+    "coreml_stateful": "fp16",
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
 

@@ -67,6 +67,7 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             "gguf_q4_0": A("gguf_q4_0"),
             "mlpackage_int8": A("mlpackage_int8"),
             "mlpackage_int4": A("mlpackage_int4"),
+            "mlpackage_stateful": A("mlpackage_stateful"),
         },
         "ask": {
             **harness.ask_flags(),

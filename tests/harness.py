@@ -43,6 +43,7 @@ ARTIFACTS = {
     "gguf_q4_0": "pipeline/magic-8-ball.Q4_0.gguf",
     "mlpackage_int8": "pipeline/magic-8-ball.int8.mlpackage",
     "mlpackage_int4": "pipeline/magic-8-ball.int4.mlpackage",
+    "mlpackage_stateful": "pipeline/magic-8-ball.stateful.mlpackage",
 }
 
 TIMEOUT_S = 300

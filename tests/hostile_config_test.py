@@ -71,6 +71,7 @@ def _flags(loader: str, out: str) -> dict:
             "gguf_q4_0": A("gguf_q4_0"),
             "mlpackage_int8": A("mlpackage_int8"),
             "mlpackage_int4": A("mlpackage_int4"),
+            "mlpackage_stateful": A("mlpackage_stateful"),
             "out_report": o("report.json"),
         },
         "ask": {

@@ -283,6 +283,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "gguf_q4_0": A("gguf_q4_0"),
             "mlpackage_int8": A("mlpackage_int8"),
             "mlpackage_int4": A("mlpackage_int4"),
+            "mlpackage_stateful": A("mlpackage_stateful"),
             "out_report": os.path.join(out, "report.json"),
         },
         "ask": {

@@ -41,6 +41,7 @@ GGUF_Q8_0, GGUF_Q4_0 = "gguf_q8_0", "gguf_q4_0"
 # The Core ML variants with compressed weights -> their compression (conversion/coreml_compress.py).
 COREML_INT8, COREML_INT4 = "coreml_int8", "coreml_int4"
 COREML_COMPRESSED = {COREML_INT8: "int8", COREML_INT4: "int4"}
+COREML_STATEFUL = "coreml_stateful"  # the KV cache as Core ML state (conversion/coreml_stateful.py)
 # backend -> the flag (and Paths field) that names its artifact
 FLAGS_OF = {
     TORCHSCRIPT: "torchscript",
@@ -53,6 +54,7 @@ FLAGS_OF = {
     GGUF_Q4_0: "gguf_q4_0",
     COREML_INT8: "mlpackage_int8",
     COREML_INT4: "mlpackage_int4",
+    COREML_STATEFUL: "mlpackage_stateful",
 }
 # The Paths fields that name GGUF files (read and checked alike).
 GGUF_FIELDS = ("gguf", "gguf_f16", "gguf_q8_0", "gguf_q4_0")
@@ -74,6 +76,7 @@ class Paths:
     gguf_q4_0: str | None = None
     mlpackage_int8: str | None = None
     mlpackage_int4: str | None = None
+    mlpackage_stateful: str | None = None
 
     def artifact(self, backend: str) -> str | None:
         return getattr(self, FLAGS_OF[backend])
@@ -95,6 +98,7 @@ PIPELINE_FILES = {
     "gguf_q4_0": "magic-8-ball.Q4_0.gguf",
     "mlpackage_int8": "magic-8-ball.int8.mlpackage",
     "mlpackage_int4": "magic-8-ball.int4.mlpackage",
+    "mlpackage_stateful": "magic-8-ball.stateful.mlpackage",
 }
 
 
@@ -123,6 +127,9 @@ class Backend:
     path: str
     forward: Callable[[np.ndarray], np.ndarray]
     interface_check: Callable | None = None  # (report, contract, eager model) -> None
+    # A KV-cache artifact's step function: () -> training.decode.Steps (prefill, then one token per
+    # call), checked by the multi-step decode parity (verify/decode_parity.py).
+    steps: Callable | None = None
 
 
 def _require_digest(flag: str, path: str, expected: str, what: str) -> None:
@@ -172,7 +179,8 @@ def check_inputs(paths: Paths) -> Inputs:
     strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
     if paths.torchscript:
         torchscript_archive.check_file(paths.torchscript)
-    for package in (paths.mlpackage, paths.mlpackage_fp32, paths.mlpackage_int8, paths.mlpackage_int4):
+    packages = (paths.mlpackage, paths.mlpackage_fp32, paths.mlpackage_int8, paths.mlpackage_int4)
+    for package in (*packages, paths.mlpackage_stateful):
         if package:
             mlpackage_manifest.root_model_path(package)  # the layout; the spec is read later
     for gguf_path in (getattr(paths, field) for field in GGUF_FIELDS):
@@ -218,7 +226,7 @@ def check_coreml_interface(report, contract, path: str, name: str = COREML) -> N
         report.check(name, report_lib.ALL, check, result.measured, "==", result.expected, ok=result.ok)
 
 
-def check_coreml_weights(report, program, model, name: str = COREML) -> None:
+def check_coreml_weights(report, program, model, name: str = COREML, prefix: str = "") -> None:
     """The package must carry the checkpoint's weights and RoPE tables, rounded to its own precision
     and otherwise unchanged, every element. Output metrics cannot see a weight fault below the fp16
     compute noise (a tensor scaled by 0.3%, noise of 1e-4: //tests:gate_power); this exact check can."""
@@ -231,7 +239,7 @@ def check_coreml_weights(report, program, model, name: str = COREML) -> None:
     matrices = sum(1 for tensor in tensors.values() if tensor.ndim >= 2)
     found = changed = 0
     for tensor_name, tensor in sorted(tensors.items()):
-        key = tensor_name.replace(".", "_")
+        key = prefix + tensor_name.replace(".", "_")
         value = consts.get(key + "_to_fp16", consts.get(key))
         if value is None:
             continue
@@ -280,6 +288,41 @@ def check_coreml_compressed(report, program, path: str, model, name: str) -> Non
     report.note(name, report_lib.ALL, "weights_elements", total)
 
 
+def check_stateful_interface(report, contract, path: str, model, name: str = COREML_STATEFUL) -> None:
+    """The stateful package's spec against what the checkpoint's config and the contract's lengths
+    say it must declare (conversion/coreml_stateful.py, interface): target, states, inputs, outputs."""
+    from conversion import coreml_stateful
+    from verify import coreml_spec
+
+    expected = coreml_stateful.interface(model.cfg, list(contract.lengths))
+    for result in coreml_spec.check_stateful_spec(path, **expected):
+        report.check(
+            name, report_lib.ALL, "spec_" + result.name, result.measured, "==", result.expected, ok=result.ok
+        )
+
+
+def stateful_coreml_backend(path: str, pad_id: int, program=None, steps=None) -> Backend:
+    """The stateful package through the MIL executor: a whole sequence as one prefill for the
+    stateless checks, and its decode steps (`steps`: a StatefulSteps class, another one for
+    //tests:gate_power's cache faults) for the decode parity; its spec and exact weights."""
+    from conversion import coreml_stateful
+    from verify import coreml_stateful_steps, mil_executor
+
+    program = program or mil_executor.load_mlpackage(path)
+    make = steps or coreml_stateful_steps.StatefulSteps
+    return Backend(
+        COREML_STATEFUL,
+        path,
+        coreml_stateful_steps.prefill_forward(program, pad_id),
+        lambda report, contract, model: (
+            check_stateful_interface(report, contract, path, model),
+            # The wrapper holds the Student as `model`, so every const name starts with "model_".
+            check_coreml_weights(report, program, model, COREML_STATEFUL, coreml_stateful.WRAPPED + "_"),
+        ),
+        steps=lambda: make(program, pad_id),
+    )
+
+
 def compressed_coreml_backend(name: str, path: str, contract, program=None) -> Backend:
     """A compressed Core ML variant through the MIL executor (`program`: already loaded, e.g. with a
     fault planted by //tests:gate_power), with its interface and exact weight checks."""
@@ -323,6 +366,8 @@ def load_backends(inputs: Inputs) -> list[Backend]:
             backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
         elif name in COREML_COMPRESSED:
             backends.append(compressed_coreml_backend(name, path, contract))
+        elif name == COREML_STATEFUL:
+            backends.append(stateful_coreml_backend(path, inputs.tokenizer.pad_id))
         elif name in (COREML, COREML_FP32):
             program = mil_executor.load_mlpackage(path)
             input_name, output_name = contract.inputs[0].name, contract.outputs[0].name

@@ -48,6 +48,9 @@ flags.DEFINE_string("gguf_q8_0", None, "GGUF file with Q8_0 weights (conversion/
 flags.DEFINE_string("gguf_q4_0", None, "GGUF file with Q4_0 weights (conversion/gguf_quant.py).")
 flags.DEFINE_string("mlpackage_int8", None, "Core ML .mlpackage with int8 weights (per channel).")
 flags.DEFINE_string("mlpackage_int4", None, "Core ML .mlpackage with int4 weights (per block, iOS18).")
+flags.DEFINE_string(
+    "mlpackage_stateful", None, "Core ML .mlpackage with a KV cache held as state (iOS18, fp16)."
+)
 flags.DEFINE_string("out_report", None, "Output report JSON (required).")
 flags.DEFINE_bool(
     "exit_nonzero_on_failed_gates",
@@ -91,6 +94,7 @@ def main(argv: list[str]) -> None:
         gguf_q4_0=FLAGS.gguf_q4_0,
         mlpackage_int8=FLAGS.mlpackage_int8,
         mlpackage_int4=FLAGS.mlpackage_int4,
+        mlpackage_stateful=FLAGS.mlpackage_stateful,
     )
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
