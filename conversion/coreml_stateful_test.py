@@ -91,6 +91,17 @@ def test_a_new_sequence_does_not_see_the_last_one(package):
     again = [steps.prefill([1, 2, 3])] + [steps.decode(t) for t in (4, 5)]
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
+    # Even the previous sequence's state, restarted at position 0, gives the same logits: every slot
+    # a token reads was written in its own sequence first (conversion/coreml_stateful.py).
+    steps.prefill(np.arange(100, 140).tolist())
+    for token in range(40):  # past the 64 slots a padded prompt overwrites
+        steps.decode(token)
+    used = steps.state
+    steps.new_state = lambda: used
+    reused = [steps.prefill([1, 2, 3])] + [steps.decode(t) for t in (4, 5)]
+    assert steps.state is used and np.all(used.values["k_cache"][:, :, :, 64:80] != 0)  # stale, unread
+    for a, b in zip(first, reused, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 _SAVE_SCRIPT = """
