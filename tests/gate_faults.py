@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from conversion import coreml, gguf_export, torchscript
+from conversion import coreml, gguf_export, kv_decoder, torchscript
 from training import model as model_lib
 from verify import frozen_students, gguf_check, mil_executor, verification
 
@@ -450,6 +450,50 @@ def _gg_kv_f16(shipped):
     return _gguf_backend(shipped, shipped.inputs.paths.gguf, f32_kv_cache=False)
 
 
+# --- TorchScript decoder: cache faults ---------------------------------------------------------
+# The shipped decoder, driven through its KV cache by a step function with the mistake a runtime
+# could make. Its prefill (every length, the replay) is right, so only the multi-step decode parity
+# (verify/decode_parity.py) can see these.
+
+
+class _OffByOnePosition(kv_decoder.TorchScriptSteps):
+    """Each decoded token is written and positioned one slot too far: slot len(prompt) is never
+    written, and every reply token sits one position late."""
+
+    def decode(self, token):
+        logits = self._call([token], self.pos + 1)
+        self.pos += 1
+        return logits
+
+
+class _StaleEntry(kv_decoder.TorchScriptSteps):
+    """A decoded token's keys and values never stay in the last layer's cache: that slot keeps
+    what was there before (zeros, or an earlier sequence's entry) for every later step."""
+
+    def decode(self, token):
+        keys, values = self.keys[-1].clone(), self.values[-1].clone()
+        logits = super().decode(token)
+        self.keys[-1], self.values[-1] = keys, values
+        return logits
+
+
+class _NotReset(kv_decoder.TorchScriptSteps):
+    """A new sequence is written after the previous one instead of from position 0."""
+
+    def prefill(self, prompt_ids):
+        return self._run(prompt_ids)
+
+
+def _decoder_with(steps: type) -> Callable[[Shipped], verification.Backend]:
+    def inject(shipped: Shipped) -> verification.Backend:
+        path = shipped.inputs.paths.torchscript_decoder
+        return verification.decoder_backend(
+            path, torchscript.load(path), shipped.inputs.paths.metadata, steps=steps
+        )
+
+    return inject
+
+
 FAULTS = (
     Fault(
         "scale_0.3%",
@@ -489,6 +533,21 @@ FAULTS = (
     Fault("zero_point_shifted", f"one int8 zero point of {WEIGHT[1]} + 1", {"coreml_int8": _int8_zero_point}),
     Fault("int4_value_flipped", f"one 4-bit value of {WEIGHT[1]} +- 1", {"coreml_int4": _int4_value}),
     Fault("int8_shipped_as_int4", "the int8 package under the int4 name", {"coreml_int4": _int4_is_int8}),
+    Fault(
+        "cache_off_by_one",
+        "decoded tokens one cache slot (and position) late",
+        {"torchscript_decoder": _decoder_with(_OffByOnePosition)},
+    ),
+    Fault(
+        "cache_stale_entry",
+        "decoded tokens' entries lost from the last layer's cache",
+        {"torchscript_decoder": _decoder_with(_StaleEntry)},
+    ),
+    Fault(
+        "cache_not_reset",
+        "a new sequence continues the previous one's cache",
+        {"torchscript_decoder": _decoder_with(_NotReset)},
+    ),
 )
 
 # Gated checks of report.json that no fault above trips, and the test that shows each one failing.
