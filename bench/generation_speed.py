@@ -1,9 +1,14 @@
 """Greedy generation tokens/s: TorchScript beside llama.cpp running the GGUF export of the same model.
 
 Same student, same prompts, same number of new tokens (eos is ignored so every run does equal
-work). Three ways to decode, trials alternating:
+work). Four ways to decode, trials alternating:
   torchscript        torch.jit.trace of the student, full recompute of the sequence per token
-                     (how training/decode.py drives every backend)
+                     (training/decode.py's Recompute, how it drives a backend without a cache)
+  torchscript kv     the TorchScript decoder (conversion/kv_decoder.py, the shipped
+                     magic-8-ball.decode.pt's code): the prompt once, then one token per call
+                     against its fixed-size KV cache (how `ask` runs); its ratio is printed
+                     against full recompute and, in a second row of the same runs, against
+                     llama.cpp kv
   llama.cpp full     llama.cpp, full recompute per token (the same work as TorchScript)
   llama.cpp kv       llama.cpp with its KV cache, one new token per step (how Ollama runs it)
 and, with the KV cache, each other GGUF variant the pipeline ships (f16, Q8_0, Q4_0 weights,
@@ -20,7 +25,7 @@ from absl import logging
 
 from bench.table import Row
 from common.errors import InputError
-from conversion import gguf_export
+from conversion import gguf_export, kv_decoder
 from data import prompt as prompt_lib
 from verify import gguf_check
 
@@ -35,6 +40,8 @@ QUESTIONS = [
     "Is today my lucky day? 🌟",
 ]
 TORCHSCRIPT = "generation: TorchScript (full recompute)"
+TORCHSCRIPT_KV = "generation: TorchScript (KV cache)"
+TORCHSCRIPT_KV_VS_LLAMA = "generation: TorchScript (KV cache), vs llama.cpp (KV cache)"
 LLAMA_FULL = "generation: llama.cpp (full recompute)"
 LLAMA_KV = "generation: llama.cpp (KV cache)"
 VARIANTS = ("f16", "Q8_0", "Q4_0")  # beside the f32 file of LLAMA_KV
@@ -51,6 +58,13 @@ def torchscript_greedy(module, prompt_ids, new_tokens):
             logits = module(torch.tensor([ids], dtype=torch.int32))
             ids.append(int(logits[0, -1].argmax()))
     return ids[len(prompt_ids) :]
+
+
+def torchscript_kv_greedy(steps, prompt_ids, new_tokens):
+    out = [int(steps.prefill(prompt_ids).argmax())]
+    while len(out) < new_tokens:
+        out.append(int(steps.decode(out[-1]).argmax()))
+    return out
 
 
 def llama_full_greedy(llama, prompt_ids, new_tokens):
@@ -74,8 +88,9 @@ def llama_kv_greedy(llama, prompt_ids, new_tokens):
 def measure(
     model, tokenizer, prompts: int, new_tokens: int, repeats: int, threads: int, dtype: str = "f32"
 ) -> list[Row]:
-    """[TorchScript (baseline), llama.cpp full, llama.cpp kv, then llama.cpp kv per variant (baseline
-    llama.cpp kv on the `dtype` file)] in new tokens/s."""
+    """[TorchScript (baseline), TorchScript kv (twice: against it and against llama.cpp kv),
+    llama.cpp full, llama.cpp kv, then llama.cpp kv per variant (baseline llama.cpp kv on the
+    `dtype` file)] in new tokens/s."""
     if new_tokens < 1 or repeats < 1 or not 1 <= prompts <= len(QUESTIONS):
         raise InputError(f"new tokens and repeats must be >= 1, prompts in 1..{len(QUESTIONS)}")
     inputs = [prompt_lib.build_model_input(tokenizer, q) for q in QUESTIONS[:prompts]]
@@ -85,6 +100,7 @@ def measure(
             f"new tokens: prompts would reach {longest} tokens; at most {model.cfg.max_seq_len} (max_seq_len)"
         )
     module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
+    steps = kv_decoder.TorchScriptSteps(kv_decoder.trace(model), model.cfg)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.gguf")
         gguf_export.export(model, tokenizer, path, dtype=dtype)
@@ -98,6 +114,7 @@ def measure(
             variants[variant] = gguf_check.load_llama(variant_path, f32_kv_cache=False, n_threads=threads)
     methods = {
         TORCHSCRIPT: lambda p: torchscript_greedy(module, p, new_tokens),
+        TORCHSCRIPT_KV: lambda p: torchscript_kv_greedy(steps, p, new_tokens),
         LLAMA_FULL: lambda p: llama_full_greedy(llama, p, new_tokens),
         LLAMA_KV: lambda p: llama_kv_greedy(llama, p, new_tokens),
     }
@@ -107,6 +124,8 @@ def measure(
     replies = {name: [run(p) for p in inputs] for name, run in methods.items()}
     same = sum(r == replies[TORCHSCRIPT][i] for i, r in enumerate(replies[LLAMA_KV]))
     logging.info("llama.cpp kv greedy reply equals TorchScript's on %d/%d prompts", same, len(inputs))
+    if replies[TORCHSCRIPT_KV] != replies[TORCHSCRIPT]:
+        raise AssertionError("the TorchScript decoder's greedy replies differ from full recompute's")
     rates: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, run in methods.items():
@@ -117,6 +136,8 @@ def measure(
     logging.info("generation: %d prompts x %d new tokens, %d thread(s)", len(inputs), new_tokens, threads)
     return [
         Row(TORCHSCRIPT, "tokens/s", tuple(rates[TORCHSCRIPT])),
+        Row(TORCHSCRIPT_KV, "tokens/s", tuple(rates[TORCHSCRIPT_KV]), TORCHSCRIPT),
+        Row(TORCHSCRIPT_KV_VS_LLAMA, "tokens/s", tuple(rates[TORCHSCRIPT_KV]), LLAMA_KV),
         Row(LLAMA_FULL, "tokens/s", tuple(rates[LLAMA_FULL]), TORCHSCRIPT),
         Row(LLAMA_KV, "tokens/s", tuple(rates[LLAMA_KV]), TORCHSCRIPT),
         *(Row(variant_row(v), "tokens/s", tuple(rates[variant_row(v)]), LLAMA_KV) for v in variants),

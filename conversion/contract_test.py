@@ -65,6 +65,7 @@ def test_fields_follow_the_design():
         "gguf_q4_0": "w_q4_0",
         "gguf_q8_0": "w_q8_0",
         "torchscript": "f32",
+        "torchscript_decoder": "f32",
     }
     entry = values["gates"]["bounds"]["fp16"]["T64"]["kl_max"]
     assert entry["bound"] == pytest.approx(entry["floor"] * entry["factor"]) and entry["factor"] <= 4

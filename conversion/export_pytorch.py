@@ -1,10 +1,14 @@
 """Exports a student checkpoint to TorchScript and writes the contract that travels with the artifacts.
 
     export_pytorch --weights=student.safetensors --metadata=student.json --tokenizer=tokenizer.json \\
-        --out_torchscript=model.pt --out_contract=contract.json [--lengths=64,128,256]
+        --out_torchscript=model.pt --out_decoder=model.decode.pt --out_contract=contract.json \\
+        [--lengths=64,128,256]
 
 The TorchScript model takes input_ids int32 [1, T] for every T in --lengths (one trace, dynamic
 length, proven by torch.export and by running each length) and returns logits float32 [1, T, vocab].
+The decoder is the same student with a fixed-size KV cache passed in and out (conversion/kv_decoder.py),
+checked against eager for a prefill at every length and a decode step at every position. The
+contract pins both files by sha256 ("torchscript", "torchscript_decoder").
 Same inputs and flags -> byte-identical outputs. Bad input exits 2 with one line naming the problem,
 and nothing is written.
 """
@@ -49,6 +53,9 @@ flags.DEFINE_list(
     + ".",
 )
 flags.DEFINE_string("out_torchscript", None, "Output TorchScript archive, e.g. model.pt (required).")
+flags.DEFINE_string(
+    "out_decoder", None, "Output TorchScript KV-cache decoder, e.g. model.decode.pt (required)."
+)
 flags.DEFINE_string("out_contract", None, "Output contract JSON, e.g. contract.json (required).")
 
 FLAGS = flags.FLAGS
@@ -83,12 +90,13 @@ def _gates(lengths: list[int], weights_sha256: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    for name in ("weights", "metadata", "tokenizer", "floors", "out_torchscript", "out_contract"):
+    outputs = ("out_torchscript", "out_decoder", "out_contract")
+    for name in ("weights", "metadata", "tokenizer", "floors", *outputs):
         cli.require_flag(FLAGS[name].value, name)
     start = time.monotonic()
-    cli.check_distinct_outputs({"out_torchscript": FLAGS.out_torchscript, "out_contract": FLAGS.out_contract})
-    cli.check_output_path(FLAGS.out_torchscript, "out_torchscript")
-    cli.check_output_path(FLAGS.out_contract, "out_contract")
+    cli.check_distinct_outputs({name: FLAGS[name].value for name in outputs})
+    for name in outputs:
+        cli.check_output_path(FLAGS[name].value, name)
     lengths = contract_lib.parse_lengths(FLAGS.lengths)
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
     metadata = checkpoint.load_metadata(FLAGS.metadata)
@@ -104,7 +112,7 @@ def main(argv: list[str]) -> None:
     # instead of after torch's seconds-long import.
     import torch
 
-    from conversion import torchscript
+    from conversion import kv_decoder, torchscript
 
     # One intra-op thread: this tiny model gains nothing from more, the numbers then never depend
     # on the thread count, and on a busy 2-core machine OpenMP's spinning threads made each forward
@@ -113,8 +121,10 @@ def main(argv: list[str]) -> None:
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     module = torchscript.export(model, lengths, cfg.max_seq_len, FLAGS.default_length)
     data = torchscript.to_bytes(module)
+    decoder = torchscript.to_bytes(kv_decoder.export(model, lengths))
     # The loaders refuse any archive that strays from what export writes: hold our own to that first.
     torchscript_archive.check_archive(io.BytesIO(data))
+    torchscript_archive.check_archive(io.BytesIO(decoder))
     contract = contract_lib.make_contract(
         vocab_size=model.cfg.vocab_size,
         tokenizer_sha256=tokenizer.digest,
@@ -124,18 +134,25 @@ def main(argv: list[str]) -> None:
     )
     contract = contract.with_artifact("weights", checkpoint.sha256_file(FLAGS.weights))
     contract = contract.with_artifact("torchscript", hashlib.sha256(data).hexdigest())
-    # Both outputs or neither: each write is atomic, and a failed contract write takes the
-    # TorchScript file back out.
-    atomic.write_bytes(FLAGS.out_torchscript, data)
+    contract = contract.with_artifact("torchscript_decoder", hashlib.sha256(decoder).hexdigest())
+    # Every output or none: each write is atomic, and a failed later write takes the earlier ones
+    # back out.
+    written = []
     try:
+        for path, payload in ((FLAGS.out_torchscript, data), (FLAGS.out_decoder, decoder)):
+            atomic.write_bytes(path, payload)
+            written.append(path)
         contract.save(FLAGS.out_contract)
     except BaseException:
-        os.remove(FLAGS.out_torchscript)
+        for path in written:
+            os.remove(path)
         raise
     logging.info(
-        "exported %s (%d bytes) and %s at lengths %s in %.2f s",
+        "exported %s (%d bytes), %s (%d bytes) and %s at lengths %s in %.2f s",
         FLAGS.out_torchscript,
         len(data),
+        FLAGS.out_decoder,
+        len(decoder),
         FLAGS.out_contract,
         lengths,
         time.monotonic() - start,

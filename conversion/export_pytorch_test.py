@@ -46,6 +46,7 @@ def run(inputs, out_dir, **overrides):
         "metadata": inputs.metadata,
         "tokenizer": inputs.tokenizer,
         "out_torchscript": os.path.join(out_dir, "model.pt"),
+        "out_decoder": os.path.join(out_dir, "model.decode.pt"),
         "out_contract": os.path.join(out_dir, "contract.json"),
         **overrides,
     }
@@ -68,7 +69,12 @@ def test_export_writes_a_matching_contract_and_reproducible_bytes(inputs, tmp_pa
     model_pt, contract_json = run(inputs, str(tmp_path / "a"))
     contract = contract_lib.load_contract(contract_json)
     assert contract.lengths == (64, 128, 256) and contract.default_length == 128
-    assert contract.artifacts == {"torchscript": _sha(model_pt), "weights": _sha(inputs.weights)}
+    decoder_pt = os.path.join(os.path.dirname(model_pt), "model.decode.pt")
+    assert contract.artifacts == {
+        "torchscript": _sha(model_pt),
+        "torchscript_decoder": _sha(decoder_pt),
+        "weights": _sha(inputs.weights),
+    }
     assert contract.tokenizer_sha256 == tokenizer_lib.Tokenizer.load(inputs.tokenizer).digest
     module = torchscript.load(model_pt)
     assert module(torch.zeros(1, 256, dtype=torch.int32)).shape == (1, 256, contract.vocab_size)
@@ -86,6 +92,7 @@ def test_export_writes_a_matching_contract_and_reproducible_bytes(inputs, tmp_pa
     )
     again_pt, again_contract = run(copied, str(tmp_path / "b"))
     assert _sha(again_pt) == _sha(model_pt)
+    assert _sha(os.path.join(os.path.dirname(again_pt), "model.decode.pt")) == _sha(decoder_pt)
     assert _sha(again_contract) == _sha(contract_json)
 
 
@@ -180,6 +187,7 @@ def test_bad_files_exit_2_and_write_nothing(inputs, tmp_path, flag, make, messag
         ({"lengths": ","}, "--lengths: empty"),
         ({"lengths": "64,256"}, "default_length: 128 is not one of"),
         ({"out_contract": "/nonexistent/dir/contract.json"}, "does not exist"),
+        ({"out_decoder": "/nonexistent/dir/model.decode.pt"}, "does not exist"),
     ],
 )
 def test_bad_flags_write_nothing(inputs, tmp_path, overrides, message):

@@ -5,11 +5,12 @@
       "backends": {"torchscript": "f32", "coreml": "fp16", "gguf": "f32", "gguf_kv_f16": "kv_f16"},
       "methods":  {"f32": "float64 eager vs float32 eager", ...},
       "bounds":   {"f32": {"T64": {"kl_max": {"floor": 1.05e-12, "factor": 4.0, "bound": 4.2e-12},
-                                   ...}, ..., "replay": {...}}, ...}
+                                   ...}, ..., "replay": {...}, "decode": {...}}, ...}
     }
 
 Every backend named here must be verified at every contract length (pipeline/gates_test.py fails
-otherwise), against the bounds of its precision. A bound is its floor (measured by
+otherwise), against the bounds of its precision; "decode" bounds the multi-step decode parity of a
+KV-cache artifact (verify/decode_parity.py). A bound is its floor (measured by
 verify/floors.py on the same model and inputs) times its factor; a factor above FACTOR_LIMIT needs
 a "why". The floors file is written by //verify:measure_floors and read here, when the export step
 writes the contract.
@@ -30,6 +31,7 @@ FLOORS_FORMAT = "m8b-floors"
 FLOORS_VERSION = 1
 METRICS = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreement", "rms_dp")
 REPLAY = "replay"
+DECODE = "decode"  # multi-step decoding through a KV cache (verify/decode_parity.py)
 INPUT_KEYS = ("seed", "text_sequences", "behaviour_questions", "max_new_tokens")
 # The artifacts and the precision each computes in. gguf_kv_f16 is the f32 GGUF file as llama.cpp
 # and Ollama run it by default, with an f16 KV cache; gguf_f16 the f16-weight GGUF with an f32 cache;
@@ -37,6 +39,9 @@ INPUT_KEYS = ("seed", "text_sequences", "behaviour_questions", "max_new_tokens")
 # each against the floor of its own emulation (verify/floors.py, w_q8_0 and w_q4_0).
 DEFAULT_BACKENDS = {
     "torchscript": "f32",
+    # The TorchScript decoder (conversion/kv_decoder.py): prefill checked like the model, and its
+    # KV-cache decoding step by step against eager (verify/decode_parity.py, the "decode" scope).
+    "torchscript_decoder": "f32",
     "coreml": "fp16",
     "coreml_fp32": "f32",
     "gguf": "f32",
@@ -61,7 +66,7 @@ def round4(value: float) -> float:
 
 
 def scope_names(lengths) -> list[str]:
-    return [f"T{length}" for length in lengths] + [REPLAY]
+    return [f"T{length}" for length in lengths] + [REPLAY, DECODE]
 
 
 def make_gates(floors: dict, backends: dict, factor: float = FACTOR_LIMIT) -> dict:
@@ -115,7 +120,7 @@ def _check_scopes(scopes, lengths, where: str, check_leaf) -> None:
     if not isinstance(scopes, dict) or sorted(scopes) != sorted(expected):
         got = sorted(scopes) if isinstance(scopes, dict) else scopes
         raise InputError(
-            f"{where}: scopes {got}, expected one per contract length and {REPLAY!r}: {expected}"
+            f"{where}: scopes {got}, expected one per contract length, {REPLAY!r} and {DECODE!r}: {expected}"
         )
     for name in expected:
         metrics = scopes[name]

@@ -65,7 +65,7 @@ def guard_dynamic_length(model: torch.nn.Module, example_length: int, max_seq_le
 
 
 @contextlib.contextmanager
-def _fresh_jit_types() -> Iterator[None]:
+def fresh_jit_types() -> Iterator[None]:
     """Traced class names (___torch_mangle_N) then start from 0, whatever the process traced before."""
     saved = torch.jit._state._python_cu, torch.jit._recursive.concrete_type_store
     torch.jit._state._python_cu = torch._C.CompilationUnit()
@@ -80,7 +80,7 @@ def trace(model: torch.nn.Module, length: int) -> torch.jit.ScriptModule:
     """torch.jit.trace at [1, length] int32. torch's own re-trace check is off: check_lengths_match runs
     the trace at every contract length against eager instead, which also checks the numbers."""
     example = torch.zeros(1, length, dtype=torch.int32)
-    with _fresh_jit_types(), torch.no_grad():
+    with fresh_jit_types(), torch.no_grad():
         return torch.jit.trace(model.eval(), example, check_trace=False, _store_inputs=False)
 
 

@@ -1,4 +1,5 @@
-"""What a TorchScript archive from //conversion:export_pytorch may hold, checked before torch loads it.
+"""What a TorchScript archive from //conversion:export_pytorch (the model or its KV-cache decoder) may
+hold, checked before torch loads it.
 
 torch.jit.load compiles the archive's code and runs some of it while loading (a class's
 __setstate__), and TorchScript can call operators such as torch.save and torch.from_file: an archive
@@ -34,6 +35,12 @@ ALLOWED_OPS = frozenset(
             "add cat chunk embedding flatten linear mean mul neg pow repeat_interleave rsqrt "
             "scaled_dot_product_attention silu size slice to transpose unflatten"
         ).split()
+    }
+    # The decoder's fixed-size KV cache (conversion/kv_decoder.py): positions and mask from the pos
+    # tensor, slice writes into the cache tensors it was handed.
+    | {
+        f"torch.{name}"
+        for name in "arange copy_ cumsum device index le ones_like repeat select sub unsqueeze".split()
     }
 )
 _ALLOWED_BUILTINS = frozenset({"getattr", "int", "float", "bool", "len", "annotate", "unchecked_cast"})

@@ -1,6 +1,9 @@
 """`bazel run //pipeline:ask -- "Will it rain tomorrow?"`: the exported model answers a question.
 
---backend=torchscript runs the TorchScript artifact; --backend=gguf runs the GGUF file through
+--backend=torchscript runs the TorchScript decoder (magic-8-ball.decode.pt, conversion/kv_decoder.py):
+the question runs once, then each new token is one call against its KV cache. A question that
+leaves no room in the context (max_seq_len) for a reply is refused (exit 2), never truncated; a
+reply stops at the context's end. --backend=gguf runs the GGUF file through
 llama.cpp (its logits; the sampling is ours, so both backends pick alike), in the weight type
 --variant names (f32, f16, Q8_0, Q4_0: magic-8-ball.<variant>.gguf; f32 is magic-8-ball.gguf).
 Greedy with --greedy, otherwise sampling as llama.cpp chains it: --top_k, then --top_p, then --min_p, then
@@ -24,7 +27,9 @@ from training import checkpoint, sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
-flags.DEFINE_string("torchscript", None, "TorchScript artifact (set by the BUILD file).")
+flags.DEFINE_string(
+    "torchscript_decoder", None, "TorchScript KV-cache decoder artifact (set by the BUILD file)."
+)
 flags.DEFINE_string("gguf", None, "GGUF artifact, f32 weights (set by the BUILD file).")
 # --variant -> the flag naming its file. A string flag, not an enum: an unknown name is an InputError
 # (exit 2) listing these.
@@ -60,13 +65,12 @@ flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.")
 # artifact have been checked: bad input fails in well under a second instead of after their imports.
 
 
-def torchscript_forward(path: str):
+def torchscript_steps(path: str, cfg):
+    """The decoder as training.decode.Steps: prefill the question, then one token per call."""
     torchscript_archive.check_file(path)
-    from conversion import torchscript
+    from conversion import kv_decoder, torchscript
 
-    module = torchscript.load(path)
-    forward = torchscript.numpy_forward(module)
-    return lambda ids: forward(ids.numpy())
+    return kv_decoder.TorchScriptSteps(torchscript.load(path), cfg)
 
 
 def gguf_forward(path: str, max_length: int):
@@ -123,17 +127,23 @@ def main(argv: list[str]) -> None:
         raise InputError(f"--variant: {FLAGS.variant!r}; choose one of {', '.join(GGUF_VARIANTS)}")
     if FLAGS.backend == "torchscript" and FLAGS.variant != "f32":
         raise InputError(f"--variant={FLAGS.variant} names a GGUF file; use it with --backend=gguf")
-    flag = "torchscript" if FLAGS.backend == "torchscript" else GGUF_VARIANTS[FLAGS.variant]
+    flag = "torchscript_decoder" if FLAGS.backend == "torchscript" else GGUF_VARIANTS[FLAGS.variant]
     path = FLAGS[flag].value
     cli.require_flag(path, flag)
     ids = prompt.build_model_input(tokenizer, question)
     if len(ids) >= max_length:
-        raise InputError(f"question: {len(ids)} tokens; at most {max_length - 1} fit the model")
-    forward = torchscript_forward(path) if FLAGS.backend == "torchscript" else gguf_forward(path, max_length)
+        raise InputError(
+            f"question: {len(ids)} tokens; at most {max_length - 1} fit the model with room for a reply; "
+            "ask a shorter question"
+        )
+    if FLAGS.backend == "torchscript":
+        model = torchscript_steps(path, cfg)
+    else:
+        model = gguf_forward(path, max_length)
     from training import decode
 
     new = decode.generate(
-        forward,
+        model,
         ids,
         eos_id=tokenizer.eos_id,
         max_new_tokens=FLAGS.max_new_tokens,

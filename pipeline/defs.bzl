@@ -123,7 +123,7 @@ GGUF_VARIANTS = ["Q8_0", "Q4_0"]
 # What a named configuration builds and verifies: every artifact but the Core ML int8/int4 variants,
 # which only the default chain builds (their verification adds the executor's forwards, about
 # 20 s a configuration).
-CHAIN_BACKENDS = ["coreml", "coreml_fp32", "gguf", "gguf_f16", "gguf_kv_f16", "torchscript"] + [
+CHAIN_BACKENDS = ["coreml", "coreml_fp32", "gguf", "gguf_f16", "gguf_kv_f16", "torchscript", "torchscript_decoder"] + [
     "gguf_" + variant.lower()
     for variant in GGUF_VARIANTS
 ]
@@ -192,7 +192,11 @@ def student_chain(
         tool = "//conversion:export_pytorch",
         mnemonic = "M8bTorchScript",
         inputs = dict(checkpoint, tokenizer = tokenizer, floors = ":" + pre + "floors.json"),
-        outputs = {"out_torchscript": pre + "magic-8-ball.pt", "out_contract": pre + "contract.json"},
+        outputs = {
+            "out_torchscript": pre + "magic-8-ball.pt",
+            "out_decoder": pre + "magic-8-ball.decode.pt",
+            "out_contract": pre + "contract.json",
+        },
         args = [lengths_flag, "--verify_backends=" + ",".join(CHAIN_BACKENDS)],
     )
     pipeline_stage(
@@ -253,6 +257,7 @@ def student_chain(
             tokenizer = tokenizer,
             dataset = dataset,
             torchscript = ":" + pre + "magic-8-ball.pt",
+            torchscript_decoder = ":" + pre + "magic-8-ball.decode.pt",
             mlpackage = ":" + name + "_coreml",
             gguf = ":" + pre + "magic-8-ball.gguf",
             mlpackage_fp32 = ":" + name + "_coreml_fp32",
@@ -296,6 +301,7 @@ def student_chain(
         ":" + pre + "loss_history.jsonl": "checkpoint=-",
         ":" + pre + "floors.json": "floors=-",
         ":" + pre + "magic-8-ball.pt": "torchscript=torchscript",
+        ":" + pre + "magic-8-ball.decode.pt": "torchscript=torchscript_decoder",
         ":" + pre + "contract.json": "torchscript=-",
         ":" + name + "_coreml": "coreml=coreml",
         ":" + pre + "magic-8-ball.gguf": "gguf=gguf",

@@ -3,14 +3,17 @@
 Usage (from pipeline/BUILD.bazel): gates_test.py REPORT_JSON CONTRACT_JSON
 
 Every artifact in the contract's gates must have been checked at every contract length, with every
-floor-derived metric and a behaviour replay: a report that left out an artifact (say, verification
-run without --gguf) or a length cannot pass by omission.
+floor-derived metric and a behaviour replay, and a KV-cache artifact also by its multi-step decode
+parity: a report that left out an artifact (say, verification run without --gguf), a length or the
+decode parity cannot pass by omission.
 """
 
 import json
 import sys
 
 METRICS = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreement", "rms_dp")
+# Artifacts with a KV cache: their multi-step decode parity (verify/decode_parity.py) must have run.
+KV_CACHE_ARTIFACTS = ("torchscript_decoder", "coreml_stateful")
 
 
 def failed_checks(report: dict) -> list[str]:
@@ -46,6 +49,11 @@ def unverified(report: dict, contract: dict) -> list[str]:
         ]
         if absent and "behaviour" not in replay:
             missing.append(f"{artifact} all: no {', '.join(absent)}")
+        if artifact in KV_CACHE_ARTIFACTS:
+            names = ("decode_token_mismatches", *(f"decode_{m}" for m in METRICS))
+            absent = [m for m in names if "ok" not in replay.get(m, {})]
+            if absent and "decode" not in replay:
+                missing.append(f"{artifact} all: no {', '.join(absent)}")
     return missing
 
 

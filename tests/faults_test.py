@@ -159,6 +159,7 @@ FULL_DISK = {
             "tokenizer": A("tokenizer"),
             "floors": A("floors"),
             "out_torchscript": os.path.join(out, "magic-8-ball.pt"),
+            "out_decoder": os.path.join(out, "magic-8-ball.decode.pt"),
             "out_contract": os.path.join(out, "contract.json"),
         },
         "1m",

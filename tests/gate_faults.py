@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from conversion import coreml, gguf_export, torchscript
+from conversion import coreml, coreml_stateful, gguf_export, kv_decoder, torchscript
 from training import model as model_lib
-from verify import frozen_students, gguf_check, mil_executor, verification
+from verify import coreml_stateful_steps, frozen_students, gguf_check, mil_executor, verification
 
 # The faulted tensor: a projection in the middle of the network, not the output head, so a fault
 # must travel through later blocks to show.
@@ -450,6 +450,96 @@ def _gg_kv_f16(shipped):
     return _gguf_backend(shipped, shipped.inputs.paths.gguf, f32_kv_cache=False)
 
 
+# --- TorchScript decoder: cache faults ---------------------------------------------------------
+# The shipped decoder, driven through its KV cache by a step function with the mistake a runtime
+# could make. Its prefill (every length, the replay) is right, so only the multi-step decode parity
+# (verify/decode_parity.py) can see these.
+
+
+class _OffByOnePosition(kv_decoder.TorchScriptSteps):
+    """Each decoded token is written and positioned one slot too far: slot len(prompt) is never
+    written, and every reply token sits one position late."""
+
+    def decode(self, token):
+        logits = self._call([token], self.pos + 1)
+        self.pos += 1
+        return logits
+
+
+class _StaleEntry(kv_decoder.TorchScriptSteps):
+    """A decoded token's keys and values never stay in the last layer's cache: that slot keeps
+    what was there before (zeros, or an earlier sequence's entry) for every later step."""
+
+    def decode(self, token):
+        keys, values = self.keys[-1].clone(), self.values[-1].clone()
+        logits = super().decode(token)
+        self.keys[-1], self.values[-1] = keys, values
+        return logits
+
+
+class _NotReset(kv_decoder.TorchScriptSteps):
+    """A new sequence is written after the previous one instead of from position 0."""
+
+    def prefill(self, prompt_ids):
+        return self._run(prompt_ids)
+
+
+def _decoder_with(steps: type) -> Callable[[Shipped], verification.Backend]:
+    def inject(shipped: Shipped) -> verification.Backend:
+        path = shipped.inputs.paths.torchscript_decoder
+        return verification.decoder_backend(
+            path, torchscript.load(path), shipped.inputs.paths.metadata, steps=steps
+        )
+
+    return inject
+
+
+# --- Stateful Core ML package: cache faults ----------------------------------------------------
+# The shipped stateful package through the MIL executor, driven by a step function with the
+# mistake a runtime could make. Its prefill (every length, the replay) is right, so only the
+# multi-step decode parity (verify/decode_parity.py) can see these.
+
+
+class _StateOffByOne(coreml_stateful_steps.StatefulSteps):
+    """Each decoded token is written and positioned one slot too far: slot len(prompt) keeps a pad
+    token's entry, and every reply token sits one position late."""
+
+    def decode(self, token):
+        logits = self.run([int(token)], self.position + 1)[-1]
+        self.position -= 1  # the next token goes one slot after this one, one too far again
+        return logits
+
+
+class _StateStaleEntry(coreml_stateful_steps.StatefulSteps):
+    """A decoded token's keys and values never stay in the last layer's slots of the state: what was
+    there before (a pad token's entry, or zeros) is read at every later step."""
+
+    def decode(self, token):
+        kept = {name: self.state.values[name][-1].copy() for name in coreml_stateful.STATE_NAMES}
+        logits = super().decode(token)
+        for name, value in kept.items():
+            self.state.values[name][-1] = value
+        return logits
+
+
+class _StateNotReset(coreml_stateful_steps.StatefulSteps):
+    """A new sequence is written after the previous one on the same state, instead of from
+    position 0 on a fresh state (make_state())."""
+
+    def prefill(self, prompt_ids):
+        if self.state is None:
+            self.state = self.new_state()
+        return self.run(list(prompt_ids), self.position)[-1]
+
+
+def _stateful_with(steps: type) -> Callable[[Shipped], verification.Backend]:
+    def inject(shipped: Shipped) -> verification.Backend:
+        paths, pad_id = shipped.inputs.paths, shipped.inputs.tokenizer.pad_id
+        return verification.stateful_coreml_backend(paths.mlpackage_stateful, pad_id, steps=steps)
+
+    return inject
+
+
 FAULTS = (
     Fault(
         "scale_0.3%",
@@ -489,6 +579,36 @@ FAULTS = (
     Fault("zero_point_shifted", f"one int8 zero point of {WEIGHT[1]} + 1", {"coreml_int8": _int8_zero_point}),
     Fault("int4_value_flipped", f"one 4-bit value of {WEIGHT[1]} +- 1", {"coreml_int4": _int4_value}),
     Fault("int8_shipped_as_int4", "the int8 package under the int4 name", {"coreml_int4": _int4_is_int8}),
+    Fault(
+        "cache_off_by_one",
+        "decoded tokens one cache slot (and position) late",
+        {"torchscript_decoder": _decoder_with(_OffByOnePosition)},
+    ),
+    Fault(
+        "cache_stale_entry",
+        "decoded tokens' entries lost from the last layer's cache",
+        {"torchscript_decoder": _decoder_with(_StaleEntry)},
+    ),
+    Fault(
+        "cache_not_reset",
+        "a new sequence continues the previous one's cache",
+        {"torchscript_decoder": _decoder_with(_NotReset)},
+    ),
+    Fault(
+        "state_off_by_one",
+        "decoded tokens one state slot (and position) late",
+        {"coreml_stateful": _stateful_with(_StateOffByOne)},
+    ),
+    Fault(
+        "state_stale_entry",
+        "decoded tokens' entries lost from the last layer's state",
+        {"coreml_stateful": _stateful_with(_StateStaleEntry)},
+    ),
+    Fault(
+        "state_not_reset",
+        "a new sequence continues the previous one's state",
+        {"coreml_stateful": _stateful_with(_StateNotReset)},
+    ),
 )
 
 # Gated checks of report.json that no fault above trips, and the test that shows each one failing.
@@ -507,4 +627,16 @@ SHOWN_ELSEWHERE = {
     "spec_output_names": _SPEC_TEST,
     "spec_output_dtype": _SPEC_TEST,
     "spec_contract_lengths_supported": _SPEC_TEST,
+    **{
+        "spec_" + check: "//verify:coreml_spec_test (test_each_stateful_check_fails_on_its_fault)"
+        for check in (
+            "state_names",
+            "state_shapes",
+            "state_dtypes",
+            "input_dtypes",
+            "input_shapes",
+            "output_dtypes",
+            "state_metadata",
+        )
+    },
 }

@@ -33,6 +33,7 @@ ARTIFACTS = {
     "weights": "pipeline/student.safetensors",
     "metadata": "pipeline/student.json",
     "torchscript": "pipeline/magic-8-ball.pt",
+    "torchscript_decoder": "pipeline/magic-8-ball.decode.pt",
     "contract": "pipeline/contract.json",
     "mlpackage": "pipeline/magic-8-ball.mlpackage",
     "gguf": "pipeline/magic-8-ball.gguf",
@@ -76,7 +77,7 @@ def artifact(name: str) -> str:
 
 def ask_flags() -> dict:
     """`ask`'s good inputs (the pipeline's artifacts), greedy so that a run is deterministic."""
-    names = ("metadata", "tokenizer", "torchscript", "gguf")
+    names = ("metadata", "tokenizer", "torchscript_decoder", "gguf")
     return {**{name: artifact(name) for name in names}, "greedy": "true"}
 
 

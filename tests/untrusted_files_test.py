@@ -233,7 +233,8 @@ BINARY_SLOTS = [
     ("verify_contracts", "gguf"),
     ("verify_contracts", "mlpackage"),
     ("verify_contracts", "dataset"),
-    ("ask", "torchscript"),
+    ("verify_contracts", "torchscript_decoder"),
+    ("ask", "torchscript_decoder"),
     ("ask", "gguf"),
     ("ask", "tokenizer"),
 ]
@@ -255,6 +256,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "tokenizer": A("tokenizer"),
             "floors": A("floors"),
             "out_torchscript": os.path.join(out, "m.pt"),
+            "out_decoder": os.path.join(out, "m.decode.pt"),
             "out_contract": os.path.join(out, "c.json"),
         },
         "convert_coreml": {
@@ -275,6 +277,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
             "tokenizer": A("tokenizer"),
             "dataset": small,
             "torchscript": A("torchscript"),
+            "torchscript_decoder": A("torchscript_decoder"),
             "mlpackage": A("mlpackage"),
             "gguf": A("gguf"),
             "mlpackage_fp32": A("mlpackage_fp32"),
@@ -296,7 +299,7 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
 # (the files someone would swap for a .pt from elsewhere); every TorchScript payload where TorchScript is
 # read. Every payload meets every loader in process above, so the binaries need not repeat the matrix.
 def _slot_payloads(slot: str) -> list[str]:
-    if slot == "torchscript":
+    if slot in ("torchscript", "torchscript_decoder"):
         return sorted(PAYLOADS)
     return ["pickle", "torch_save_zip"] if slot == "weights" else ["pickle"]
 

@@ -36,6 +36,11 @@ at most 2x its floor (the report prints value and floor side by side: `bazel bui
 still sits far below the faults of //tests:gate_power. KL is quadratic in a logit error, so the
 same factor on a KL floor is the stricter bound.
 
+Scopes: every contract length (the numeric rows), the behaviour replay, and "decode": the steps of
+multi-step decode parity (verify/decode_parity.py), eager's and the emulation's logits each through
+its own KV cache along the same sequences (held-out questions with eager's replies, the rows of the
+longest length fed one token per call), so a KV-cache artifact is bounded by the same floors.
+
 A count metric (top-1 disagreement) is never floored below its resolution, one position: an
 emulation that happens to flip nothing does not make a single near-tie flip a failure. The
 extremes (max abs, max KL) of a short row are noisy, so the floors of the length rows are pooled:
@@ -53,6 +58,7 @@ from verify import parity
 
 FACTOR = 4.0
 REPLAY = "replay"  # the scope of the behaviour replay's metrics, beside "T<length>"
+DECODE = "decode"  # the scope of multi-step decode parity (verify/decode_parity.py)
 METHODS = {
     "f32": "float64 eager vs float32 eager",
     "fp16": "float16 eager (weights and activations) vs float32 eager",
@@ -93,13 +99,16 @@ def _round_input_to_fp16(module, inputs):
     return (_f16(inputs[0]),)
 
 
-def _attention_over_f16_cache(q, k, v, is_causal: bool = True, **unused):
-    """Causal attention as ggml computes it over an f16 KV cache (module docstring, kv_f16)."""
-    if unused or not is_causal:
-        raise ValueError("the kv_f16 emulation covers the student's causal attention only")
-    length = q.shape[-2]
+def _attention_over_f16_cache(q, k, v, attn_mask=None, is_causal: bool = False, **unused):
+    """Attention as ggml computes it over an f16 KV cache (module docstring, kv_f16): causal, or
+    under the boolean mask a KV-cache forward passes (training/model.py)."""
+    if unused or (attn_mask is None) == (not is_causal):
+        raise ValueError("the kv_f16 emulation covers the student's causal or masked attention only")
     scores = (_f16(q) @ _f16(k).transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    if attn_mask is None:
+        length = q.shape[-2]
+        attn_mask = torch.ones(length, length, dtype=torch.bool).tril()
+    scores = scores.masked_fill(~attn_mask, float("-inf"))
     return _f16(torch.softmax(scores, dim=-1)) @ _f16(v)
 
 
@@ -113,11 +122,11 @@ class _F16CacheAttention(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
         original = F.scaled_dot_product_attention
         F.scaled_dot_product_attention = _attention_over_f16_cache
         try:
-            return self.model(input_ids)
+            return self.model(input_ids, cache)
         finally:
             F.scaled_dot_product_attention = original
 
@@ -201,12 +210,18 @@ def _floored(comparison: parity.Comparison) -> dict[str, float]:
 
 
 def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisions) -> dict:
-    """{precision: {scope: {metric: floor}}} for the rows of each length and the behaviour replay."""
+    """{precision: {scope: {metric: floor}}} for the rows of each length, the behaviour replay and
+    multi-step decoding (the decode parity's sequences, through each emulation's KV cache)."""
+    from verify import decode_parity
+
     eager = torch_forward(model.eval())
     lengths = sorted(rows_by_length)
+    seqs, _ = decode_parity.sequences(prompts, continuations, rows_by_length[lengths[-1]])
+    decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
     out = {}
     for precision in precisions:
-        twin = torch_forward(emulation(model, precision))
+        emulated = emulation(model, precision)
+        twin = torch_forward(emulated)
         per_length = []
         for length in lengths:
             refs = np.concatenate([eager(row) for row in rows_by_length[length]], axis=1)
@@ -220,5 +235,7 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
                 "the behaviour replay compared no positions; give questions that fit the lengths"
             )
         scopes[REPLAY] = _floored(replay.comparison)
+        decoded = np.concatenate(decode_parity.forced_logits(emulated, seqs))
+        scopes[DECODE] = _floored(parity.compare_logits(decode_refs[None], decoded[None]))
         out[precision] = scopes
     return out

@@ -36,6 +36,7 @@ from verify import mlpackage_manifest, parity, sampled_behaviour
 from verify import report as report_lib
 
 TORCHSCRIPT, COREML, COREML_FP32 = "torchscript", "coreml", "coreml_fp32"
+TORCHSCRIPT_DECODER = "torchscript_decoder"  # conversion/kv_decoder.py
 GGUF, GGUF_KV_F16, GGUF_F16 = "gguf", "gguf_kv_f16", "gguf_f16"
 GGUF_Q8_0, GGUF_Q4_0 = "gguf_q8_0", "gguf_q4_0"
 # The Core ML variants with compressed weights -> their compression (conversion/coreml_compress.py).
@@ -45,6 +46,7 @@ COREML_STATEFUL = "coreml_stateful"  # the KV cache as Core ML state (conversion
 # backend -> the flag (and Paths field) that names its artifact
 FLAGS_OF = {
     TORCHSCRIPT: "torchscript",
+    TORCHSCRIPT_DECODER: "torchscript_decoder",
     COREML: "mlpackage",
     COREML_FP32: "mlpackage_fp32",
     GGUF: "gguf",
@@ -68,6 +70,7 @@ class Paths:
     tokenizer: str
     dataset: str
     torchscript: str | None = None
+    torchscript_decoder: str | None = None
     mlpackage: str | None = None
     gguf: str | None = None
     mlpackage_fp32: str | None = None
@@ -90,6 +93,7 @@ PIPELINE_FILES = {
     "tokenizer": "tokenizer.json",
     "dataset": "kd.jsonl",
     "torchscript": "magic-8-ball.pt",
+    "torchscript_decoder": "magic-8-ball.decode.pt",
     "mlpackage": "magic-8-ball.mlpackage",
     "gguf": "magic-8-ball.gguf",
     "mlpackage_fp32": "magic-8-ball.fp32.mlpackage",
@@ -177,8 +181,9 @@ def check_inputs(paths: Paths) -> Inputs:
     if not heldout:
         raise InputError(f"--dataset: {paths.dataset} has no held-out records to check behaviour on")
     strings = sorted({text for r in dataset.records for text in (r.prompt, r.completion)})
-    if paths.torchscript:
-        torchscript_archive.check_file(paths.torchscript)
+    for archive in (paths.torchscript, paths.torchscript_decoder):
+        if archive:
+            torchscript_archive.check_file(archive)
     packages = (paths.mlpackage, paths.mlpackage_fp32, paths.mlpackage_int8, paths.mlpackage_int4)
     for package in (*packages, paths.mlpackage_stateful):
         if package:
@@ -364,6 +369,8 @@ def load_backends(inputs: Inputs) -> list[Backend]:
         path = paths.artifact(name)
         if name == TORCHSCRIPT:
             backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
+        elif name == TORCHSCRIPT_DECODER:
+            backends.append(decoder_backend(path, torchscript.load(path), paths.metadata))
         elif name in COREML_COMPRESSED:
             backends.append(compressed_coreml_backend(name, path, contract))
         elif name == COREML_STATEFUL:
@@ -397,6 +404,49 @@ def load_backends(inputs: Inputs) -> list[Backend]:
                 Backend(name, path, lambda ids, llama=llama: gguf_check.logits(llama, ids), check)
             )
     return backends
+
+
+def decoder_backend(path: str, module, metadata: str, name: str = TORCHSCRIPT_DECODER, steps=None) -> Backend:
+    """The TorchScript decoder: its prefill as the logits function, its cache as the step function
+    (`steps`: another Steps class over the module, for //tests:gate_power's cache faults)."""
+    from conversion import kv_decoder
+
+    _, cfg = checkpoint.check_metadata(metadata)
+    make = steps or kv_decoder.TorchScriptSteps
+    return Backend(name, path, kv_decoder.prefill_forward(module, cfg), steps=lambda: make(module, cfg))
+
+
+def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract, paths: Paths) -> None:
+    """Multi-step decode parity (verify/decode_parity.py) against the contract's "decode" bounds."""
+    from verify import decode_parity
+
+    seqs, eager_tokens, reference = decode_inputs
+    all_ = report_lib.ALL
+    try:
+        result = decode_parity.check(backend.steps, reference, seqs, eager_tokens, eos_id)
+    except Exception as error:  # the artifact failed to decode
+        report.fail(backend.name, all_, "decode", first_line(error, paths))
+        return
+    report.check(backend.name, all_, "decode_token_mismatches", len(result.token_mismatches), "==", 0)
+    _check_metrics(report, backend.name, all_, gates_lib.DECODE, result.comparison, contract.gates, "decode_")
+    report.note(backend.name, all_, "decode_sequences", result.sequences)
+    report.note(backend.name, all_, "decode_steps", result.comparison.positions)
+    report.note(backend.name, all_, "decode_longest", result.longest)
+    report.note(backend.name, all_, "decode_worst_position", result.worst_position)
+    report.note(backend.name, all_, "decode_worst_position_error", result.worst_error)
+    report.note(backend.name, all_, "decode_mismatch_examples", list(result.token_mismatches[:3]))
+    logging.info(
+        "%s decode: %d sequences, %d steps up to %d positions, %d token mismatches, max abs %.3g at "
+        "position %d (%.2f s)",
+        backend.name,
+        result.sequences,
+        result.comparison.positions,
+        result.longest,
+        len(result.token_mismatches),
+        result.worst_error,
+        result.worst_position,
+        result.seconds,
+    )
 
 
 def check_outputs(report, backend: Backend, contract, rows_by_length, refs_by_length, paths: Paths) -> None:
@@ -555,7 +605,7 @@ def check_greedy_agreement(
     )
 
 
-SAMPLED_BACKENDS = (TORCHSCRIPT, GGUF, GGUF_KV_F16)  # what `ask` and Ollama run
+SAMPLED_BACKENDS = (TORCHSCRIPT, TORCHSCRIPT_DECODER, GGUF, GGUF_KV_F16)  # what `ask` and Ollama run
 
 
 def check_sampled(
@@ -642,6 +692,12 @@ def verify(
         model, prompts, sampled_behaviour.SEEDS, tokenizer.eos_id, settings.max_new_tokens, sampling.DEFAULT
     )
     logging.info("eager sampled replies (proposals) in %.2f s", time.monotonic() - began)
+    decode_inputs = None
+    if any(backend.steps for backend in backends):
+        from verify import decode_parity
+
+        seqs, eager_tokens = decode_parity.sequences(prompts, continuations, rows[max(contract.lengths)])
+        decode_inputs = (seqs, eager_tokens, decode_parity.forced_logits(model, seqs))
     for backend in backends:
         began = time.monotonic()
         if backend.interface_check:
@@ -656,6 +712,8 @@ def verify(
             check_greedy_agreement(
                 report, backend, eager, prompts, continuations, contract, tokenizer, settings, paths
             )
+        if backend.steps:
+            check_decode(report, backend, decode_inputs, tokenizer.eos_id, contract, paths)
         if backend.name in SAMPLED_BACKENDS:
             check_sampled(
                 report,

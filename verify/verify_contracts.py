@@ -2,6 +2,7 @@
 
     verify_contracts --contract=contract.json --weights=student.safetensors --metadata=student.json \\
         --tokenizer=tokenizer.json --dataset=kd.jsonl --torchscript=model.pt \\
+        --torchscript_decoder=model.decode.pt \\
         --mlpackage=student.mlpackage --gguf=student.gguf --out_report=report.json
 
 Every artifact the contract names is checked at every contract length against bounds derived from
@@ -40,6 +41,11 @@ flags.DEFINE_string("metadata", None, "The student checkpoint metadata JSON (req
 flags.DEFINE_string("tokenizer", None, "Tokenizer JSON; its sha256 must be the contract's tokenizer_sha256.")
 flags.DEFINE_string("dataset", None, "KD dataset JSONL; its held-out questions drive the behaviour checks.")
 flags.DEFINE_string("torchscript", None, "TorchScript archive from the export step.")
+flags.DEFINE_string(
+    "torchscript_decoder",
+    None,
+    "TorchScript KV-cache decoder from the export step (conversion/kv_decoder.py).",
+)
 flags.DEFINE_string("mlpackage", None, "Core ML .mlpackage directory.")
 flags.DEFINE_string("gguf", None, "GGUF file, checked through llama.cpp with an f32 and an f16 KV cache.")
 flags.DEFINE_string("mlpackage_fp32", None, "Core ML .mlpackage computing in fp32.")
@@ -86,6 +92,7 @@ def main(argv: list[str]) -> None:
         tokenizer=FLAGS.tokenizer,
         dataset=FLAGS.dataset,
         torchscript=FLAGS.torchscript,
+        torchscript_decoder=FLAGS.torchscript_decoder,
         mlpackage=FLAGS.mlpackage,
         gguf=FLAGS.gguf,
         mlpackage_fp32=FLAGS.mlpackage_fp32,

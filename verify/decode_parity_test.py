@@ -1,0 +1,91 @@
+"""Decode parity: eager's KV cache as the reference, a step function per artifact, cache bugs caught."""
+
+import numpy as np
+import pytest
+import torch
+
+from conversion import kv_decoder
+from training import decode
+from training.model import ModelConfig, Student, init_weights
+from verify import decode_parity, floors
+
+CFG = ModelConfig(
+    vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=32
+)
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def model() -> Student:
+    model = Student(CFG)
+    init_weights(model, 4)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(8.0 if param.dim() > 1 else 1.0)  # attention patterns matter, replies vary
+    return model.eval()
+
+
+def _inputs(model):
+    prompts = [[1, 5, 9], [1, 7], [1, 30, 12, 3], [1, 7]]
+    continuations = decode.greedy_batch(model, prompts, EOS, max_new_tokens=10)
+    long_rows = [np.arange(CFG.max_seq_len, dtype=np.int32)[None] % CFG.vocab_size]
+    seqs, eager_tokens = decode_parity.sequences(prompts, continuations, long_rows)
+    return seqs, eager_tokens, decode_parity.forced_logits(model, seqs, batch_size=2)
+
+
+def test_forced_logits_are_the_full_forward_along_each_sequence(model):
+    seqs, _, reference = _inputs(model)
+    for prompt, fed, logits in zip(seqs.prompts, seqs.fed, reference, strict=True):
+        with torch.no_grad():
+            full = model(torch.tensor([prompt + fed]))[0, len(prompt) - 1 :].double().numpy()
+        assert logits.shape == full.shape
+        np.testing.assert_allclose(logits, full, atol=1e-4)
+
+
+def test_the_decoder_decodes_as_eager_does_to_the_last_slot(model):
+    seqs, eager_tokens, reference = _inputs(model)
+    decoder = kv_decoder.trace(model)
+    result = decode_parity.check(
+        lambda: kv_decoder.TorchScriptSteps(decoder, CFG), reference, seqs, eager_tokens, EOS
+    )
+    assert result.token_mismatches == ()
+    assert result.comparison.max_abs_diff < 1e-4 and result.comparison.top1_disagreement == 0
+    assert result.longest == CFG.max_seq_len  # the long row filled every slot
+    assert result.comparison.positions == sum(len(r) for r in reference)
+    assert 0 <= result.worst_position < CFG.max_seq_len
+
+
+class _OffByOne(kv_decoder.TorchScriptSteps):
+    """Decode steps one slot (and one position) late: the slot before is never written."""
+
+    def decode(self, token):
+        self.pos += 1
+        return super().decode(token)
+
+
+class _NotReset(kv_decoder.TorchScriptSteps):
+    """A new sequence continues after the previous one instead of at position 0."""
+
+    def prefill(self, prompt_ids):
+        return self._run(prompt_ids)
+
+
+@pytest.mark.parametrize("faulty", [_OffByOne, _NotReset])
+def test_cache_bugs_show_in_tokens_or_logits(model, faulty):
+    seqs, eager_tokens, reference = _inputs(model)
+    decoder = kv_decoder.trace(model)
+    try:
+        result = decode_parity.check(lambda: faulty(decoder, CFG), reference, seqs, eager_tokens, EOS)
+    except Exception as error:  # the not-reset cache overflows: verification fails the gate on this
+        assert "at most 32" in str(error)
+        return
+    assert result.token_mismatches or result.comparison.max_abs_diff > 1e-2
+
+
+@pytest.mark.parametrize("precision", ["f32", "fp16", "kv_f16", "w_f16"])
+def test_every_emulation_runs_through_the_cache(model, precision):
+    # The floors of the "decode" scope come from these (verify/floors.py).
+    seqs, _, reference = _inputs(model)
+    emulated = decode_parity.forced_logits(floors.emulation(model, precision), seqs)
+    error = max(float(np.abs(a - b).max()) for a, b in zip(emulated, reference, strict=True))
+    assert 0 < error < (1e-4 if precision == "f32" else 0.5)
