@@ -102,36 +102,30 @@ class RuntimeSteps(coreml_stateful_steps.StatefulSteps):
 
 @pytest.mark.parametrize("units", sorted(COMPUTE_UNITS))
 def test_stateful_package_decodes_like_eager_at_every_step(shipped, units):
-    """The longest rows fed one token per call from position 0 (every slot of the state written and
-    read), and every held-out question of the replay answered greedily: each step's logits against
-    the eager Student's own cached decoding, within the stateful package's bounds at the longest
-    length; the greedy replies token for token eager's."""
+    """The multi-step decode parity verification runs through the executor (verify/decode_parity.py),
+    here through the runtime: every held-out question of the replay answered greedily (eager's
+    tokens, every step's logits against eager's cached decoding) and the longest rows fed one token
+    per call from position 0, against the package's "decode" bounds in the contract."""
     from conversion import gates as gates_lib
-    from training.decode import CachedSteps, generate
+    from verify import decode_parity
 
     inputs, model, rows = shipped
     name = "coreml_stateful"
     path = inputs.paths.artifact(name)
     program = mil_executor.load_mlpackage(path)
-    ours = RuntimeSteps(
-        ct.models.MLModel(path, compute_units=COMPUTE_UNITS[units]), program, inputs.tokenizer.pad_id
-    )
-    eager = CachedSteps(model)
-    longest = max(inputs.contract.lengths)
-    bounds = gates_lib.bounds_for(inputs.contract.gates, name)[f"T{longest}"]
-    for row in rows[longest]:
-        ids = row[0].tolist()
-        refs, gots = [eager.prefill(ids[:1]).numpy()], [ours.prefill(ids[:1])]
-        for token in ids[1:]:
-            refs.append(eager.decode(token).numpy())
-            gots.append(ours.decode(token))
-        measured = parity.compare_logits(np.stack(refs)[None], np.stack(gots)[None]).gated()
-        over = {m: (v, bounds[m]) for m, v in measured.items() if v > bounds[m]}
-        assert not over, f"{units}: metric (value, bound) over the T{longest} bounds: {over}"
+    mlmodel = ct.models.MLModel(path, compute_units=COMPUTE_UNITS[units])
     prompts = inputs_lib.replay_prompts(inputs.tokenizer, inputs.heldout, inputs.settings)
     replies = inputs_lib.replay_continuations(model, inputs.tokenizer, prompts, inputs.settings)
-    for prompt, reply in zip(prompts, replies, strict=True):
-        got = generate(
-            ours, prompt, inputs.tokenizer.eos_id, inputs.settings.max_new_tokens, max_length=longest
-        )
-        assert got == reply, f"{units}: greedy reply to {prompt} differs from eager's"
+    seqs, eager_tokens = decode_parity.sequences(prompts, replies, rows[max(inputs.contract.lengths)])
+    result = decode_parity.check(
+        lambda: RuntimeSteps(mlmodel, program, inputs.tokenizer.pad_id),
+        decode_parity.forced_logits(model, seqs),
+        seqs,
+        eager_tokens,
+        inputs.tokenizer.eos_id,
+    )
+    assert not result.token_mismatches, f"{units}: {result.token_mismatches[:3]}"
+    bounds = gates_lib.bounds_for(inputs.contract.gates, name)[gates_lib.DECODE]
+    measured = result.comparison.gated()
+    over = {m: (v, bounds[m]) for m, v in measured.items() if v > bounds[m]}
+    assert not over, f"{units}: metric (value, bound) over the decode bounds: {over}"
