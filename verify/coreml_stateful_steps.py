@@ -25,6 +25,13 @@ class StatefulSteps(Steps):
     def __init__(self, program: mil_executor.Program, pad_id: int = 0):
         self.program, self.pad_id = program, pad_id
         self.where = program.path
+        missing = [n for n in coreml_stateful.STATE_NAMES if n not in program.state_specs]
+        inputs = sorted(program.input_shapes)
+        if missing or inputs != sorted((coreml_stateful.INPUT_NAME, coreml_stateful.POSITION_NAME)):
+            raise InputError(
+                f"{program.path}: not the stateful package (states {sorted(program.state_specs)}, "
+                f"inputs {inputs}); pass magic-8-ball.stateful.mlpackage"
+            )
         self.step_lengths = program.lengths(coreml_stateful.INPUT_NAME)
         shape, _ = program.state_specs[coreml_stateful.STATE_NAMES[0]]
         self.cache_length = shape[3]  # positions the state holds (its slot axis)

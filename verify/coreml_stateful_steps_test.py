@@ -83,3 +83,11 @@ def test_calls_the_package_cannot_take_are_input_errors(program):
     # A prompt that fits the largest step but, padded, would run past the cache from a later position.
     with pytest.raises(InputError, match="run past the cache"):
         steps.run(list(range(10)), 20)
+
+
+def test_a_package_without_the_cache_states_is_refused(tmp_path):
+    path = str(tmp_path / "stateless.mlpackage")
+    metadata = {"short_description": "test", "version": "1"}
+    coreml.save_mlpackage(coreml.convert(student(), LENGTHS, 16, "fp16", metadata), path)
+    with pytest.raises(InputError, match=r"not the stateful package \(states \[\], inputs \['input_ids'\]\)"):
+        coreml_stateful_steps.StatefulSteps(mil_executor.load_mlpackage(path))
