@@ -728,6 +728,13 @@ CASES = [
     ),
     _case(
         "verify_contracts",
+        "stateless package as the stateful one",
+        lambda s, o: {"mlpackage_stateful": A("mlpackage")},
+        "{mlpackage_stateful}",
+        "not the stateful package",
+    ),
+    _case(
+        "verify_contracts",
         "mlpackage not a directory",
         lambda s, o: {"mlpackage": s.write("file.mlpackage", b"PK\x03\x04")},
         "{mlpackage}",
