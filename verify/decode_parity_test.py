@@ -89,3 +89,30 @@ def test_every_emulation_runs_through_the_cache(model, precision):
     emulated = decode_parity.forced_logits(floors.emulation(model, precision), seqs)
     error = max(float(np.abs(a - b).max()) for a, b in zip(emulated, reference, strict=True))
     assert 0 < error < (1e-4 if precision == "f32" else 0.5)
+
+
+class _SwapsFirstReply(decode.CachedSteps):
+    """Eager's cached steps, but the first reply's first token picks eager's second choice."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.swapped = False
+
+    def prefill(self, prompt_ids):
+        logits = super().prefill(prompt_ids).clone()
+        if not self.swapped:
+            self.swapped = True
+            first, second = torch.topk(logits, 2).indices
+            logits[first], logits[second] = logits[second].item(), logits[first].item()
+        return logits
+
+
+def test_a_reply_parting_at_a_near_tie_is_counted_apart(model):
+    seqs, eager_tokens, reference = _inputs(model)
+    top2 = np.sort(reference[0][0])[-2:]
+    margin = float(top2[1] - top2[0])
+    decisive = decode_parity.check(lambda: _SwapsFirstReply(model), reference, seqs, eager_tokens, EOS)
+    assert len(decisive.token_mismatches) == 1 and decisive.near_tie_partings == ()
+    assert decisive.token_mismatches[0].startswith("question 0 step 0")
+    tie = decode_parity.check(lambda: _SwapsFirstReply(model), reference, seqs, eager_tokens, EOS, 2 * margin)
+    assert tie.token_mismatches == () and len(tie.near_tie_partings) == 1

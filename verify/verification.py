@@ -423,7 +423,8 @@ def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract,
     seqs, eager_tokens, reference = decode_inputs
     all_ = report_lib.ALL
     try:
-        result = decode_parity.check(backend.steps, reference, seqs, eager_tokens, eos_id)
+        margin = gates_lib.near_tie_margin(contract.gates, backend.name)
+        result = decode_parity.check(backend.steps, reference, seqs, eager_tokens, eos_id, margin)
     except Exception as error:  # the artifact failed to decode
         report.fail(backend.name, all_, "decode", first_line(error, paths))
         return
@@ -435,6 +436,8 @@ def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract,
     report.note(backend.name, all_, "decode_worst_position", result.worst_position)
     report.note(backend.name, all_, "decode_worst_position_error", result.worst_error)
     report.note(backend.name, all_, "decode_mismatch_examples", list(result.token_mismatches[:3]))
+    report.note(backend.name, all_, "decode_near_tie_partings", len(result.near_tie_partings))
+    report.note(backend.name, all_, "decode_near_tie_examples", list(result.near_tie_partings[:3]))
     logging.info(
         "%s decode: %d sequences, %d steps up to %d positions, %d token mismatches, max abs %.3g at "
         "position %d (%.2f s)",
