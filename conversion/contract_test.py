@@ -59,6 +59,7 @@ def test_fields_follow_the_design():
         "coreml_fp32": "f32",
         "coreml_int4": "int4",
         "coreml_int8": "int8",
+        "coreml_stateful": "fp16",
         "gguf": "f32",
         "gguf_f16": "w_f16",
         "gguf_kv_f16": "kv_f16",
