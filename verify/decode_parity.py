@@ -97,9 +97,10 @@ def run_steps(steps: decode.Steps, prompt, fed, greedy: bool, eos_id: int) -> tu
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    comparison: parity.Comparison  # every compared step of every sequence
+    comparison: parity.Comparison | None  # every compared step of every sequence (None: none ran)
     sequences: int
     token_mismatches: tuple[str, ...]  # "question i step s: eager t, artifact u"
+    errors: tuple[str, ...]  # "sequence i: <error>" for each sequence the artifact failed to decode
     worst_position: int  # position of the fed token after which the logits differ most
     worst_error: float  # that largest |logit difference|
     longest: int  # positions of the longest decoded sequence
@@ -118,14 +119,20 @@ def check(
     near_tie_margin: float = 0.0,
 ) -> Result:
     """The artifact's Steps (one object, reused for every sequence as a runtime would) against
-    `reference` = forced_logits(eager, seqs). A reply that parts from eager's at a step where
+    `reference` = forced_logits(eager, seqs). A sequence the artifact fails to decode (it raises)
+    is an error, and the others are still compared. A reply that parts from eager's at a step where
     eager's top two logits are closer than near_tie_margin is a near-tie parting, not a mismatch."""
     began = time.monotonic()
     steps = make_steps()
-    refs, gots, positions, mismatches, near_ties = [], [], [], [], []
+    refs, gots, positions, mismatches, errors, near_ties = [], [], [], [], [], []
     longest = 0
     for i, (prompt, fed, greedy) in enumerate(zip(seqs.prompts, seqs.fed, seqs.greedy, strict=True)):
-        tokens, logits = run_steps(steps, prompt, fed, greedy, eos_id)
+        try:
+            tokens, logits = run_steps(steps, prompt, fed, greedy, eos_id)
+        except Exception as error:  # the artifact's failure is a finding, not a crash of the check
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            errors.append(f"sequence {i}: {type(error).__name__}: {lines[-1] if lines else ''}"[:300])
+            continue
         compared = min(len(logits), len(reference[i]))
         if greedy and tokens != eager_tokens[i]:
             # Logits are comparable up to the first step that parted (the same history before it).
@@ -143,6 +150,18 @@ def check(
         gots.append(logits[:compared])
         positions.append(len(prompt) - 1 + np.arange(compared))
         longest = max(longest, len(prompt) + len(fed))
+    if not refs:
+        return Result(
+            None,
+            len(seqs.prompts),
+            tuple(mismatches),
+            tuple(errors),
+            -1,
+            float("inf"),
+            0,
+            0.0,
+            tuple(near_ties),
+        )
     ref, got, position = np.concatenate(refs), np.concatenate(gots), np.concatenate(positions)
     comparison = parity.compare_logits(ref[None], got[None])
     error = np.abs(got - ref).max(-1) if np.isfinite(got).all() else np.full(len(got), np.inf)
@@ -151,6 +170,7 @@ def check(
         comparison=comparison,
         sequences=len(seqs.prompts),
         token_mismatches=tuple(mismatches),
+        errors=tuple(errors),
         worst_position=int(position[worst]),
         worst_error=float(error[worst]),
         longest=longest,

@@ -428,6 +428,12 @@ def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract,
     except Exception as error:  # the artifact failed to decode
         report.fail(backend.name, all_, "decode", first_line(error, paths))
         return
+    if result.errors:
+        report.fail(
+            backend.name, all_, "decode", f"{len(result.errors)} sequences failed; {result.errors[0]}"
+        )
+    if result.comparison is None:
+        return
     report.check(backend.name, all_, "decode_token_mismatches", len(result.token_mismatches), "==", 0)
     _check_metrics(report, backend.name, all_, gates_lib.DECODE, result.comparison, contract.gates, "decode_")
     report.note(backend.name, all_, "decode_sequences", result.sequences)
@@ -439,10 +445,11 @@ def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract,
     report.note(backend.name, all_, "decode_near_tie_partings", len(result.near_tie_partings))
     report.note(backend.name, all_, "decode_near_tie_examples", list(result.near_tie_partings[:3]))
     logging.info(
-        "%s decode: %d sequences, %d steps up to %d positions, %d token mismatches, max abs %.3g at "
-        "position %d (%.2f s)",
+        "%s decode: %d sequences (%d failed), %d steps up to %d positions, %d token mismatches, "
+        "max abs %.3g at position %d (%.2f s)",
         backend.name,
         result.sequences,
+        len(result.errors),
         result.comparison.positions,
         result.longest,
         len(result.token_mismatches),
