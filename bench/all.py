@@ -13,6 +13,13 @@ bench/pipeline_times.sh measured (--rows), since those run Bazel itself and cann
 The pipeline's own artifacts are the inputs (set by bench/BUILD.bazel). Not a test: timings vary.
 """
 
+import os
+
+# Before NumPy loads OpenBLAS: one BLAS thread, as verification runs the MIL executor
+# (verify/verify_contracts.py); its spinning threads made the executor rows 5-20x slower on this
+# busy 2-core machine. An explicit setting in the environment wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import torch
 from absl import flags, logging
 
