@@ -258,7 +258,8 @@ class State:
 
 
 def make_state(program: Program) -> State:
-    """A fresh state for one sequence: every declared state zeroed, in its declared dtype."""
+    """A fresh state for one sequence: every declared state zeroed, in its declared dtype (Core ML's
+    makeState() documents its buffers as initialized to zeros)."""
     return State({name: np.zeros(shape, dtype) for name, (shape, dtype) in program.state_specs.items()})
 
 
