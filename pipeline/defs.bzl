@@ -120,9 +120,9 @@ DEFAULT_LENGTHS = [64, 128, 256]
 # --gguf_<variant lower>, backend gguf_<variant lower> (conversion/gates.py DEFAULT_BACKENDS).
 GGUF_VARIANTS = ["Q8_0", "Q4_0"]
 
-# What a named configuration builds and verifies: every artifact but the Core ML int8/int4 variants,
-# which only the default chain builds (their verification adds the executor's forwards, about
-# 20 s a configuration).
+# What a named configuration builds and verifies: every artifact but the Core ML int8/int4 variants
+# and the stateful Core ML package, which only the default chain builds (their verification adds the
+# executor's forwards and decode steps, about 20 s each a configuration).
 CHAIN_BACKENDS = ["coreml", "coreml_fp32", "gguf", "gguf_f16", "gguf_kv_f16", "torchscript", "torchscript_decoder"] + [
     "gguf_" + variant.lower()
     for variant in GGUF_VARIANTS
