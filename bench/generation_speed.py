@@ -53,7 +53,7 @@ def variant_row(variant: str) -> str:
 
 def torchscript_greedy(module, prompt_ids, new_tokens):
     ids = list(prompt_ids)
-    with torch.no_grad():
+    with torch.inference_mode():  # as the decoder's Steps run (conversion/kv_decoder.py)
         for _ in range(new_tokens):
             logits = module(torch.tensor([ids], dtype=torch.int32))
             ids.append(int(logits[0, -1].argmax()))
