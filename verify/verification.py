@@ -14,6 +14,9 @@ either KV cache), `ask`'s sampled replies with its default sampler, five seeds p
 canonical (verify/sampled_behaviour.py). The quantized variants (verify/greedy_agreement.py,
 MEASURED) also answer every held-out question greedily themselves: the share whose canonical answer
 is eager's is gated where the product sets a target (Q8_0: 99%) and reported as measured otherwise.
+A KV-cache artifact (the TorchScript decoder) also decodes token by token through its own cache,
+whole replies and up to the longest contract length, against eager's KV cache: identical tokens and
+every step's logits within the "decode" bounds (verify/decode_parity.py).
 """
 
 import dataclasses
