@@ -78,8 +78,8 @@ def test_records_are_consistent_with_prompt_tokenizer_and_teacher(tok, default_d
         assert r.prompt == prompt.format_prompt(r.question)
         assert r.prompt_ids == tok.encode(r.prompt)
         assert r.completion_ids == tok.encode(r.completion) + [tok.eos_id]
-        assert teacher.is_canonical_reply(r.completion)
-        answer = teacher.reply_answer_index(r.completion)
+        answer = teacher.canonical_answer(r.completion)
+        assert answer is not None
         assert r.completion == teacher.completion_text(answer)
         ids, logprobs = token_teacher.top_k(teacher.answer_distribution(r.question), answer, 8)
         assert r.topk_ids == ids
@@ -95,7 +95,7 @@ def test_sampled_answers_follow_the_teacher(default_data):
     _, _, records = default_data
     # Over the dataset, the mean teacher probability of the sampled answer beats a uniform pick.
     picked = [
-        teacher.answer_distribution(r.question)[teacher.reply_answer_index(r.completion)] for r in records
+        teacher.answer_distribution(r.question)[teacher.canonical_answer(r.completion)] for r in records
     ]
     assert sum(picked) / len(picked) > 1.3 / 20
 

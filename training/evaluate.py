@@ -73,13 +73,13 @@ def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def reply_checks(records: Sequence, replies: Sequence[Sequence[int]], tokenizer) -> tuple[int, list[dict]]:
-    """(number of canonical replies, up to 5 examples of the others). A reply must end with eos."""
+    """(number of canonical replies, up to 5 examples of the others): data/teacher.canonical_reply."""
     canonical = 0
     bad = []
     for record, reply in zip(records, replies, strict=True):
         ended = bool(reply) and reply[-1] == tokenizer.eos_id
         text = tokenizer.decode(reply[:-1] if ended else reply)
-        if ended and teacher.is_canonical_reply(text):
+        if teacher.canonical_reply(reply, tokenizer) is not None:
             canonical += 1
         elif len(bad) < 5:
             bad.append({"question": record.question, "reply": text, "ended": ended})
