@@ -69,7 +69,13 @@ OPEN_FRAMES = [
     "Who knows {Q}",
 ]
 # Code point ranges of emoji and symbols, and of letters in other scripts (a few per script).
-EMOJI_RANGES = [(0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF), (0x2600, 0x26FF)]
+EMOJI_RANGES = [
+    (0x1F300, 0x1F5FF),
+    (0x1F600, 0x1F64F),
+    (0x1F680, 0x1F6FF),
+    (0x1F900, 0x1F9FF),
+    (0x2600, 0x26FF),
+]
 SCRIPT_RANGES = [
     (0x00E0, 0x00FF),  # Latin-1 letters with accents
     (0x0100, 0x017F),  # Latin Extended-A

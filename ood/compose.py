@@ -1,5 +1,5 @@
 """The second half of the out-of-distribution question set: questions composed from this file's own
-openings, wishes and noise, none of them taken from data/ (ood/README.md).
+openings, wishes and noise, none of them taken from data/ (docs/ood_questions.md).
 
 compose(count_per_style) gives `count_per_style` questions of each style in STYLES, drawn from a
 fixed seed, so the same call always gives the same questions. Each question is an everyday wish

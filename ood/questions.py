@@ -17,7 +17,7 @@ COMPOSED_PER_STYLE = 25
 HERE = os.path.dirname(os.path.abspath(__file__))
 HANDWRITTEN = os.path.join(HERE, "handwritten.tsv")
 QUESTIONS = os.path.join(HERE, "questions.tsv")
-HEADER = "# style\tsource\tquestion (made by `bazel run //ood:write_questions`; see ood/README.md)\n"
+HEADER = "# style\tsource\tquestion (made by `bazel run //ood:write_questions`; see docs/ood_questions.md)\n"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Writes ood/questions.tsv from its two sources (ood/questions.py, build).
 
-    bazel run //ood:write_questions -- --out=$PWD/ood/questions.tsv
+bazel run //ood:write_questions -- --out=$PWD/ood/questions.tsv
 """
 
 from absl import flags

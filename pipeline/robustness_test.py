@@ -1,6 +1,6 @@
 """Robustness: the shipped student answers questions no template produced (issue 17).
 
-On the out-of-distribution question set (ood/questions.tsv, never used for training; ood/README.md)
+On the out-of-distribution question set (ood/questions.tsv, never used for training; docs/ood_questions.md)
 the replies through eager PyTorch, the TorchScript artifact and the GGUF file (llama.cpp) must be
 canonical (data/teacher.canonical_reply: one of the 20 answers, its group's flair, the end token):
 
@@ -127,7 +127,14 @@ def _replies(shipped, backend: str, mode: str) -> list[list[int]]:
         proposals = _RESULTS["proposals"][mode]
         sampler = None if mode == "greedy" else _settings()
         _RESULTS[key] = [
-            _reply(forwards[backend], p, proposals[i], sampler, sampling.draws(SEED, p, MAX_NEW_TOKENS), tokenizer.eos_id)
+            _reply(
+                forwards[backend],
+                p,
+                proposals[i],
+                sampler,
+                sampling.draws(SEED, p, MAX_NEW_TOKENS),
+                tokenizer.eos_id,
+            )
             for i, p in enumerate(prompts)
         ]
     return _RESULTS[key]
@@ -200,7 +207,9 @@ def test_a_planted_hybrid_fails_the_gate(shipped):
         return logits
 
     sample = list(range(0, len(prompts), 10))
-    replies = [_reply(faulty, prompts[i], [], None, np.zeros(MAX_NEW_TOKENS), tokenizer.eos_id) for i in sample]
+    replies = [
+        _reply(faulty, prompts[i], [], None, np.zeros(MAX_NEW_TOKENS), tokenizer.eos_id) for i in sample
+    ]
     rate = sum(teacher.canonical_reply(r, tokenizer) is not None for r in replies) / len(replies)
     print(f"\nplanted hybrid fault: {rate:.2%} canonical, e.g. {tokenizer.decode(replies[0])!r}")
     assert rate < MIN_GREEDY
