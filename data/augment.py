@@ -12,7 +12,7 @@ the new text), so the targets stay the teacher's own.
 | case        | all lower, all upper, every word capitalised, or letters flipped at random |
 | punctuation | the final "?" dropped, doubled, tripled, or "!", ".", " ?", "?!" instead  |
 | typo        | one to three letters dropped, doubled, swapped or replaced                |
-| preamble    | one or two PREAMBLES before the question, sometimes an AFTERTHOUGHT after  |
+| preamble    | one (a quarter of the time two) PREAMBLES before, sometimes an AFTERTHOUGHT |
 | rephrase    | the question as a request (REQUESTS) or an open question (OPEN_FRAMES)     |
 | emoji       | one to three symbols from EMOJI_RANGES put between words                  |
 | script      | a few words, or the whole question, in letters of another script          |
@@ -133,7 +133,7 @@ def _typo(text: str, rng: random.Random) -> str:
 
 
 def _preamble(text: str, rng: random.Random) -> str:
-    head = " ".join(rng.sample(PREAMBLES, rng.randint(1, 2)))
+    head = " ".join(rng.sample(PREAMBLES, 2 if rng.random() < 0.25 else 1))
     out = f"{head} {text[:1].lower()}{text[1:]}"
     if rng.random() < 0.4:
         out = f"{out.rstrip('?')}, {rng.choice(AFTERTHOUGHTS)}?"
@@ -161,12 +161,12 @@ def _emoji(text: str, rng: random.Random) -> str:
 
 def _pseudo_word(rng: random.Random) -> str:
     low, high = rng.choice(SCRIPT_RANGES)
-    return "".join(chr(rng.randint(low, high)) for _ in range(rng.randint(1, 5)))
+    return "".join(chr(rng.randint(low, high)) for _ in range(rng.randint(1, 4)))
 
 
 def _script(text: str, rng: random.Random) -> str:
     if rng.random() < 0.4:  # the whole question in another script
-        words = [_pseudo_word(rng) for _ in range(rng.randint(1, 6))]
+        words = [_pseudo_word(rng) for _ in range(rng.randint(1, 4))]
         return " ".join(words) + rng.choice(["?", "？", "؟", ";", ""])
     words = text.split(" ")
     for _ in range(rng.randint(1, 3)):
