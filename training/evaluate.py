@@ -1,8 +1,8 @@
 """Behaviour metrics of a student against the teacher, on held-out questions.
 
-- canonical_rate: share of greedy replies (decoded text after the prompt, up to eos) that the
-  teacher calls canonical. A reply that does not reach eos within max_new_tokens counts as not
-  canonical.
+- canonical_rate: share of greedy replies that are canonical (data/teacher.canonical_reply: one
+  of the 20 answers, its group's flair, then eos). A reply that does not reach eos within
+  max_new_tokens is not.
 - Answer distributions. For one question the student's distribution over the 20 answers is its
   probability of each full completion (teacher.completion_text(i) tokens + eos, after
   [bos] + prompt), normalised over the 20. Per question kind, the student's and the teacher's
