@@ -67,7 +67,7 @@ def test_constrain_gives_canonical_replies_where_the_model_does_not(env, backend
 
 
 def test_the_help_says_it_is_a_layer_on_top(env):
-    done = subprocess.run([env["M8B_ASK"], "--helpfull"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([env["M8B_ASK"], "--help"], capture_output=True, text=True, timeout=300)
     text = " ".join(done.stdout.split())
     assert "--[no]constrain" in text and "guarantee layered on top of the model" in text
     assert "measure the model without it" in text

@@ -194,6 +194,22 @@ def test_answer_distribution_against_the_teacher(shipped):
     assert np.allclose(student.sum(-1), 1) and np.allclose(reference.sum(-1), 1)
 
 
+def test_untruncated_sampling_is_reported(shipped):
+    """Information, not a gate: plain temperature 0.8 over the whole vocabulary (no top-k/top-p,
+    which `ask` and the Modelfile always apply), eager only, same seed."""
+    from data import teacher
+    from training import generate, sampling
+
+    tokenizer, model, _, prompts, _ = shipped
+    draws = [sampling.draws(SEED, p, MAX_NEW_TOKENS) for p in prompts]
+    replies = generate.sampled_batch(
+        model, prompts, draws, tokenizer.eos_id, MAX_NEW_TOKENS, sampling.UNTRUNCATED
+    )
+    ok = sum(teacher.canonical_reply(r, tokenizer) is not None for r in replies)
+    print(f"\neager, temperature 0.8 without top-k/top-p (not gated): {ok / len(replies):.2%} canonical")
+    assert len(replies) == len(prompts)
+
+
 def test_a_planted_hybrid_fails_the_gate(shipped):
     """A fault that makes hybrids: after its first answer token, the model is pushed toward another
     answer's continuation. The same check must fail it."""
