@@ -211,21 +211,25 @@ def test_untruncated_sampling_is_reported(shipped):
 
 
 def test_a_planted_hybrid_fails_the_gate(shipped):
-    """A fault that makes hybrids: after its first answer token, the model is pushed toward another
-    answer's continuation. The same check must fail it."""
+    """A fault that makes hybrids: after the reply's first token, the model is pushed toward
+    another answer's ending (" no."). The same check must fail it."""
     from data import teacher
 
-    tokenizer, _, ood, prompts, forwards = shipped
+    tokenizer, _, _, prompts, forwards = shipped
     push = tokenizer.encode(" no.")[0]
 
-    def faulty(ids):
-        logits = np.array(forwards["torchscript"](ids), dtype=np.float32)
-        logits[0, :, push] += 8.0
-        return logits
+    def faulty(prompt_length):
+        def forward(ids):
+            logits = np.array(forwards["torchscript"](ids), dtype=np.float32)
+            logits[0, prompt_length:, push] += 30.0  # positions that predict the 2nd reply token on
+            return logits
+
+        return forward
 
     sample = list(range(0, len(prompts), 10))
     replies = [
-        _reply(faulty, prompts[i], [], None, np.zeros(MAX_NEW_TOKENS), tokenizer.eos_id) for i in sample
+        _reply(faulty(len(prompts[i])), prompts[i], [], None, np.zeros(MAX_NEW_TOKENS), tokenizer.eos_id)
+        for i in sample
     ]
     rate = sum(teacher.canonical_reply(r, tokenizer) is not None for r in replies) / len(replies)
     print(f"\nplanted hybrid fault: {rate:.2%} canonical, e.g. {tokenizer.decode(replies[0])!r}")
