@@ -237,6 +237,13 @@ CASES = [
     _case("make_toy_kd", "topk 33", lambda s, o: {"topk": 33}, "--topk", "1..32"),
     _case(
         "make_toy_kd",
+        "noise fraction 1.5",
+        lambda s, o: {"noise_fraction": 1.5},
+        "--noise_fraction",
+        "[0, 1]",
+    ),
+    _case(
+        "make_toy_kd",
         "output dir missing",
         lambda s, o: {"out": os.path.join(o, "absent", "kd.jsonl")},
         "--out",
