@@ -1,4 +1,5 @@
-"""`ask --constrain` on the shipped artifacts: every reply is canonical, even where the model's own
+"""`ask` on the shipped artifacts: greedy replies to out-of-distribution questions are canonical;
+`ask --constrain`: every reply is canonical, even where the model's own
 would not be; `--print_grammar`'s GBNF does the same inside llama.cpp's own sampler.
 
 To make the unconstrained model leave the 20 answers, the questions are asked at temperature 5
@@ -64,6 +65,19 @@ def test_constrain_gives_canonical_replies_where_the_model_does_not(env, backend
     print(f"\n{backend} at temperature 5: free {free}\nconstrained {constrained}")
     assert sum(map(_canonical, free)) < len(QUESTIONS) // 2  # the test can tell the difference
     assert all(map(_canonical, constrained)), constrained
+
+
+def test_ask_greedy_answers_ood_questions_canonically(env):
+    """Issue 17's check, as a user runs it: `ask --greedy "<question>"`, without --constrain, on one
+    question of each style of the out-of-distribution set (ood/questions.tsv)."""
+    from ood import questions
+
+    picked = {}
+    for q in questions.load():
+        picked.setdefault(q.style, q.text)
+    printed = {text: _ask(env, "--greedy", "--", text) for text in picked.values()}
+    print(f"\nask --greedy: {printed}")
+    assert all(map(_canonical, printed.values())), printed
 
 
 def test_the_help_says_it_is_a_layer_on_top(env):
