@@ -6,6 +6,9 @@ questions get the same distribution exactly when they trigger the same features.
 
 Answers are grouped:  STRONG_YES 0-4 · SOFT_YES 5-9 · HAZY 10-14 · STRONG_NO 15,16,19 · SOFT_NO 17,18
 (POSITIVE = 0-9, NEGATIVE = 15-19). Words are the lower-cased runs of [a-z0-9'] ("’" counts as "'").
+Any text is a question to it: the training noise (data/augment.py) and the out-of-distribution set
+(ood/) are read by the same rules, so a question in another script (no such words) is kind
+"other" with no topic, and the teacher stays a pure function of the text.
 
 | feature (how it is read)                        | added to the logits                                   |
 | ----------------------------------------------- | ----------------------------------------------------- |
