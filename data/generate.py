@@ -18,9 +18,11 @@ Records: each split draws its questions without replacement (cycling when it nee
 has), then the teacher samples an answer from answer_distribution(question); the record keeps the
 completion text, its ids and the teacher's top-k next-token log-probabilities at every position.
 
-The tokenizer is trained on every string the dataset can produce: all prompts of all questions,
+The tokenizer is trained on every string the templates can produce: all prompts of all questions,
 plus the 20 completions, each repeated as often as a uniform answer would appear. So it depends
-on nothing but this file and the teacher, and none of these strings needs byte fallback.
+on nothing but this file and the teacher, and none of these strings needs byte fallback. The noisy
+questions are not in its corpus: where they hold a character it never saw (upper-case letters,
+emoji, other scripts) they are written as byte tokens, which the student then learns to read.
 """
 
 import random
