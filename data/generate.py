@@ -8,19 +8,27 @@ Held-out split: a fraction of the (template, subject) combinations, drawn from t
 for held-out records only, so no held-out question shares its combination with a training question.
 Every template and every subject still appears in some training combination.
 
+Noise: a share (`noise_fraction`) of the training records get their question rewritten by
+data/augment.py (casing, punctuation, typos, preambles, requests and open questions, emoji, other
+scripts), drawn from a generator of their own per record id, so the clean records and every shard
+are computed alike. Held-out records stay clean: they measure the held-out targets on the
+generator's own grammar.
+
 Records: each split draws its questions without replacement (cycling when it needs more than it
 has), then the teacher samples an answer from answer_distribution(question); the record keeps the
 completion text, its ids and the teacher's top-k next-token log-probabilities at every position.
 
-The tokenizer is trained on every string the dataset can produce: all prompts of all questions,
+The tokenizer is trained on every string the templates can produce: all prompts of all questions,
 plus the 20 completions, each repeated as often as a uniform answer would appear. So it depends
-on nothing but this file and the teacher, and none of these strings needs byte fallback.
+on nothing but this file and the teacher, and none of these strings needs byte fallback. The noisy
+questions are not in its corpus: where they hold a character it never saw (upper-case letters,
+emoji, other scripts) they are written as byte tokens, which the student then learns to read.
 """
 
 import random
 
 from common.errors import InputError
-from data import dataset, prompt, teacher
+from data import augment, dataset, prompt, teacher
 from data import tokenizer as tokenizer_lib
 
 # (kind, plain form, negated form); "{s}" is the subject.
@@ -62,6 +70,7 @@ SUBJECTS = [
 
 WORDINGS = ("plain", "negated", "intensified", "hedged")
 EMOJI_SUFFIXES = ("", " 🎱", " 🔮", " ✨", " 🌟")
+NOISE_FRACTION = 0.5  # default share of training records whose question data/augment.py rewrites
 LOGPROB_DECIMALS = 6  # enough for training; fewer digits keep files small and stable across libms
 
 
@@ -116,8 +125,12 @@ def heldout_combinations(seed: int, heldout_fraction: float) -> set[tuple[int, i
     return held
 
 
-def check_options(n: int, seed: int, heldout_fraction: float, topk: int) -> None:
+def check_options(
+    n: int, seed: int, heldout_fraction: float, topk: int, noise_fraction: float = NOISE_FRACTION
+) -> None:
     """InputError naming the option (the make_toy_kd flag of the same name) when one is unusable."""
+    if not 0.0 <= noise_fraction <= 1.0:
+        raise InputError(f"--noise_fraction is {noise_fraction}; use a fraction in [0, 1]")
     if n < 2:
         raise InputError(f"--n is {n}; need at least 2 records (one train, one held out)")
     if seed < 0:
@@ -168,13 +181,14 @@ def generate(
     topk: int,
     tokenizer: tokenizer_lib.Tokenizer | None = None,
     ids: range | None = None,
+    noise_fraction: float = NOISE_FRACTION,
 ) -> tuple[tokenizer_lib.Tokenizer, dict, list[dataset.Record]]:
     """(tokenizer, header, records): train records first, then held-out ones; ids 0..n-1.
 
     `ids` (a sub-range of 0..n-1, see shard_range) computes only those records, each exactly as
     the full run computes it: the header is the full dataset's, so shards concatenate into it.
     """
-    check_options(n, seed, heldout_fraction, topk)
+    check_options(n, seed, heldout_fraction, topk, noise_fraction)
     tok = tokenizer if tokenizer is not None else train_tokenizer()
     token_teacher = teacher.TokenTeacher(tok)
     held = heldout_combinations(seed, heldout_fraction)
@@ -191,6 +205,10 @@ def generate(
     records = []
     for index in ids:
         split, (_, kind, question) = chosen[index]
+        noise = random.Random(f"m8b-noise-{seed}-{index}")
+        if split == "train" and noise.random() < noise_fraction:
+            question = augment.noisy(question, noise)
+            kind = teacher.question_kind(question)
         probs = teacher.answer_distribution(question).tolist()
         answer = _sample(probs, draws[index])
         completion = teacher.completion_text(answer)
@@ -222,5 +240,6 @@ def generate(
         "heldout_fraction": heldout_fraction,
         "num_records": n,
         "num_heldout": n_heldout,
+        "noise_fraction": noise_fraction,
     }
     return tok, header, records

@@ -64,9 +64,13 @@ def test_default_dataset_sizes_and_disjoint_splits(default_data):
     held = generate.heldout_combinations(0, 0.2)
     train_questions = {r.question for r in records if r.split == "train"}
     heldout_questions = [r.question for r in records if r.split == "heldout"]
-    assert all(combo_of[q] in held for q in heldout_questions)
-    assert all(combo_of[q] not in held for q in train_questions)
+    assert all(combo_of[q] in held for q in heldout_questions)  # held-out questions are clean
+    clean = {q for q in train_questions if q in combo_of}
+    assert all(combo_of[q] not in held for q in clean)
     assert not train_questions & set(heldout_questions)
+    # About NOISE_FRACTION of the training questions were rewritten by data/augment.py.
+    noisy = len([r for r in records if r.split == "train" and r.question not in combo_of])
+    assert abs(noisy / 4800 - generate.NOISE_FRACTION) < 0.05
     assert len(set(heldout_questions)) == 1200  # drawn without replacement while the pool lasts
 
 
@@ -78,8 +82,8 @@ def test_records_are_consistent_with_prompt_tokenizer_and_teacher(tok, default_d
         assert r.prompt == prompt.format_prompt(r.question)
         assert r.prompt_ids == tok.encode(r.prompt)
         assert r.completion_ids == tok.encode(r.completion) + [tok.eos_id]
-        assert teacher.is_canonical_reply(r.completion)
-        answer = teacher.reply_answer_index(r.completion)
+        answer = teacher.canonical_answer(r.completion)
+        assert answer is not None
         assert r.completion == teacher.completion_text(answer)
         ids, logprobs = token_teacher.top_k(teacher.answer_distribution(r.question), answer, 8)
         assert r.topk_ids == ids
@@ -91,11 +95,19 @@ def test_records_are_consistent_with_prompt_tokenizer_and_teacher(tok, default_d
         assert all(0 < len(row) <= 8 for row in r.topk_ids)
 
 
+def test_noise_fraction_zero_gives_only_template_questions(tok):
+    _, header, records = generate.generate(200, 0, 0.2, 8, tok, noise_fraction=0.0)
+    space = {text for _, _, text in generate.question_space()}
+    assert header["noise_fraction"] == 0.0 and all(r.question in space for r in records)
+    with pytest.raises(InputError, match="--noise_fraction"):
+        generate.generate(200, 0, 0.2, 8, tok, noise_fraction=1.5)
+
+
 def test_sampled_answers_follow_the_teacher(default_data):
     _, _, records = default_data
     # Over the dataset, the mean teacher probability of the sampled answer beats a uniform pick.
     picked = [
-        teacher.answer_distribution(r.question)[teacher.reply_answer_index(r.completion)] for r in records
+        teacher.answer_distribution(r.question)[teacher.canonical_answer(r.completion)] for r in records
     ]
     assert sum(picked) / len(picked) > 1.3 / 20
 

@@ -1,7 +1,7 @@
 """Writes the toy knowledge-distillation dataset and its tokenizer.
 
     make_toy_kd --out=kd.jsonl --tokenizer_out=tokenizer.json [--n=6000 --seed=0
-                --heldout_fraction=0.2 --topk=8]
+                --heldout_fraction=0.2 --topk=8 --noise_fraction=0.5]
 
 Sharded, as parallel actions (pipeline/BUILD.bazel): the tokenizer alone, then each shard of the
 records, then //data:merge_kd_shards, which writes exactly the bytes of the unsharded --out:
@@ -28,6 +28,11 @@ flags.DEFINE_float(
     "heldout_fraction", 0.2, "Fraction of records, and of (template, subject) pairs, held out; in (0, 1)."
 )
 flags.DEFINE_integer("topk", 8, "Teacher log-probabilities kept per completion position, 1..32.")
+flags.DEFINE_float(
+    "noise_fraction",
+    generate.NOISE_FRACTION,
+    "Share of training records whose question is rewritten with noise (data/augment.py), in [0, 1].",
+)
 flags.DEFINE_integer("num_shards", 0, "Split the records into this many shards (0: unsharded).")
 flags.DEFINE_integer("shard", 0, "With --num_shards: which shard --out gets, 0..num_shards-1.")
 
@@ -80,7 +85,7 @@ def main(argv: list[str]) -> None:
     for name, path in outputs.items():
         if path:
             cli.check_output_path(path, name)
-    generate.check_options(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk)
+    generate.check_options(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, FLAGS.noise_fraction)
 
     logging.info("training the tokenizer on every string the dataset can produce")
     tok = generate.train_tokenizer()
@@ -99,11 +104,13 @@ def main(argv: list[str]) -> None:
             FLAGS.num_shards,
         )
         args = (FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, tok)
-        _, header, records = generate.generate(*args, ids=ids)
+        _, header, records = generate.generate(*args, ids=ids, noise_fraction=FLAGS.noise_fraction)
         dataset.write_shard(FLAGS.out, header, records, FLAGS.shard, FLAGS.num_shards, ids)
         return
     logging.info("generating %d records (seed %d)", FLAGS.n, FLAGS.seed)
-    tok, header, records = generate.generate(FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, tok)
+    tok, header, records = generate.generate(
+        FLAGS.n, FLAGS.seed, FLAGS.heldout_fraction, FLAGS.topk, tok, noise_fraction=FLAGS.noise_fraction
+    )
     # The dataset is written while the tokenizer file is still pending, so a failure leaves neither.
     with atomic.output_file(FLAGS.tokenizer_out) as handle:
         handle.write(tok.to_bytes())

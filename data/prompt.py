@@ -6,6 +6,8 @@ model input [bos] + encode(prompt)                          (asking)
             [bos] + encode(prompt) + encode(completion) + [eos]  (training)
 """
 
+import unicodedata
+
 from common.errors import InputError
 
 
@@ -15,6 +17,11 @@ def format_prompt(question: str) -> str:
         raise InputError("question: is empty; ask a yes/no question such as 'Will it rain tomorrow?'")
     if "\n" in question or "\r" in question:
         raise InputError("question: holds a line break; ask on a single line")
+    for position, c in enumerate(question):
+        if unicodedata.category(c) == "Cc":  # tabs, escapes, NUL, DEL, C1 controls: invisible input
+            raise InputError(
+                f"question: holds control character U+{ord(c):04X} at position {position}; remove it"
+            )
     return f"Q: {question}\nA:"
 
 

@@ -15,10 +15,30 @@ def test_format_prompt():
     assert prompt.format_prompt("Will I win? 🎱") == "Q: Will I win? 🎱\nA:"
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "Will I\nwin?", "Will I win?\r"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "   ",
+        "Will I\nwin?",
+        "Will I win?\r",
+        "Will\tI win?",
+        "Will I \x1b[31mwin?",
+        "Will\x00",
+        "Win\x85?",
+    ],
+)
 def test_format_prompt_rejects_empty_and_multi_line_questions(bad):
     with pytest.raises(InputError, match="^question: "):
         prompt.format_prompt(bad)
+
+
+def test_a_control_character_is_named_with_its_position():
+    with pytest.raises(InputError, match=r"control character U\+0007 at position 4; remove it"):
+        prompt.format_prompt("Will\x07 I win?")
+    assert (
+        prompt.format_prompt("Will I win? 👩\u200d💻") == "Q: Will I win? 👩\u200d💻\nA:"
+    )  # ZWJ is not a control
 
 
 def test_model_input_is_bos_then_the_encoded_prompt(tok):

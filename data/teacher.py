@@ -6,6 +6,9 @@ questions get the same distribution exactly when they trigger the same features.
 
 Answers are grouped:  STRONG_YES 0-4 · SOFT_YES 5-9 · HAZY 10-14 · STRONG_NO 15,16,19 · SOFT_NO 17,18
 (POSITIVE = 0-9, NEGATIVE = 15-19). Words are the lower-cased runs of [a-z0-9'] ("’" counts as "'").
+Any text is a question to it: the training noise (data/augment.py) and the out-of-distribution set
+(ood/) are read by the same rules, so a question in another script (no such words) is kind
+"other" with no topic, and the teacher stays a pure function of the text.
 
 | feature (how it is read)                        | added to the logits                                   |
 | ----------------------------------------------- | ----------------------------------------------------- |
@@ -41,6 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.errors import InputError
+from data import tokenizer as tokenizer_types
 
 NAME = "m8b-rules-v1"  # the dataset header's "teacher"
 
@@ -207,40 +211,31 @@ def completion_text(answer_index: int) -> str:
     return f" {ANSWERS[answer_index]} {flair(answer_index)}"
 
 
-def reply_answer_index(text: str) -> int | None:
-    """Index of the canonical answer `text` gives (surrounding whitespace ignored), else None."""
-    text = text.strip()
-    for f in FLAIRS:
-        if text.endswith(" " + f):
-            text = text[: -len(f) - 1]
-            break
-    return ANSWERS.index(text) if text in ANSWERS else None
-
-
-def is_canonical_reply(text: str) -> bool:
-    """A canonical answer, optionally followed by " " + one flair (surrounding whitespace ignored)."""
-    return reply_answer_index(text) is not None
-
-
-# The one definition of a canonical reply: what the teacher writes, exactly. Stricter than
-# is_canonical_reply (which also takes an answer without its flair, or with another group's).
-_COMPLETIONS = {completion_text(a).strip(): a for a in range(len(ANSWERS))}
+# The one definition of a canonical reply (issue 17): exactly one of the 20 answers, then the flair
+# of that answer's group, then the end token. What the teacher writes, exactly: a hybrid, a
+# truncation, a missing or wrong-group flair, or anything around it is not canonical.
+_COMPLETIONS = {completion_text(a): a for a in range(len(ANSWERS))}
 
 
 def canonical_answer(text: str) -> int | None:
-    """a when `text` is ANSWERS[a], " ", flair(a) (surrounding whitespace ignored), else None."""
-    return _COMPLETIONS.get(text.strip())
+    """a when `text` is exactly completion_text(a) (" " + ANSWERS[a] + " " + flair(a)), else None.
+
+    `text` is what the model wrote after "A:" before the end token; `ask` prints it stripped.
+    """
+    return _COMPLETIONS.get(text)
 
 
 def canonical_reply(reply_ids: Sequence[int], tokenizer) -> int | None:
     """The answer index of a canonical reply, else None.
 
-    Canonical: one of the 20 answers, then the flair of its group, then the end token, and
-    nothing else: reply_ids ends with the tokenizer's eos (its only eos) and the ids before it
-    decode to canonical_answer's text.
+    Canonical: reply_ids ends with the tokenizer's eos (its only eos), every id before it writes
+    text (no control, unknown or unused token hides in it), and that text is canonical_answer's.
     """
     ids = [int(i) for i in reply_ids]
     if not ids or ids[-1] != tokenizer.eos_id or tokenizer.eos_id in ids[:-1]:
+        return None
+    writes = (tokenizer_types.NORMAL, tokenizer_types.BYTE)
+    if not all(0 <= i < tokenizer.vocab_size and tokenizer.token_types[i] in writes for i in ids[:-1]):
         return None
     return canonical_answer(tokenizer.decode(ids[:-1]))
 

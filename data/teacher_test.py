@@ -154,23 +154,17 @@ def test_features_explain_the_logits():
     ]
 
 
-def test_completion_text_and_canonical_replies():
+def test_completion_text():
     assert teacher.completion_text(0) == " It is certain. 🌟"
     assert teacher.completion_text(5) == " As I see it, yes. ✨"
     assert teacher.completion_text(10) == " Reply hazy, try again. 🔮"
     assert teacher.completion_text(19) == " Very doubtful. 🎱"
     with pytest.raises(ValueError):
         teacher.completion_text(20)
-    for a in range(20):
-        text = teacher.completion_text(a)
-        assert teacher.is_canonical_reply(text) and teacher.reply_answer_index(text) == a
-        assert teacher.is_canonical_reply(teacher.ANSWERS[a])
-    assert teacher.is_canonical_reply("Yes. 🎱")  # any one flair may follow
-    for bad in ["", "Yes", "It is certain", "Yes.🌟", "Yes. 🌟 🌟", "Yes. 😀", "Maybe.", "yes."]:
-        assert not teacher.is_canonical_reply(bad), bad
 
 
 def test_a_canonical_reply_is_an_answer_its_flair_and_the_end_token(tok):
+    """The definition of issue 17: one of the 20 answers, the flair of its group, the end token."""
     eos = tok.eos_id
     for a in range(20):
         ids = tok.encode(teacher.completion_text(a))
@@ -179,12 +173,34 @@ def test_a_canonical_reply_is_an_answer_its_flair_and_the_end_token(tok):
         assert teacher.canonical_reply(ids, tok) is None  # no end token
         assert teacher.canonical_reply([*ids, eos, eos], tok) is None  # something after it
         assert teacher.canonical_reply([*tok.encode(" " + teacher.ANSWERS[a]), eos], tok) is None  # no flair
-    other_flair = teacher.ANSWERS[8] + " 🎱"  # "Yes." is soft yes: its flair is ✨
-    assert teacher.is_canonical_reply(other_flair) and teacher.canonical_answer(other_flair) is None
-    assert teacher.canonical_reply([*tok.encode(" Yes. 🎱"), eos], tok) is None
+        assert teacher.canonical_reply([*ids[:-1], eos], tok) is None  # truncated
+        assert teacher.canonical_reply([tok.pad_id, *ids, eos], tok) is None  # a hidden control token
+        # Every other group's flair is refused.
+        for f in set(teacher.FLAIRS) - {teacher.flair(a)}:
+            assert teacher.canonical_answer(f" {teacher.ANSWERS[a]} {f}") is None
+    assert teacher.canonical_reply([*tok.encode(" Yes. 🎱"), eos], tok) is None  # "Yes." is soft yes: ✨
     assert teacher.canonical_reply([], tok) is None
-    for bad in ["Yes. ✨ ✨", "Yes.  ✨", "yes. ✨", "Yes ✨", " good. ✨"]:
-        assert teacher.canonical_answer(bad) is None, bad
+    assert teacher.canonical_reply([eos], tok) is None
+
+
+def test_hybrids_and_near_misses_are_not_canonical(tok):
+    hybrids = [
+        " It is certain. ✨",  # strong-yes answer, soft-yes flair
+        " It is decidedly no. 🎱",  # starts one answer, ends like another
+        " My reply is certain. 🌟",
+        " Outlook good so good. ✨",
+        " Yes definitely. Very doubtful. 🎱",  # two answers
+        " Yes. ✨ ✨",
+        " Yes.  ✨",
+        " yes. ✨",
+        " Yes ✨",
+        "Yes. ✨",  # the leading space the teacher writes is part of the reply
+        " Yes. ✨ ",
+        "",
+    ]
+    for text in hybrids:
+        assert teacher.canonical_answer(text) is None, text
+        assert teacher.canonical_reply([*tok.encode(text), tok.eos_id], tok) is None, text
 
 
 def test_next_token_distributions_are_normalised_and_multiply_back_to_the_answer(token_teacher):

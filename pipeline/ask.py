@@ -10,18 +10,27 @@ Greedy with --greedy, otherwise sampling as llama.cpp chains it: --top_k, then -
 --temperature (training/sampling.py). The defaults are Ollama's, and the Modelfile beside the GGUF
 file states the same values.
 
+--constrain decodes only token paths that spell a canonical reply (data/canonical_trie.py): a
+guarantee layered on top of the model, for both backends (for GGUF the same mask over llama.cpp's
+logits; --print_grammar prints it as a llama.cpp GBNF grammar for llama.cpp's own tools).
+
+Odd input: an empty or whitespace-only question, a control character, bytes that are not UTF-8,
+a question that leaves no room in the context for the longest reply, --max_new_tokens below 1
+(below the longest canonical reply with --constrain): each one line "error: ..." and exit 2.
+
 Seed rule: the draws come from a generator seeded with (--seed, sha256 of the question's token
 ids). The same seed and question give the same answer; another question gets other draws.
 """
 
 import sys
 
+import numpy as np
 from absl import flags
 
 from common import cli
 from common.errors import InputError
 from conversion import torchscript_archive
-from data import prompt
+from data import canonical_trie, prompt
 from data.tokenizer import Tokenizer
 from training import checkpoint, sampling
 
@@ -58,7 +67,19 @@ flags.DEFINE_integer(
     "Sampling seed (>= 0), mixed with a sha256 of the question's tokens: the same seed and question "
     "give the same answer, and different questions get different draws.",
 )
-flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens.")
+flags.DEFINE_integer("max_new_tokens", 32, "Longest answer, in tokens (at least 1).")
+flags.DEFINE_bool(
+    "constrain",
+    False,
+    "Decode only token paths that spell a canonical reply (one of the 20 answers, its group's flair, "
+    "the end token; a trie exact through the tokenizer). A guarantee layered on top of the model: the "
+    "quality numbers (robustness_test, student_quality_test) measure the model without it.",
+)
+flags.DEFINE_bool(
+    "print_grammar",
+    False,
+    "Print the canonical replies as a llama.cpp grammar (GBNF, for llama.cpp's --grammar-file) and exit.",
+)
 
 
 # The model runtimes (torch, llama.cpp) are imported only once the question, the tokenizer and the
@@ -106,7 +127,29 @@ def _sampler() -> sampling.Settings | None:
     return sampling.Settings(temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.min_p)
 
 
+def _constrained(steps, trie: canonical_trie.CanonicalTrie):
+    """steps (training.decode.Steps) whose logits are masked to what the trie allows after the reply so far."""
+    from training import decode
+
+    class Constrained(decode.Steps):
+        def prefill(self, prompt_ids):
+            self.reply = []
+            return self._masked(steps.prefill(prompt_ids))
+
+        def decode(self, token):
+            self.reply.append(token)
+            return self._masked(steps.decode(token))
+
+        def _masked(self, logits):
+            return trie.mask(np.asarray(logits, dtype=np.float64), self.reply)
+
+    return Constrained()
+
+
 def main(argv: list[str]) -> None:
+    if FLAGS.print_grammar:
+        print(canonical_trie.gbnf(), end="")
+        return
     question = " ".join(argv[1:]).strip()
     if not question:
         raise InputError('no question: usage: ask [--backend=torchscript|gguf] -- "Will it rain tomorrow?"')
@@ -131,16 +174,25 @@ def main(argv: list[str]) -> None:
     path = FLAGS[flag].value
     cli.require_flag(path, flag)
     ids = prompt.build_model_input(tokenizer, question)
-    if len(ids) >= max_length:
+    trie = canonical_trie.CanonicalTrie(tokenizer)
+    if FLAGS.constrain and FLAGS.max_new_tokens < trie.longest:
         raise InputError(
-            f"question: {len(ids)} tokens; at most {max_length - 1} fit the model with room for a reply; "
-            "ask a shorter question"
+            f"--max_new_tokens: {FLAGS.max_new_tokens}; --constrain needs at least {trie.longest}, "
+            "the longest canonical reply"
         )
+    if len(ids) + trie.longest > max_length:  # refused, not truncated: a cut question is another question
+        raise InputError(
+            f"question: {len(ids)} tokens with the prompt; at most {max_length - trie.longest} fit the "
+            f"model's {max_length}-token context with room for a reply; ask a shorter question"
+        )
+    from training import decode
+
     if FLAGS.backend == "torchscript":
         model = torchscript_steps(path, cfg)
     else:
-        model = gguf_forward(path, max_length)
-    from training import decode
+        model = decode.Recompute(gguf_forward(path, max_length))
+    if FLAGS.constrain:
+        model = _constrained(model, trie)
 
     new = decode.generate(
         model,

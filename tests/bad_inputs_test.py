@@ -243,6 +243,13 @@ CASES = [
     _case("make_toy_kd", "topk 33", lambda s, o: {"topk": 33}, "--topk", "1..32"),
     _case(
         "make_toy_kd",
+        "noise fraction 1.5",
+        lambda s, o: {"noise_fraction": 1.5},
+        "--noise_fraction",
+        "[0, 1]",
+    ),
+    _case(
+        "make_toy_kd",
         "output dir missing",
         lambda s, o: {"out": os.path.join(o, "absent", "kd.jsonl")},
         "--out",
@@ -814,8 +821,21 @@ CASES = [
     # ask: the question itself, the artifacts it loads, flags.
     _case("ask", "no question", lambda s, o: {}, "no question", argv=[]),
     _case("ask", "question with newline", lambda s, o: {}, "question", "line break", argv=["Will it\nrain?"]),
+    _case("ask", "whitespace question", lambda s, o: {}, "no question", argv=["   ", "\t "]),
     _case(
-        "ask", "question too long", lambda s, o: {}, "question", "at most 255", argv=["Will it rain? " * 60]
+        "ask",
+        "question too long",
+        lambda s, o: {},
+        "question",
+        "a shorter question",
+        argv=["Will it rain? " * 60],
+    ),
+    _case("ask", "question with tab", lambda s, o: {}, "question", "U+0009", argv=["Will\tit rain?"]),
+    _case(
+        "ask", "question with escape", lambda s, o: {}, "question", "U+001B", argv=["Will it \x1b[2Jrain?"]
+    ),
+    _case(
+        "ask", "question with NUL-like DEL", lambda s, o: {}, "question", "U+007F", argv=["Will it\x7f rain?"]
     ),
     _case(
         "ask",
@@ -832,7 +852,21 @@ CASES = [
         "--temperature",
         "--greedy",
     ),
-    _case("ask", "max new tokens zero", lambda s, o: {"max_new_tokens": 0}, "--max_new_tokens"),
+    _case("ask", "max new tokens zero", lambda s, o: {"max_new_tokens": 0}, "--max_new_tokens", "at least 1"),
+    _case(
+        "ask",
+        "max new tokens negative",
+        lambda s, o: {"max_new_tokens": -5},
+        "--max_new_tokens",
+        "at least 1",
+    ),
+    _case(
+        "ask",
+        "constrain with too few tokens",
+        lambda s, o: {"constrain": "true", "max_new_tokens": 3},
+        "--max_new_tokens",
+        "--constrain needs",
+    ),
     # Each sampling flag out of range: the message gives the allowed range.
     _case("ask", "top_p zero", lambda s, o: {"top_p": 0}, "--top_p", "(0, 1]"),  # even with --greedy
     _case("ask", "top_p above one", lambda s, o: {"greedy": "false", "top_p": 1.5}, "--top_p", "(0, 1]"),

@@ -1,8 +1,8 @@
 """Behaviour metrics of a student against the teacher, on held-out questions.
 
-- canonical_rate: share of greedy replies (decoded text after the prompt, up to eos) that the
-  teacher calls canonical. A reply that does not reach eos within max_new_tokens counts as not
-  canonical.
+- canonical_rate: share of greedy replies that are canonical (data/teacher.canonical_reply: one
+  of the 20 answers, its group's flair, then eos). A reply that does not reach eos within
+  max_new_tokens is not.
 - Answer distributions. For one question the student's distribution over the 20 answers is its
   probability of each full completion (teacher.completion_text(i) tokens + eos, after
   [bos] + prompt), normalised over the 20. Per question kind, the student's and the teacher's
@@ -74,13 +74,13 @@ def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def reply_checks(records: Sequence, replies: Sequence[Sequence[int]], tokenizer) -> tuple[int, list[dict]]:
-    """(number of canonical replies, up to 5 examples of the others). A reply must end with eos."""
+    """(number of canonical replies, up to 5 examples of the others): data/teacher.canonical_reply."""
     canonical = 0
     bad = []
     for record, reply in zip(records, replies, strict=True):
         ended = bool(reply) and reply[-1] == tokenizer.eos_id
         text = tokenizer.decode(reply[:-1] if ended else reply)
-        if ended and teacher.is_canonical_reply(text):
+        if teacher.canonical_reply(reply, tokenizer) is not None:
             canonical += 1
         elif len(bad) < 5:
             bad.append({"question": record.question, "reply": text, "ended": ended})

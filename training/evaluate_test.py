@@ -55,19 +55,19 @@ def test_completion_logprobs_match_scoring_each_sequence_alone(toy):
     assert np.ptp(got) > 1.0  # the scores really differ between completions
 
 
-def test_reply_checks_accept_canonical_replies_that_end_with_eos(toy):
+def test_reply_checks_accept_only_an_answer_its_flair_and_eos(toy):
     tokenizer, records = toy
     eos = tokenizer.eos_id
     replies = [
-        tokenizer.encode(teacher.completion_text(3)) + [eos],  # answer + flair
-        tokenizer.encode(" " + teacher.ANSWERS[12]) + [eos],  # answer alone is canonical too
+        tokenizer.encode(teacher.completion_text(3)) + [eos],  # answer + flair: canonical
+        tokenizer.encode(" " + teacher.ANSWERS[12]) + [eos],  # answer without its flair: not
         tokenizer.encode(teacher.completion_text(5)),  # never ended
         tokenizer.encode(" It is certain") + [eos],  # no full stop: not an answer
     ]
     canonical, bad = evaluate.reply_checks(records[:4], replies, tokenizer)
-    assert canonical == 2
-    assert [b["ended"] for b in bad] == [False, True]
-    assert bad[1]["reply"] == " It is certain"
+    assert canonical == 1
+    assert [b["ended"] for b in bad] == [True, False, True]
+    assert bad[2]["reply"] == " It is certain"
 
 
 def test_distribution_metrics_average_per_kind_then_compare():
