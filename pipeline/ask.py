@@ -128,7 +128,7 @@ def _sampler() -> sampling.Settings | None:
 
 
 def _constrained(steps, trie: canonical_trie.CanonicalTrie):
-    """steps (training.decode.Steps) whose logits are masked to what the trie allows after the reply so far."""
+    """steps (training.decode.Steps) with logits masked to what the trie allows after the reply so far."""
     from training import decode
 
     class Constrained(decode.Steps):
