@@ -18,9 +18,13 @@ class FrozenRotary(model_lib.Rotary):
 
 
 class FrozenViewAttention(model_lib.Attention):
-    """Head split with view(b, t, ...) from int() sizes, as the reference pipeline wrote it."""
+    """Head split with view(b, t, ...) from int() sizes, as the reference pipeline wrote it.
 
-    def forward(self, x, cos, sin):
+    Whole-sequence forwards only (what the stateless exports trace): a cache is refused."""
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        if cache is not None:
+            raise NotImplementedError("the frozen-length student has no KV-cache path")
         b, t = int(x.shape[0]), int(x.shape[1])
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
