@@ -189,9 +189,7 @@ FULL_DISK = {
 
 @pytest.mark.parametrize("case", sorted(FULL_DISK))
 def test_a_full_disk_is_reported_and_leaves_nothing(case, tmp_path):
-    reason = mounts.unavailable()
-    if reason:
-        pytest.skip(reason)
+    mounts.require()
     make_flags, size, named = FULL_DISK[case]
     binary = case.removesuffix("_second_output")
     if size == "gguf_pages":

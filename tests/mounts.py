@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import tempfile
 
+import pytest
+
 from tests import harness
 
 # In the namespace: mount, run the command, then list what is left on the tmpfs (it vanishes after).
@@ -64,6 +66,16 @@ def unavailable() -> str | None:
         "`unshare --user --map-root-user --mount` needs unprivileged user namespaces "
         "(kernel.unprivileged_userns_clone=1); run the suite as root or enable user namespaces"
     )
+
+
+def require() -> None:
+    """Skips the calling test when no tmpfs can be mounted, naming why; under CI=true it fails
+    instead (CI must have a tmpfs: a skip there would read as a pass)."""
+    reason = unavailable()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    if reason:
+        pytest.skip(reason)
 
 
 @contextlib.contextmanager
