@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 
+from pipeline import shipped_env
+
 ENV = ("M8B_ASK", "M8B_TORCHSCRIPT_DECODER", "M8B_GGUF", "M8B_TOKENIZER", "M8B_METADATA")
 QUESTIONS = [
     "Will it rain tomorrow?",
@@ -28,13 +30,8 @@ HOT = ["--temperature=5", "--top_k=0", "--top_p=1"]
 
 @pytest.fixture(scope="module")
 def env():
-    missing = [name for name in ENV if not os.environ.get(name)]
-    if missing:
-        message = f"set {', '.join(missing)} (see the module docstring)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return {name: os.path.abspath(os.environ[name]) for name in ENV}
+    env = shipped_env.require(ENV)
+    return {name: os.path.abspath(path) for name, path in env.items()}
 
 
 def _ask(env, *args) -> str:

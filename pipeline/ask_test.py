@@ -15,18 +15,15 @@ import subprocess
 
 import pytest
 
+from pipeline import shipped_env
+
 ENV = ("M8B_ASK", "M8B_WEIGHTS", "M8B_METADATA", "M8B_DATASET", "M8B_TOKENIZER", "M8B_DECODER")
 QUESTIONS = 4
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    missing = [name for name in ENV if not os.environ.get(name)]
-    if missing:
-        message = f"set {', '.join(missing)} to the pipeline's artifacts (see the module docstring)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    env = shipped_env.require(ENV)
     import torch
 
     from data import dataset
@@ -34,7 +31,6 @@ def shipped():
     from training import checkpoint
 
     torch.set_num_threads(1)
-    env = {name: os.environ[name] for name in ENV}
     tokenizer = Tokenizer.load(env["M8B_TOKENIZER"])
     model, _ = checkpoint.load(env["M8B_WEIGHTS"], env["M8B_METADATA"], tokenizer.vocab_size)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)

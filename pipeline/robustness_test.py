@@ -27,6 +27,8 @@ import os
 import numpy as np
 import pytest
 
+from pipeline import shipped_env
+
 ENV = ("M8B_WEIGHTS", "M8B_METADATA", "M8B_DATASET", "M8B_TOKENIZER", "M8B_TORCHSCRIPT", "M8B_GGUF")
 MIN_GREEDY = 0.995  # issue 17: greedy replies to the OOD set
 MIN_SAMPLED = 0.99  # issue 17: one sampled reply per question at temperature 0.8, fixed seed
@@ -38,12 +40,7 @@ WORST = 10  # failures printed per backend and mode
 
 @pytest.fixture(scope="module")
 def shipped():
-    missing = [name for name in ENV if not os.environ.get(name)]
-    if missing:
-        message = f"set {', '.join(missing)} to the pipeline's artifacts (see the module docstring)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    env = shipped_env.require(ENV)
     import torch
 
     from conversion import torchscript
@@ -54,7 +51,6 @@ def shipped():
     from verify import gguf_check
 
     torch.set_num_threads(1)
-    env = {name: os.environ[name] for name in ENV}
     tokenizer = Tokenizer.load(env["M8B_TOKENIZER"])
     model, _ = checkpoint.load(env["M8B_WEIGHTS"], env["M8B_METADATA"], tokenizer.vocab_size)
     model.eval()
