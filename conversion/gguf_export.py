@@ -4,7 +4,7 @@ Layout: llama.cpp's "llama" architecture with GQA, SwiGLU, RMSNorm and RoPE, and
 tokenizer.ggml.model = "llama" (SPM; data/tokenizer.py reproduces its ids exactly).
 
 RoPE. The student rotates HF-style: the two halves of each head form the rotation pairs
-(training/model.py rotate_half). llama.cpp's llama architecture rotates adjacent pairs (0,1), (2,3),
+(training/model.py rope). llama.cpp's llama architecture rotates adjacent pairs (0,1), (2,3),
 ... So the rows of the Q and K projections are permuted, per head, from [half 0 | half 1] to
 interleaved order, exactly as llama.cpp's own HF converter does. Attention scores are dot products
 over a head's dimensions, so the same permutation on Q and K leaves them unchanged; V and the output

@@ -8,7 +8,7 @@ import torch
 from common.errors import InputError
 from conversion import gguf_export
 from data import generate
-from training.model import ModelConfig, Student, init_weights, rotate_half
+from training.model import ModelConfig, Student, init_weights, rope
 from verify import gguf_check
 
 torch.set_num_threads(1)
@@ -73,8 +73,9 @@ def test_permute_rows_turns_half_rotation_into_llama_cpp_pair_rotation():
     heads, head_dim = 2, 8
     x = torch.randn(heads * head_dim, generator=torch.Generator().manual_seed(0))
     angle = torch.linspace(0.1, 1.3, head_dim // 2)
-    cos, sin = torch.cat((angle.cos(), angle.cos())), torch.cat((angle.sin(), angle.sin()))
-    hf = (x.view(heads, head_dim) * cos + rotate_half(x.view(heads, head_dim)) * sin).reshape(-1)
+    # The tables as training/model.py's Rotary holds them (its sin carries rope's signs).
+    cos, sin = torch.cat((angle.cos(), angle.cos())), torch.cat((-angle.sin(), angle.sin()))
+    hf = rope(x.view(heads, head_dim), cos, sin).reshape(-1)
     # llama.cpp (rope type NORM): pair (2i, 2i+1) rotates by angle i.
     pairs = torch.from_numpy(gguf_export.permute_rows(x.numpy()[:, None], heads)[:, 0]).view(heads, -1, 2)
     a, b = pairs[..., 0], pairs[..., 1]

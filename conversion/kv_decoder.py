@@ -4,8 +4,9 @@
     keys, values: float32 [n_layers, 1, n_kv_heads, max_seq_len, head_dim]
 
 `input_ids` are the S tokens at positions pos..pos+S-1: a prompt (prefill, pos 0) or one new token
-(decode). The caches are updated in place and returned (training/model.py, FixedKVCache; its layout
-and sizes come from the checkpoint's config, which the contract pins by digest). pos + S must not
+(decode). The caches are updated in place and returned (training/model.py, PrefixKVCache: the
+stateful Core ML package's FixedKVCache layout in fewer operators per step; the layout and sizes
+come from the checkpoint's config, which the contract pins by digest). pos + S must not
 exceed max_seq_len: `TorchScriptSteps` checks that before each call, since a slice past the end
 would shrink silently. A new sequence starts again at pos 0; the old entries need no reset
 (docs/architecture.md, "KV cache").
@@ -22,14 +23,14 @@ import torch
 
 from common.errors import InputError
 from training.decode import Steps
-from training.model import FixedKVCache, Student
+from training.model import FixedKVCache, PrefixKVCache, Student
 
 TOLERANCE = 1e-4  # largest logit difference to eager the export accepts, as conversion/torchscript.py
 _EXAMPLE_LENGTH, _EXAMPLE_POS = 3, 2  # traced at these; checked at others
 
 
 class Decoder(torch.nn.Module):
-    """The module docstring's signature around Student.forward with a FixedKVCache."""
+    """The module docstring's signature around Student.forward with a PrefixKVCache."""
 
     def __init__(self, model: Student):
         super().__init__()
@@ -38,7 +39,7 @@ class Decoder(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.model(input_ids, FixedKVCache(keys, values, pos))
+        logits = self.model(input_ids, PrefixKVCache(keys, values, pos))
         return logits, keys, values
 
 

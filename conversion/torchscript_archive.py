@@ -32,16 +32,13 @@ ALLOWED_OPS = frozenset(
     | {
         f"torch.{name}"
         for name in (
-            "add cat chunk embedding flatten linear mean mul neg pow repeat_interleave rsqrt "
+            "add embedding flatten linear mean mul pow repeat_interleave roll rsqrt "
             "scaled_dot_product_attention silu size slice to transpose unflatten"
         ).split()
     }
     # The decoder's fixed-size KV cache (conversion/kv_decoder.py): positions and mask from the pos
-    # tensor, slice writes into the cache tensors it was handed.
-    | {
-        f"torch.{name}"
-        for name in "arange copy_ cumsum device index le ones_like repeat select sub unsqueeze".split()
-    }
+    # tensor, index_copy_ writes into the cache tensors it was handed.
+    | {f"torch.{name}" for name in "arange device index index_copy_ le repeat select unsqueeze".split()}
 )
 _ALLOWED_BUILTINS = frozenset({"getattr", "int", "float", "bool", "len", "annotate", "unchecked_cast"})
 

@@ -43,11 +43,15 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    # HF llama convention: the two halves of each head form the rotation pairs.
-    # The GGUF exporter permutes Q/K rows into llama.cpp's interleaved pairs.
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [..., S, D] with Rotary's tables cos, sin [S, D].
+
+    HF llama convention: the two halves of each head form the rotation pairs, x1 * cos - x2 * sin and
+    x2 * cos + x1 * sin. The minus sign is stored in Rotary's sin table, so rotating the halves is one
+    roll: four operators instead of six, which counts in a one-token decode step. The GGUF exporter
+    permutes Q/K rows into llama.cpp's interleaved pairs.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 class Rotary(nn.Module):
@@ -64,7 +68,10 @@ class Rotary(nn.Module):
         freqs = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)  # [max_seq_len, head_dim]
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # -sin for the first half, +sin for the second: the signs rope() needs (negation is exact).
+        half = head_dim // 2
+        signed_sin = torch.cat((-angles[:, :half].sin(), angles[:, half:].sin()), dim=-1)
+        self.register_buffer("sin", signed_sin.float(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The slice end is the traced runtime length, never int(T), so exports stay dynamic.
@@ -102,8 +109,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = rope(q, cos, sin)
+        k = rope(k, cos, sin)
         # Grouped-query attention: each KV head serves groups = n_heads // n_kv_heads query heads
         # (query head h uses KV head h // groups).
         groups = self.n_heads // self.n_kv_heads
@@ -291,8 +298,9 @@ class FixedKVCache:
         return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
 
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # pos, pos+1, ..., pos+S-1 from the input's runtime length (a cumsum, not arange(int(S))).
-        return self.pos + torch.ones_like(input_ids[0]).cumsum(0) - 1
+        # pos, pos+1, ..., pos+S-1 from the input's runtime length (the trace keeps arange's end
+        # dynamic; arange(int(S)) would freeze it).
+        return self.pos + torch.arange(input_ids.shape[-1])
 
     def mask(self, positions: torch.Tensor) -> torch.Tensor:
         slots = torch.arange(self.keys.shape[3])  # [max_seq_len], a constant
@@ -303,6 +311,33 @@ class FixedKVCache:
         self.keys[layer, :, :, self.pos : end] = k
         self.values[layer, :, :, self.pos : end] = v
         return self.keys[layer].to(k.dtype), self.values[layer].to(v.dtype)
+
+
+
+class PrefixKVCache(FixedKVCache):
+    """FixedKVCache's layout and contract in fewer operators: the TorchScript decoder's cache.
+
+    A one-token step of this small student costs about as much in operator dispatch as in
+    arithmetic. So each layer writes with one index_copy_ per tensor instead of a chain of slices,
+    and attends over the pos+S slots written so far instead of all max_seq_len. Core ML's converter
+    takes neither (no index_copy_; a state slice needs a constant start), so the stateful package
+    keeps FixedKVCache. The outputs are FixedKVCache's: the slots left out are the masked ones.
+    """
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.written = super().positions(input_ids)  # [S]: the slots this call writes
+        self.end = self.pos + input_ids.shape[-1]  # [1]: the slots filled after it
+        return self.written
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        slots = torch.arange(self.keys.shape[3])[: self.end]
+        return slots[None, :] <= positions[:, None]  # [S, pos+S]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, self.written, k.to(keys.dtype))
+        values.index_copy_(2, self.written, v.to(values.dtype))
+        return keys[:, :, : self.end].to(k.dtype), values[:, :, : self.end].to(v.dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

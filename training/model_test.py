@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.model import FixedKVCache, KVCache, ModelConfig, Student, init_weights
+from training.model import FixedKVCache, KVCache, ModelConfig, PrefixKVCache, Student, init_weights
 
 CFG = ModelConfig(
     vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=64
@@ -84,8 +84,13 @@ def test_a_packed_tree_scores_each_continuation_as_if_alone_and_leaves_the_cache
     assert cache.length == 5
 
 
+# PrefixKVCache is FixedKVCache's contract in fewer operators: every test holds for both.
+FIXED_CACHES = pytest.mark.parametrize("fixed", [FixedKVCache, PrefixKVCache])
+
+
+@FIXED_CACHES
 @torch.no_grad()
-def test_fixed_cache_to_the_last_slot_matches_the_full_forward_pass():
+def test_fixed_cache_to_the_last_slot_matches_the_full_forward_pass(fixed):
     model = _model()
     ids = _ids(1, CFG.max_seq_len, 8)
     full = model(ids)
@@ -93,9 +98,9 @@ def test_fixed_cache_to_the_last_slot_matches_the_full_forward_pass():
     # Garbage in every slot, as a previous sequence leaves it: slots at or after pos are never read.
     keys.normal_(generator=torch.Generator().manual_seed(0))
     values.normal_(generator=torch.Generator().manual_seed(1))
-    _close(model(ids[:, :7], FixedKVCache(keys, values, torch.tensor([0]))), full[:, :7])
+    _close(model(ids[:, :7], fixed(keys, values, torch.tensor([0]))), full[:, :7])
     for pos in range(7, CFG.max_seq_len):
-        got = model(ids[:, pos : pos + 1], FixedKVCache(keys, values, torch.tensor([pos])))
+        got = model(ids[:, pos : pos + 1], fixed(keys, values, torch.tensor([pos])))
         _close(got[:, 0], full[:, pos])
     grown = KVCache()
     model(ids, grown)
@@ -104,16 +109,17 @@ def test_fixed_cache_to_the_last_slot_matches_the_full_forward_pass():
         _close(values[layer], v)
 
 
+@FIXED_CACHES
 @torch.no_grad()
-def test_fixed_cache_in_float16_stays_close():
+def test_fixed_cache_in_float16_stays_close(fixed):
     # The Core ML state is an fp16 buffer: the same code with fp16 cache tensors.
     model = _model()
     ids = _ids(1, 20, 9)
     full = model(ids)
     keys, values = FixedKVCache.empty(CFG, dtype=torch.float16)
-    model(ids[:, :4], FixedKVCache(keys, values, torch.tensor([0])))
+    model(ids[:, :4], fixed(keys, values, torch.tensor([0])))
     for pos in range(4, 20):
-        got = model(ids[:, pos : pos + 1], FixedKVCache(keys, values, torch.tensor([pos])))
+        got = model(ids[:, pos : pos + 1], fixed(keys, values, torch.tensor([pos])))
         _close(got[:, 0], full[:, pos], tol=5e-2)
     assert keys.dtype == torch.float16 and keys[:, :, :, :20].abs().sum() > 0
 
@@ -121,20 +127,21 @@ def test_fixed_cache_in_float16_stays_close():
 class _Decoder(torch.nn.Module):
     """(ids [1, S], pos [1], keys, values) -> (logits [1, S, V], keys, values): the shape of an export."""
 
-    def __init__(self, model: Student):
+    def __init__(self, model: Student, fixed):
         super().__init__()
-        self.model = model
+        self.model, self.fixed = model, fixed
 
     def forward(self, ids, pos, keys, values):
-        return self.model(ids, FixedKVCache(keys, values, pos)), keys, values
+        return self.model(ids, self.fixed(keys, values, pos)), keys, values
 
 
+@FIXED_CACHES
 @torch.no_grad()
-def test_fixed_cache_path_traces_with_a_dynamic_position_and_length():
+def test_fixed_cache_path_traces_with_a_dynamic_position_and_length(fixed):
     model = _model()
     keys, values = FixedKVCache.empty(CFG)
     example = (torch.zeros(1, 5, dtype=torch.int32), torch.tensor([3]), keys, values)
-    traced = torch.jit.trace(_Decoder(model), example, check_trace=False)
+    traced = torch.jit.trace(_Decoder(model, fixed), example, check_trace=False)
     ids = _ids(1, 30, 10)
     full = model(ids)
     keys, values = FixedKVCache.empty(CFG)
@@ -145,14 +152,15 @@ def test_fixed_cache_path_traces_with_a_dynamic_position_and_length():
         _close(logits[:, 0], full[:, pos])
 
 
+@FIXED_CACHES
 @pytest.mark.parametrize("tie", [False, True])
 @torch.no_grad()
-def test_batched_rows_decode_independently(tie):
+def test_batched_rows_decode_independently(tie, fixed):
     cfg = ModelConfig(**{**CFG.to_dict(), "tie_embeddings": tie})
     model = Student(cfg)
     init_weights(model, 2)
     ids = _ids(4, 10, 11)
     full = model(ids)
     keys, values = FixedKVCache.empty(cfg, batch=4)
-    _close(model(ids[:, :6], FixedKVCache(keys, values, torch.tensor([0]))), full[:, :6])
-    _close(model(ids[:, 6:], FixedKVCache(keys, values, torch.tensor([6]))), full[:, 6:])
+    _close(model(ids[:, :6], fixed(keys, values, torch.tensor([0]))), full[:, :6])
+    _close(model(ids[:, 6:], fixed(keys, values, torch.tensor([6]))), full[:, 6:])

@@ -29,8 +29,7 @@ class FrozenViewAttention(model_lib.Attention):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + model_lib.rotate_half(q) * sin
-        k = k * cos + model_lib.rotate_half(k) * sin
+        q, k = model_lib.rope(q, cos, sin), model_lib.rope(k, cos, sin)
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
