@@ -318,26 +318,28 @@ class PrefixKVCache(FixedKVCache):
     """FixedKVCache's layout and contract in fewer operators: the TorchScript decoder's cache.
 
     A one-token step of this small student costs about as much in operator dispatch as in
-    arithmetic. So each layer writes with one index_copy_ per tensor instead of a chain of slices,
-    and attends over the pos+S slots written so far instead of all max_seq_len. Core ML's converter
-    takes neither (no index_copy_; a state slice needs a constant start), so the stateful package
-    keeps FixedKVCache. The outputs are FixedKVCache's: the slots left out are the masked ones.
+    arithmetic. So each layer writes with one index_copy_ per tensor instead of a chain of slices
+    and casts, and attends over the pos+S slots written so far (a view) instead of all
+    max_seq_len. Core ML's converter takes neither (no index_copy_; a state slice needs a constant
+    start), so the stateful package keeps FixedKVCache. The outputs are FixedKVCache's: the slots
+    left out are the masked ones. Unlike FixedKVCache, keys and values must have the model's dtype.
     """
 
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         self.written = super().positions(input_ids)  # [S]: the slots this call writes
-        self.end = self.pos + input_ids.shape[-1]  # [1]: the slots filled after it
+        self.end = self.pos + input_ids.shape[-1]  # [1]: slots 0..end-1 are filled after this call
         return self.written
 
     def mask(self, positions: torch.Tensor) -> torch.Tensor:
-        slots = torch.arange(self.keys.shape[3])[: self.end]
-        return slots[None, :] <= positions[:, None]  # [S, pos+S]
+        # [pos+S] <= [S, 1] -> [S, pos+S]; indexing that names only what it changes (every `:` a
+        # trace records is one more operator per step).
+        return torch.arange(self.keys.shape[3])[: self.end] <= positions.unsqueeze(1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer], self.values[layer]
-        keys.index_copy_(2, self.written, k.to(keys.dtype))
-        values.index_copy_(2, self.written, v.to(values.dtype))
-        return keys[:, :, : self.end].to(k.dtype), values[:, :, : self.end].to(v.dtype)
+        keys.index_copy_(2, self.written, k)
+        values.index_copy_(2, self.written, v)
+        return keys[..., : self.end, :], values[..., : self.end, :]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -109,17 +109,16 @@ def test_fixed_cache_to_the_last_slot_matches_the_full_forward_pass(fixed):
         _close(values[layer], v)
 
 
-@FIXED_CACHES
 @torch.no_grad()
-def test_fixed_cache_in_float16_stays_close(fixed):
+def test_fixed_cache_in_float16_stays_close():
     # The Core ML state is an fp16 buffer: the same code with fp16 cache tensors.
     model = _model()
     ids = _ids(1, 20, 9)
     full = model(ids)
     keys, values = FixedKVCache.empty(CFG, dtype=torch.float16)
-    model(ids[:, :4], fixed(keys, values, torch.tensor([0])))
+    model(ids[:, :4], FixedKVCache(keys, values, torch.tensor([0])))
     for pos in range(4, 20):
-        got = model(ids[:, pos : pos + 1], fixed(keys, values, torch.tensor([pos])))
+        got = model(ids[:, pos : pos + 1], FixedKVCache(keys, values, torch.tensor([pos])))
         _close(got[:, 0], full[:, pos], tol=5e-2)
     assert keys.dtype == torch.float16 and keys[:, :, :, :20].abs().sum() > 0
 
