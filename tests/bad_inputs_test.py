@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from tests import harness, mounts, spoil
@@ -39,6 +40,7 @@ def _outputs(binary: str, out: str) -> dict:
         "export_gguf": {"out": o("magic-8-ball.gguf"), "modelfile_out": o("Modelfile")},
         "verify_contracts": {"out_report": o("report.json")},
         "ask": {},
+        "run_mlpackage": {"out": o("outputs.npz"), "state_out": o("state.npz")},
     }[binary]
 
 
@@ -78,6 +80,7 @@ def _inputs(binary: str, s: spoil.Spoiler) -> dict:
             **harness.ask_flags(),
             "max_new_tokens": 4,
         },
+        "run_mlpackage": {"mlpackage": A("mlpackage_stateful"), "inputs": s.feeds},
     }[binary]
 
 
@@ -924,7 +927,88 @@ CASES = [
         "{gguf}",
         "version",
     ),
+    # run_mlpackage: the stateful package once, its feeds and states as .npz files.
+    _case(
+        "run_mlpackage",
+        "state of the wrong shape",
+        lambda s, o: {"state_in": _npz(s, "short_cache.npz", k_cache=_cache(128), v_cache=_cache(256))},
+        "--state_in",
+        "state 'k_cache' is float16 (2, 1, 2, 128, 32)",
+    ),
+    _case(
+        "run_mlpackage",
+        "state missing",
+        lambda s, o: {"state_in": _npz(s, "k_only.npz", k_cache=_cache(256))},
+        "--state_in",
+        "['v_cache']",
+    ),
+    _case(
+        "run_mlpackage",
+        "state for a stateless package",
+        lambda s, o: {
+            "mlpackage": A("mlpackage"),
+            "state_in": _npz(s, "any_state.npz", k_cache=_cache(256), v_cache=_cache(256)),
+        },
+        "{mlpackage}",
+        "has no states",
+    ),
+    _case(
+        "run_mlpackage",
+        "input length not enumerated",
+        lambda s, o: {
+            "inputs": _npz(
+                s, "three.npz", input_ids=np.zeros((1, 3), np.int32), position=np.zeros(1, np.int32)
+            )
+        },
+        "--inputs",
+        "'input_ids' is int32 (1, 3)",
+    ),
+    _case(
+        "run_mlpackage",
+        "inputs pickled",
+        lambda s, o: {"inputs": _npz(s, "objects.npz", input_ids=np.array([{"x": 1}], dtype=object))},
+        "{inputs}",
+        "Python objects",
+    ),
+    _case(
+        "run_mlpackage",
+        "inputs not npz",
+        lambda s, o: {"inputs": s.empty("empty.npz")},
+        "{inputs}",
+        "not an .npz",
+    ),
+    _case(
+        "run_mlpackage",
+        "inputs missing",
+        lambda s, o: {"inputs": s.missing("absent.npz")},
+        "--inputs",
+        "not found",
+    ),
+    _case(
+        "run_mlpackage",
+        "no package",
+        lambda s, o: {"mlpackage": s.missing("absent.mlpackage")},
+        "--mlpackage",
+    ),
+    _case(
+        "run_mlpackage",
+        "same output twice",
+        lambda s, o: {"state_out": os.path.join(o, "outputs.npz")},
+        "--out and --state_out",
+        "same file",
+    ),
 ]
+
+
+def _npz(s, name, **arrays):
+    path = s.path(name)
+    np.savez(path, **arrays)
+    return path
+
+
+def _cache(length):
+    """A KV-cache state of the stateful package's layout with `length` slots (the package has 256)."""
+    return np.zeros((2, 1, 2, length, 32), np.float16)
 
 
 def _contract_vocab(vocab):
@@ -949,6 +1033,7 @@ def _escape_manifest(path):
 def spoiler(tmp_path_factory):
     s = spoil.Spoiler(str(tmp_path_factory.mktemp("spoiled")))
     s.small = spoil.small_dataset(A("dataset"), s.path("kd_small.jsonl"))
+    s.feeds = _npz(s, "feeds.npz", input_ids=np.array([[5]], np.int32), position=np.array([0], np.int32))
     return s
 
 

@@ -24,6 +24,7 @@ BINARIES = {
     "export_gguf": "conversion/export_gguf",
     "verify_contracts": "verify/verify_contracts",
     "ask": "pipeline/ask",
+    "run_mlpackage": "verify/run_mlpackage",
 }
 
 # The pipeline's own artifacts (built by `bazel test` anyway): the good inputs every case spoils one of.

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ from common.errors import InputError
 from conversion import torchscript, torchscript_archive
 from tests import harness, spoil
 from training import checkpoint
-from verify import gguf_check, mil_executor
+from verify import gguf_check, mil_executor, npz_arrays
 
 A = harness.artifact
 # Scripting the payload modules is the point here, deprecated or not.
@@ -201,6 +202,8 @@ LOADERS = {
     "mlpackage_weights": _load_mlpackage_weights,
     "mlpackage_model": _load_mlpackage_model,
     "mlpackage_manifest": _load_mlpackage_manifest,
+    # run_mlpackage's feeds and states (verify/npz_arrays.py), with a check that accepts anything.
+    "npz": lambda path, spoiler: npz_arrays.read(path, lambda name, shape, dtype: None),
 }
 
 
@@ -237,7 +240,15 @@ BINARY_SLOTS = [
     ("ask", "torchscript_decoder"),
     ("ask", "gguf"),
     ("ask", "tokenizer"),
+    ("run_mlpackage", "inputs"),
+    ("run_mlpackage", "state_in"),
 ]
+
+
+def _feeds(path: str) -> str:
+    """Good feeds for the stateful package: one token at position 0."""
+    np.savez(path, input_ids=np.array([[5]], np.int32), position=np.array([0], np.int32))
+    return path
 
 
 def _binary_flags(binary: str, spoiler, out: str) -> dict:
@@ -291,6 +302,12 @@ def _binary_flags(binary: str, spoiler, out: str) -> dict:
         },
         "ask": {
             **harness.ask_flags(),
+        },
+        "run_mlpackage": {
+            "mlpackage": A("mlpackage_stateful"),
+            "inputs": _feeds(spoiler.path("feeds.npz")),
+            "out": os.path.join(out, "outputs.npz"),
+            "state_out": os.path.join(out, "state.npz"),
         },
     }[binary]
 

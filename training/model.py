@@ -313,7 +313,6 @@ class FixedKVCache:
         return self.keys[layer].to(k.dtype), self.values[layer].to(v.dtype)
 
 
-
 class PrefixKVCache(FixedKVCache):
     """FixedKVCache's layout and contract in fewer operators: the TorchScript decoder's cache.
 
