@@ -23,7 +23,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch
 from absl import flags, logging
 
-from bench import executor_decode, forward_latency, generation_speed, stages, table, training_speed
+from bench import (
+    decode_bound,
+    executor_decode,
+    forward_latency,
+    generation_speed,
+    stages,
+    table,
+    training_speed,
+)
 from common import cli
 from common.errors import InputError
 from conversion import torchscript
@@ -92,6 +100,7 @@ def main(argv: list[str]) -> None:
     if "generation" not in FLAGS.skip:
         logging.info("generation rows")
         rows += generation_speed.measure(model, tokenizer, 8, FLAGS.new_tokens, FLAGS.repeats, threads=1)
+        rows += decode_bound.measure(model, tokenizer, 8, FLAGS.new_tokens, FLAGS.repeats)
     if "executor" not in FLAGS.skip:
         logging.info("MIL executor decode rows")
         for name in ("mlpackage", "mlpackage_stateful"):
