@@ -4,11 +4,11 @@
     keys, values: float32 [n_layers, 1, n_kv_heads, max_seq_len, head_dim]
 
 `input_ids` are the S tokens at positions pos..pos+S-1: a prompt (prefill, pos 0) or one new token
-(decode). The caches are updated in place and returned (training/model.py, PrefixKVCache: the
-stateful Core ML package's FixedKVCache layout in fewer operators per step; the layout and sizes
-come from the checkpoint's config, which the contract pins by digest). pos + S must not
-exceed max_seq_len: `TorchScriptSteps` checks that before each call, since a slice past the end
-would shrink silently. A new sequence starts again at pos 0; the old entries need no reset
+(decode). The caches are updated in place and returned (training/model.py, IndexedKVCache: the
+stateful Core ML package's FixedKVCache, written with fewer operators per step; the layout and
+sizes come from the checkpoint's config, which the contract pins by digest). pos + S must not
+exceed max_seq_len: `TorchScriptSteps` checks that before each call, with a clear error instead
+of index_copy_'s. A new sequence starts again at pos 0; the old entries need no reset
 (docs/architecture.md, "KV cache").
 
 One trace serves every S and pos (no int() on shapes, positions from the pos tensor); export()
@@ -23,14 +23,14 @@ import torch
 
 from common.errors import InputError
 from training.decode import Steps
-from training.model import FixedKVCache, PrefixKVCache, Student
+from training.model import FixedKVCache, IndexedKVCache, Student
 
 TOLERANCE = 1e-4  # largest logit difference to eager the export accepts, as conversion/torchscript.py
 _EXAMPLE_LENGTH, _EXAMPLE_POS = 3, 2  # traced at these; checked at others
 
 
 class Decoder(torch.nn.Module):
-    """The module docstring's signature around Student.forward with a PrefixKVCache."""
+    """The module docstring's signature around Student.forward with an IndexedKVCache."""
 
     def __init__(self, model: Student):
         super().__init__()
@@ -39,7 +39,7 @@ class Decoder(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.model(input_ids, PrefixKVCache(keys, values, pos))
+        logits = self.model(input_ids, IndexedKVCache(keys, values, pos))
         return logits, keys, values
 
 
@@ -90,12 +90,15 @@ class TorchScriptSteps(Steps):
 
 
 def trace(model: Student) -> torch.jit.ScriptModule:
-    """The decoder as shipped: traced, then frozen and optimized for inference.
+    """The decoder as shipped: traced, then frozen.
 
-    Freezing inlines the weights as constants, so a step no longer walks the module tree (about
-    25 submodule calls); torch.jit.optimize_for_inference then stores each linear weight
-    pre-transposed for a plain matmul. Together about a tenth of a decode step here. The file stays
-    byte-reproducible. The stateless magic-8-ball.pt is a plain trace (conversion/torchscript.py).
+    Freezing inlines the weights as constants, so a step no longer walks the module tree (about 25
+    submodule calls) and computes exactly what the trace computes. torch.jit.optimize_for_inference
+    would save a few percent more by pre-transposing each linear weight for a plain matmul, but it
+    changes the rounding of every product, and the decode parity's tail metrics move with it (a
+    variant that also attended over the written slots only exceeded the decode KL bound on the
+    512-position student). The file stays byte-reproducible. The stateless magic-8-ball.pt is a plain trace
+    (conversion/torchscript.py).
     """
     from conversion import torchscript
 
@@ -108,7 +111,7 @@ def trace(model: Student) -> torch.jit.ScriptModule:
     )
     with torchscript.fresh_jit_types(), torch.no_grad():
         traced = torch.jit.trace(Decoder(model.eval()), example, check_trace=False, _store_inputs=False)
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        return torch.jit.freeze(traced.eval())
 
 
 def check_against_eager(

@@ -37,12 +37,8 @@ ALLOWED_OPS = frozenset(
         ).split()
     }
     # The decoder's fixed-size KV cache (conversion/kv_decoder.py): positions and mask from the pos
-    # tensor, index_copy_ writes into the cache tensors it was handed; frozen, its linear layers are
-    # matmuls with pre-transposed weights.
-    | {
-        f"torch.{name}"
-        for name in "arange device index index_copy_ le matmul repeat select unsqueeze".split()
-    }
+    # tensor, index_copy_ writes into the cache tensors it was handed.
+    | {f"torch.{name}" for name in "arange device index index_copy_ le repeat select unsqueeze".split()}
 )
 _ALLOWED_BUILTINS = frozenset({"getattr", "int", "float", "bool", "len", "annotate", "unchecked_cast"})
 

@@ -303,8 +303,9 @@ class FixedKVCache:
         return self.pos + torch.arange(input_ids.shape[-1])
 
     def mask(self, positions: torch.Tensor) -> torch.Tensor:
-        slots = torch.arange(self.keys.shape[3])  # [max_seq_len], a constant
-        return slots[None, :] <= positions[:, None]  # [S, max_seq_len]
+        # [max_seq_len] <= [S, 1] -> [S, max_seq_len]. unsqueeze, not [:, None]: every `:` a trace
+        # records is one more operator per decode step.
+        return torch.arange(self.keys.shape[3]) <= positions.unsqueeze(1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.shape[2]
@@ -313,32 +314,27 @@ class FixedKVCache:
         return self.keys[layer].to(k.dtype), self.values[layer].to(v.dtype)
 
 
-class PrefixKVCache(FixedKVCache):
-    """FixedKVCache's layout and contract in fewer operators: the TorchScript decoder's cache.
+class IndexedKVCache(FixedKVCache):
+    """FixedKVCache written with index_copy_: the TorchScript decoder's cache.
 
     A one-token step of this small student costs about as much in operator dispatch as in
-    arithmetic. So each layer writes with one index_copy_ per tensor instead of a chain of slices
-    and casts, and attends over the pos+S slots written so far (a view) instead of all
-    max_seq_len. Core ML's converter takes neither (no index_copy_; a state slice needs a constant
-    start), so the stateful package keeps FixedKVCache. The outputs are FixedKVCache's: the slots
-    left out are the masked ones. Unlike FixedKVCache, keys and values must have the model's dtype.
+    arithmetic, and FixedKVCache's write is a chain of eight slices, casts and copies per layer
+    (the slice write Core ML's converter turns into a state update). This one writes with one
+    index_copy_ per tensor and returns the cache tensors as they are, so keys and values must
+    have the model's dtype. Everything else, the attention over all max_seq_len slots included, is
+    FixedKVCache's, so the outputs are bit for bit the same. Core ML's converter has no
+    index_copy_: the stateful package keeps FixedKVCache.
     """
 
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         self.written = super().positions(input_ids)  # [S]: the slots this call writes
-        self.end = self.pos + input_ids.shape[-1]  # [1]: slots 0..end-1 are filled after this call
         return self.written
-
-    def mask(self, positions: torch.Tensor) -> torch.Tensor:
-        # [pos+S] <= [S, 1] -> [S, pos+S]; indexing that names only what it changes (every `:` a
-        # trace records is one more operator per step).
-        return torch.arange(self.keys.shape[3])[: self.end] <= positions.unsqueeze(1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer], self.values[layer]
         keys.index_copy_(2, self.written, k)
         values.index_copy_(2, self.written, v)
-        return keys[..., : self.end, :], values[..., : self.end, :]
+        return keys, values
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.model import FixedKVCache, KVCache, ModelConfig, PrefixKVCache, Student, init_weights
+from training.model import FixedKVCache, IndexedKVCache, KVCache, ModelConfig, Student, init_weights
 
 CFG = ModelConfig(
     vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=64
@@ -84,8 +84,8 @@ def test_a_packed_tree_scores_each_continuation_as_if_alone_and_leaves_the_cache
     assert cache.length == 5
 
 
-# PrefixKVCache is FixedKVCache's contract in fewer operators: every test holds for both.
-FIXED_CACHES = pytest.mark.parametrize("fixed", [FixedKVCache, PrefixKVCache])
+# IndexedKVCache is FixedKVCache written with index_copy_: every test holds for both.
+FIXED_CACHES = pytest.mark.parametrize("fixed", [FixedKVCache, IndexedKVCache])
 
 
 @FIXED_CACHES
