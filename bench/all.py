@@ -101,6 +101,7 @@ def main(argv: list[str]) -> None:
         logging.info("generation rows")
         rows += generation_speed.measure(model, tokenizer, 8, FLAGS.new_tokens, FLAGS.repeats, threads=1)
         rows += decode_bound.measure(model, tokenizer, 8, FLAGS.new_tokens, FLAGS.repeats)
+        rows += generation_speed.measure_long_context(model, FLAGS.new_tokens, FLAGS.repeats)
     if "executor" not in FLAGS.skip:
         logging.info("MIL executor decode rows")
         for name in ("mlpackage", "mlpackage_stateful"):

@@ -12,7 +12,9 @@ work). Four ways to decode, trials alternating:
   llama.cpp full     llama.cpp, full recompute per token (the same work as TorchScript)
   llama.cpp kv       llama.cpp with its KV cache, one new token per step (how Ollama runs it)
 and, with the KV cache, each other GGUF variant the pipeline ships (f16, Q8_0, Q4_0 weights,
-conversion/gguf_quant.py), each against the f32 file in the same trials.
+conversion/gguf_quant.py), each against the f32 file in the same trials. measure_long_context()
+runs the two TorchScript ways again after prompts that fill the context to within the new tokens
+of its end, where full recompute costs the most.
 """
 
 import os
@@ -85,6 +87,50 @@ def llama_kv_greedy(llama, prompt_ids, new_tokens):
     return out
 
 
+def _rates(methods: dict, inputs, new_tokens: int, repeats: int) -> dict[str, list[float]]:
+    """New tokens/s of each method over all inputs, `repeats` times, the methods taking turns."""
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            for p in inputs:
+                run(p)
+            rates[name].append(len(inputs) * new_tokens / (time.perf_counter() - start))
+    return rates
+
+
+def long_context_rows(prompt_length: int) -> tuple[str, str]:
+    return (
+        f"generation, {prompt_length}-token prompt: TorchScript (full recompute)",
+        f"generation, {prompt_length}-token prompt: TorchScript (KV cache)",
+    )
+
+
+def measure_long_context(model, new_tokens: int, repeats: int, prompts: int = 2) -> list[Row]:
+    """The two TorchScript rows again after prompts that fill the context to new_tokens from its end:
+    where a KV cache pays. The prompts are random token ids, since only their length matters here."""
+    length = model.cfg.max_seq_len - new_tokens
+    if length < 1 or new_tokens < 1 or repeats < 1:
+        raise InputError(f"new tokens: 1 to {model.cfg.max_seq_len - 1} (max_seq_len - 1), repeats >= 1")
+    generator = torch.Generator().manual_seed(0)
+    inputs = [
+        torch.randint(0, model.cfg.vocab_size, (length,), generator=generator).tolist()
+        for _ in range(prompts)
+    ]
+    module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
+    steps = kv_decoder.TorchScriptSteps(kv_decoder.trace(model), model.cfg)
+    full, cached = long_context_rows(length)
+    methods = {
+        full: lambda p: torchscript_greedy(module, p, new_tokens),
+        cached: lambda p: torchscript_kv_greedy(steps, p, new_tokens),
+    }
+    replies = {name: [run(p) for p in inputs] for name, run in methods.items()}  # and warm up
+    if replies[cached] != replies[full]:
+        raise AssertionError("the TorchScript decoder's greedy replies differ from full recompute's")
+    rates = _rates(methods, inputs, new_tokens, repeats)
+    return [Row(full, "tokens/s", tuple(rates[full])), Row(cached, "tokens/s", tuple(rates[cached]), full)]
+
+
 def measure(
     model, tokenizer, prompts: int, new_tokens: int, repeats: int, threads: int, dtype: str = "f32"
 ) -> list[Row]:
@@ -126,13 +172,7 @@ def measure(
     logging.info("llama.cpp kv greedy reply equals TorchScript's on %d/%d prompts", same, len(inputs))
     if replies[TORCHSCRIPT_KV] != replies[TORCHSCRIPT]:
         raise AssertionError("the TorchScript decoder's greedy replies differ from full recompute's")
-    rates: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, run in methods.items():
-            start = time.perf_counter()
-            for p in inputs:
-                run(p)
-            rates[name].append(len(inputs) * new_tokens / (time.perf_counter() - start))
+    rates = _rates(methods, inputs, new_tokens, repeats)
     logging.info("generation: %d prompts x %d new tokens, %d thread(s)", len(inputs), new_tokens, threads)
     return [
         Row(TORCHSCRIPT, "tokens/s", tuple(rates[TORCHSCRIPT])),
