@@ -54,8 +54,8 @@ class TorchScriptSteps(Steps):
         self.decoder, self.cfg = decoder, cfg
         self.keys, self.values = empty_cache(cfg)
         self.pos = 0
-        # A decode step's inputs, made once and rewritten in place through NumPy views: two new
-        # tensors per step cost about a tenth of a step (bench/generation_speed.py).
+        # A decode step's inputs, made once and rewritten in place through NumPy views: making two
+        # tensors per step showed in the step's time (a few percent).
         self._token, self._at = torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
         self._token_view, self._at_view = self._token.numpy(), self._at.numpy()
 
@@ -92,13 +92,13 @@ class TorchScriptSteps(Steps):
 def trace(model: Student) -> torch.jit.ScriptModule:
     """The decoder as shipped: traced, then frozen.
 
-    Freezing inlines the weights as constants, so a step no longer walks the module tree (about 25
-    submodule calls) and computes exactly what the trace computes. torch.jit.optimize_for_inference
+    Freezing inlines the weights as constants, so a step no longer walks the module tree (a call
+    per submodule) and computes exactly what the trace computes. torch.jit.optimize_for_inference
     would save a few percent more by pre-transposing each linear weight for a plain matmul, but it
     changes the rounding of every product, and the decode parity's tail metrics move with it (a
     variant that also attended over the written slots only exceeded the decode KL bound on the
-    512-position student). The file stays byte-reproducible. The stateless magic-8-ball.pt is a plain trace
-    (conversion/torchscript.py).
+    512-position student). The file stays byte-reproducible. The stateless magic-8-ball.pt is a
+    plain trace (conversion/torchscript.py).
     """
     from conversion import torchscript
 

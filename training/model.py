@@ -11,8 +11,9 @@ export run it; only the KV cache object handed to it differs (docs/architecture.
     Student(ids, cache=KVCache())   prefill, then one or more tokens per call (eager decoding)
     Student(ids, cache=FixedKVCache(keys, values, pos))
                                     the same against fixed-size [.., max_seq_len, ..] cache tensors
-                                    written in place at a runtime position (TorchScript decoder,
-                                    stateful Core ML)
+                                    written in place at a runtime position (stateful Core ML;
+                                    IndexedKVCache, the same written with index_copy_, for the
+                                    TorchScript decoder)
 
 A cache has three methods, called by Student.forward and Attention.forward:
     positions(input_ids [B, S]) -> [S] long   absolute position of each new token (RoPE rows)
@@ -318,8 +319,8 @@ class IndexedKVCache(FixedKVCache):
     """FixedKVCache written with index_copy_: the TorchScript decoder's cache.
 
     A one-token step of this small student costs about as much in operator dispatch as in
-    arithmetic, and FixedKVCache's write is a chain of eight slices, casts and copies per layer
-    (the slice write Core ML's converter turns into a state update). This one writes with one
+    arithmetic, and FixedKVCache's write is a chain of slices, copies and casts per layer (the
+    slice write Core ML's converter turns into a state update). This one writes with one
     index_copy_ per tensor and returns the cache tensors as they are, so keys and values must
     have the model's dtype. Everything else, the attention over all max_seq_len slots included, is
     FixedKVCache's, so the outputs are bit for bit the same. Core ML's converter has no
