@@ -110,6 +110,26 @@ def test_fixed_cache_to_the_last_slot_matches_the_full_forward_pass(fixed):
 
 
 @torch.no_grad()
+def test_the_indexed_cache_computes_the_fixed_cache_bit_for_bit():
+    # Only the write differs (index_copy_ for the slice write), so the TorchScript decoder's outputs
+    # are those of the FixedKVCache path, to the last bit: logits and cache contents alike.
+    model = _model()
+    ids = _ids(1, CFG.max_seq_len, 12)
+    caches = {kind: FixedKVCache.empty(CFG) for kind in (FixedKVCache, IndexedKVCache)}
+    for keys, values in caches.values():
+        keys.normal_(generator=torch.Generator().manual_seed(0))  # a previous sequence's leftovers
+        values.normal_(generator=torch.Generator().manual_seed(1))
+    steps = [(0, 9), *((pos, pos + 1) for pos in range(9, CFG.max_seq_len))]
+    for start, end in steps:
+        got = {
+            kind: model(ids[:, start:end], kind(keys, values, torch.tensor([start])))
+            for kind, (keys, values) in caches.items()
+        }
+        assert torch.equal(got[FixedKVCache], got[IndexedKVCache]), (start, end)
+    assert all(torch.equal(a, b) for a, b in zip(*caches.values(), strict=True))
+
+
+@torch.no_grad()
 def test_fixed_cache_in_float16_stays_close():
     # The Core ML state is an fp16 buffer: the same code with fp16 cache tensors.
     model = _model()
