@@ -24,15 +24,9 @@ QUESTIONS = 4
 @pytest.fixture(scope="module")
 def shipped():
     env = shipped_env.require(ENV)
-    import torch
-
     from data import dataset
-    from data.tokenizer import Tokenizer
-    from training import checkpoint
 
-    torch.set_num_threads(1)
-    tokenizer = Tokenizer.load(env["M8B_TOKENIZER"])
-    model, _ = checkpoint.load(env["M8B_WEIGHTS"], env["M8B_METADATA"], tokenizer.vocab_size)
+    tokenizer, model = shipped_env.student(env)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)
     return env, tokenizer, model, [r.question for r in heldout[:QUESTIONS]]
 

@@ -45,15 +45,10 @@ def shipped():
 
     from conversion import torchscript
     from data import prompt
-    from data.tokenizer import Tokenizer
     from ood import questions
-    from training import checkpoint
     from verify import gguf_check
 
-    torch.set_num_threads(1)
-    tokenizer = Tokenizer.load(env["M8B_TOKENIZER"])
-    model, _ = checkpoint.load(env["M8B_WEIGHTS"], env["M8B_METADATA"], tokenizer.vocab_size)
-    model.eval()
+    tokenizer, model = shipped_env.student(env)
     ood = questions.load()
     prompts = [prompt.build_model_input(tokenizer, q.text) for q in ood]
     longest = max(len(p) for p in prompts)

@@ -29,17 +29,11 @@ MAX_NEW_TOKENS = 32
 @pytest.fixture(scope="module")
 def shipped():
     env = shipped_env.require(ENV)
-    import torch
-
     from conversion import torchscript
     from data import dataset
-    from data.tokenizer import Tokenizer
-    from training import checkpoint
     from verify import gguf_check
 
-    torch.set_num_threads(1)
-    tokenizer = Tokenizer.load(env["M8B_TOKENIZER"])
-    model, _ = checkpoint.load(env["M8B_WEIGHTS"], env["M8B_METADATA"], tokenizer.vocab_size)
+    tokenizer, model = shipped_env.student(env)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)
     assert len(heldout) >= QUESTIONS, f"{len(heldout)} held-out records, need {QUESTIONS}"
     prompts = [[tokenizer.bos_id, *r.prompt_ids] for r in heldout[:QUESTIONS]]

@@ -18,3 +18,17 @@ def require(names) -> dict[str, str]:
             pytest.fail(message)
         pytest.skip(message)
     return {name: os.environ[name] for name in names}
+
+
+def student(env: dict[str, str]) -> tuple:
+    """(tokenizer, eval-mode student) from env's M8B_TOKENIZER, M8B_WEIGHTS and M8B_METADATA, with torch
+    on one thread as the artifacts are verified. torch is imported here, after require() passed."""
+    import torch
+
+    from data.tokenizer import Tokenizer
+    from training import checkpoint
+
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer.load(env["M8B_TOKENIZER"])
+    model, _ = checkpoint.load(env["M8B_WEIGHTS"], env["M8B_METADATA"], tokenizer.vocab_size)
+    return tokenizer, model.eval()
