@@ -99,6 +99,12 @@ def _rates(methods: dict, inputs, new_tokens: int, repeats: int) -> dict[str, li
     return rates
 
 
+def _torchscript(model):
+    """(the student traced as magic-8-ball.pt is, Steps over the decoder as magic-8-ball.decode.pt is)."""
+    module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
+    return module, kv_decoder.TorchScriptSteps(kv_decoder.trace(model), model.cfg)
+
+
 def long_context_rows(prompt_length: int) -> tuple[str, str]:
     return (
         f"generation, {prompt_length}-token prompt: TorchScript (full recompute)",
@@ -117,8 +123,7 @@ def measure_long_context(model, new_tokens: int, repeats: int, prompts: int = 2)
         torch.randint(0, model.cfg.vocab_size, (length,), generator=generator).tolist()
         for _ in range(prompts)
     ]
-    module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
-    steps = kv_decoder.TorchScriptSteps(kv_decoder.trace(model), model.cfg)
+    module, steps = _torchscript(model)
     full, cached = long_context_rows(length)
     methods = {
         full: lambda p: torchscript_greedy(module, p, new_tokens),
@@ -145,8 +150,7 @@ def measure(
         raise InputError(
             f"new tokens: prompts would reach {longest} tokens; at most {model.cfg.max_seq_len} (max_seq_len)"
         )
-    module = torch.jit.trace(model.eval(), torch.ones(1, 16, dtype=torch.int32), check_trace=False)
-    steps = kv_decoder.TorchScriptSteps(kv_decoder.trace(model), model.cfg)
+    module, steps = _torchscript(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.gguf")
         gguf_export.export(model, tokenizer, path, dtype=dtype)
