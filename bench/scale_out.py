@@ -21,14 +21,13 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 
 from absl import flags, logging
 
 from bench import table
-from common import cli
+from common import child_python, cli
 from common.errors import InputError
 from training import parallel
 
@@ -43,16 +42,10 @@ _TRAINED = re.compile(r"trained (\d+) tokens in ([\d.]+) s; second half (\d+) to
 DATASET_FLAGS = ["--n=6000", "--seed=0", "--heldout_fraction=0.2", "--topk=8"]
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")
-    return dict(env, **extra)
-
-
 def _run(args: list[str], **env) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=_env(**env), check=False)
+    result = child_python.run_module(args[0], args[1:], timeout=None, **{"OMP_NUM_THREADS": "1", **env})
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        raise RuntimeError(f"python -m {' '.join(args)} failed:\n{result.stderr[-2000:]}")
     return result
 
 

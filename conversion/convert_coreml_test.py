@@ -6,6 +6,7 @@ import coremltools as ct
 import pytest
 from absl import flags
 
+from common import child_python
 from common.errors import InputError
 from conversion import contract as contract_lib
 from conversion import convert_coreml, gates_testing
@@ -47,10 +48,9 @@ def run_main(**values):
 
 
 def binary(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     return subprocess.Popen(
         [sys.executable, "-m", "conversion.convert_coreml", *args],
-        env=env,
+        env=child_python.child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -2,13 +2,11 @@
 flags that choose them (unknown variants and targets too old for int4 exit 2)."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from common import digest
+from common import child_python, digest
 from conversion import convert_coreml, coreml, coreml_compress
 from training.model import ModelConfig, Student, init_weights
 from verify import coreml_spec, mil_executor
@@ -98,11 +96,8 @@ def test_binary_mirror_of_the_variants_agrees():
 )
 def test_bad_variants_exit_2_with_the_allowed_values_and_write_nothing(flags, message, tmp_path):
     out = str(tmp_path / "m.mlpackage")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     args = ["--weights=w", "--metadata=m", "--contract=c", f"--out={out}", *flags]
-    done = subprocess.run(
-        [sys.executable, "-m", "conversion.convert_coreml", *args], env=env, capture_output=True, text=True
-    )
+    done = child_python.run_module("conversion.convert_coreml", args)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import child_python
 from common.errors import InputError
 from conversion import coreml, coreml_stateful
 from training.decode import CachedSteps
@@ -124,9 +125,12 @@ def _tree(path: str) -> dict[str, bytes]:
 def test_the_same_model_gives_a_byte_identical_package_in_another_process(package, tmp_path):
     # Another process: protobuf map order and coremltools' name counters are per process.
     path = str(tmp_path / "again.mlpackage")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run(
-        [sys.executable, "-c", _SAVE_SCRIPT, path], env=env, capture_output=True, timeout=300, check=False
+        [sys.executable, "-c", _SAVE_SCRIPT, path],
+        env=child_python.child_env(),
+        capture_output=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     expected, got = _tree(package), _tree(path)

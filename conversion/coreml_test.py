@@ -7,6 +7,7 @@ import uuid
 import coremltools as ct
 import pytest
 
+from common import child_python
 from common.errors import InputError
 from conversion import coreml
 from training.model import ModelConfig, Student, init_weights
@@ -104,9 +105,12 @@ def test_same_model_gives_byte_identical_packages_across_processes(package, tmp_
     # Plain protobuf serialization writes maps in an order seeded per process (not by
     # PYTHONHASHSEED), so the check needs a second process.
     path = str(tmp_path / "again.mlpackage")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run(
-        [sys.executable, "-c", _SAVE_SCRIPT, path], env=env, capture_output=True, timeout=300, check=False
+        [sys.executable, "-c", _SAVE_SCRIPT, path],
+        env=child_python.child_env(),
+        capture_output=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     expected, got = tree(package), tree(path)

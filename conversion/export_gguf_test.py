@@ -1,14 +1,13 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from absl import flags
 from absl.testing import flagsaver
 
+from common import child_python
 from common.errors import InputError
 from conversion import export_gguf, modelfile
 from data import tokenizer as tokenizer_lib
@@ -91,21 +90,16 @@ def test_bad_inputs_are_input_errors_and_write_nothing(inputs, tmp_path):
 
 
 def test_binary_exits_2_with_one_line_and_no_output(inputs, tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     bad = {**_values(inputs, str(out_dir)), "metadata": inputs.weights}  # weights where JSON belongs
     args = [f"--{name}={value}" for name, value in bad.items()]
-    result = subprocess.run(
-        [sys.executable, "-m", "conversion.export_gguf", *args], env=env, capture_output=True, text=True
-    )
+    result = child_python.run_module("conversion.export_gguf", args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and "not valid JSON checkpoint metadata" in result.stderr
     assert list(out_dir.iterdir()) == []
     # A bad flag value is bad input too.
-    result = subprocess.run(
-        [sys.executable, "-m", "conversion.export_gguf", *args, "--dtype=q4_0"], env=env, capture_output=True
-    )
+    result = child_python.run_module("conversion.export_gguf", [*args, "--dtype=q4_0"])
     assert result.returncode == 2
     assert list(out_dir.iterdir()) == []
 
@@ -128,18 +122,12 @@ def test_exports_a_quantized_variant_with_its_own_modelfile(inputs, tmp_path, dt
 
 
 def test_a_k_quant_or_unknown_dtype_exits_2_listing_the_allowed_ones(inputs, tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     args = [f"--{name}={value}" for name, value in _values(inputs, str(tmp_path)).items()]
     for dtype, why in (
         ("Q4_K_M", "K-quant; K-quants need every row to be a multiple of 256"),
         ("q8", "'q8'"),
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "conversion.export_gguf", *args, f"--dtype={dtype}"],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        result = child_python.run_module("conversion.export_gguf", [*args, f"--dtype={dtype}"])
         assert result.returncode == 2, result.stderr
         assert why in result.stderr and "one of f32, f16, Q8_0, Q4_0" in result.stderr
         assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import child_python
 from common.errors import InputError
 from conversion import torchscript, torchscript_archive
 from tests import harness, spoil
@@ -141,9 +142,12 @@ def test_the_torchscript_payload_is_live(tmp_path):
     archive = tmp_path / "setstate.pt"
     archive.write_bytes(torchscript_setstate_payload(control))
     code = "import sys, torch; torch.jit.load(sys.argv[1])"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run(
-        [sys.executable, "-c", code, str(archive)], check=True, timeout=120, capture_output=True, env=env
+        [sys.executable, "-c", code, str(archive)],
+        check=True,
+        timeout=120,
+        capture_output=True,
+        env=child_python.child_env(),
     )
     assert os.path.exists(control)
 

@@ -24,6 +24,7 @@ import uuid
 import pytest
 import safetensors.torch
 
+from common import child_python
 from data import dataset
 from data import generate as make_data
 
@@ -37,7 +38,7 @@ NAMES = {"out_weights": "w.safetensors", "out_metadata": "meta.json", "out_histo
 
 
 def _env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")
+    env = child_python.child_env(OMP_NUM_THREADS="1")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return dict(env, **extra)

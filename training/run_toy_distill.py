@@ -24,7 +24,7 @@ import sys
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, child_python, cli
 from common.errors import InputError
 from data import dataset as kd_dataset
 from data.tokenizer import Tokenizer
@@ -107,7 +107,7 @@ def _world_source() -> str:
 def _launch(nproc: int) -> None:
     """Runs this trainer as `nproc` torchrun ranks; a failed rank is a clear error, exit status 1."""
     args = parallel.without_flag(sys.argv[1:], "nproc")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = child_python.child_env()
     command = parallel.torchrun_command(sys.executable, nproc, "training.run_toy_distill", args)
     logging.info("starting %d ranks: %s", nproc, " ".join(command))
     status = subprocess.run(command, env=env, check=False).returncode

@@ -3,11 +3,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from absl import flags
 
+from common import child_python
 from common.errors import InputError
 from data import dataset
 from data import generate as make_data
@@ -40,14 +40,7 @@ def _args(inputs: dict, outputs: dict) -> list[str]:
 
 
 def _run_binary(args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run(
-        [sys.executable, "-m", "training.run_toy_distill", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return child_python.run_module("training.run_toy_distill", args)
 
 
 def test_two_runs_write_identical_checkpoints_with_full_metadata(toy, tmp_path):

@@ -12,25 +12,18 @@ import torch
 from common.errors import InputError
 from conversion import coreml, coreml_stateful
 from training.decode import CachedSteps
-from training.model import ModelConfig, Student, init_weights
-from verify import coreml_stateful_steps, mil_executor
+from verify import coreml_stateful_steps, fixtures, mil_executor
 
-LENGTHS = [16, 32]
+LENGTHS = fixtures.SHORT_STATEFUL_LENGTHS
 FP16_MAX_ABS = 5e-3  # as verify/mil_executor_test.py: the fp16 program against fp32 eager
-
-
-def student() -> Student:
-    model = Student(ModelConfig())
-    init_weights(model, seed=0)
-    return model.eval()
+student = fixtures.short_stateful_student
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("steps") / "short.stateful.mlpackage")
-    metadata = {"short_description": "test", "version": "1"}
-    coreml.save_mlpackage(coreml_stateful.convert(student(), LENGTHS, 16, metadata), path)
-    return mil_executor.load_mlpackage(path)
+    return mil_executor.load_mlpackage(
+        fixtures.write_short_stateful_package(str(tmp_path_factory.mktemp("steps")))
+    )
 
 
 class Recording(coreml_stateful_steps.StatefulSteps):

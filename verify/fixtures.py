@@ -42,6 +42,28 @@ def write_inputs(directory: str, records: int = 40, seed: int = 0, model_seed: i
     return paths
 
 
+SHORT_STATEFUL_LENGTHS = [16, 32]  # the short stateful package's contract lengths: a 32-slot cache
+
+
+def short_stateful_student() -> Student:
+    """The default-config student, seeded and untrained, in eval mode: the short package's model."""
+    model = Student(ModelConfig())
+    init_weights(model, seed=0)
+    return model.eval()
+
+
+def write_short_stateful_package(directory: str) -> str:
+    """short_stateful_student() as a stateful package of SHORT_STATEFUL_LENGTHS with 16-token calls:
+    short enough for a test to step through every slot. Returns its path."""
+    from conversion import coreml, coreml_stateful
+
+    path = os.path.join(directory, "short.stateful.mlpackage")
+    metadata = {"short_description": "test", "version": "1"}
+    program = coreml_stateful.convert(short_stateful_student(), SHORT_STATEFUL_LENGTHS, 16, metadata)
+    coreml.save_mlpackage(program, path)
+    return path
+
+
 def measured_gates(inputs: Inputs, lengths, backends, settings=None) -> dict:
     """The contract's gates for the fixture checkpoint, from floors measured as the pipeline does."""
     from conversion import gates as gates_lib

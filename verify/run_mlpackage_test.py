@@ -1,41 +1,26 @@
 """run_mlpackage as a user runs it: a subprocess, a short stateful package, state carried in files."""
 
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
 
-from conversion import coreml, coreml_stateful
-from training.model import ModelConfig, Student, init_weights
-from verify import coreml_stateful_steps, mil_executor
+from common import child_python
+from conversion import coreml_stateful
+from verify import coreml_stateful_steps, fixtures, mil_executor
 
-LENGTHS = [16, 32]
 K, V = coreml_stateful.STATE_NAMES
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    model = Student(ModelConfig())
-    init_weights(model, seed=0)
-    path = str(tmp_path_factory.mktemp("run") / "short.stateful.mlpackage")
-    metadata = {"short_description": "test", "version": "1"}
-    coreml.save_mlpackage(coreml_stateful.convert(model.eval(), LENGTHS, 16, metadata), path)
-    return path
+    return fixtures.write_short_stateful_package(str(tmp_path_factory.mktemp("run")))
 
 
 def run(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run(
-        [sys.executable, "-m", "verify.run_mlpackage", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return child_python.run_module("verify.run_mlpackage", args)
 
 
 def feeds(path, ids, position):
