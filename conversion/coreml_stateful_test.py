@@ -6,16 +6,12 @@ import os
 # Before NumPy loads OpenBLAS: one BLAS thread (see verify/mil_executor_test.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from common import child_python
 from common.errors import InputError
-from conversion import coreml, coreml_stateful
+from conversion import coreml, coreml_stateful, mlpackage_testing
 from training.decode import CachedSteps
 from training.model import ModelConfig, Student, init_weights
 from verify import coreml_spec, coreml_stateful_steps, mil_executor
@@ -113,30 +109,10 @@ coreml.save_mlpackage(coreml_stateful.convert(student(), LENGTHS, 128, METADATA)
 """
 
 
-def _tree(path: str) -> dict[str, bytes]:
-    files = {}
-    for directory, _, names in os.walk(path):
-        for name in names:
-            with open(os.path.join(directory, name), "rb") as handle:
-                files[os.path.relpath(os.path.join(directory, name), path)] = handle.read()
-    return files
-
-
 def test_the_same_model_gives_a_byte_identical_package_in_another_process(package, tmp_path):
-    # Another process: protobuf map order and coremltools' name counters are per process.
-    path = str(tmp_path / "again.mlpackage")
-    proc = subprocess.run(
-        [sys.executable, "-c", _SAVE_SCRIPT, path],
-        env=child_python.child_env(),
-        capture_output=True,
-        timeout=300,
-        check=False,
+    mlpackage_testing.assert_saved_alike_in_another_process(
+        package, _SAVE_SCRIPT, str(tmp_path / "again.mlpackage")
     )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    expected, got = _tree(package), _tree(path)
-    assert sorted(got) == sorted(expected)
-    for name in expected:
-        assert got[name] == expected[name], f"{name} differs between saves"
 
 
 def test_lengths_the_model_cannot_hold_are_refused():

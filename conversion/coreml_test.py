@@ -1,15 +1,12 @@
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import coremltools as ct
 import pytest
 
-from common import child_python
 from common.errors import InputError
-from conversion import coreml
+from conversion import coreml, mlpackage_testing
 from training.model import ModelConfig, Student, init_weights
 from verify import frozen_students
 
@@ -26,16 +23,6 @@ def student() -> Student:
     model = Student(ModelConfig())
     init_weights(model, seed=0)
     return model.eval()
-
-
-def tree(path: str) -> dict[str, bytes]:
-    files = {}
-    for directory, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(directory, name)
-            with open(full, "rb") as handle:
-                files[os.path.relpath(full, path)] = handle.read()
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +61,7 @@ def test_metadata(package):
 
 
 def test_package_files_and_manifest(package):
-    files = tree(package)
+    files = mlpackage_testing.tree(package)
     assert sorted(files) == [
         "Data/com.apple.CoreML/model.mlmodel",
         "Data/com.apple.CoreML/weights/weight.bin",
@@ -104,30 +91,20 @@ coreml.save_mlpackage(coreml.convert(student(), LENGTHS, 128, "fp16", METADATA),
 def test_same_model_gives_byte_identical_packages_across_processes(package, tmp_path):
     # Plain protobuf serialization writes maps in an order seeded per process (not by
     # PYTHONHASHSEED), so the check needs a second process.
-    path = str(tmp_path / "again.mlpackage")
-    proc = subprocess.run(
-        [sys.executable, "-c", _SAVE_SCRIPT, path],
-        env=child_python.child_env(),
-        capture_output=True,
-        timeout=300,
-        check=False,
+    mlpackage_testing.assert_saved_alike_in_another_process(
+        package, _SAVE_SCRIPT, str(tmp_path / "again.mlpackage")
     )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    expected, got = tree(package), tree(path)
-    assert sorted(got) == sorted(expected)
-    for name in expected:
-        assert got[name] == expected[name], f"{name} differs between saves"
 
 
 def test_manifest_identifiers_follow_content(package, tmp_path):
     other = str(tmp_path / "fp32.mlpackage")
     coreml.save_mlpackage(coreml.convert(student(), LENGTHS, 128, "fp32", METADATA), other)
-    ids16 = set(json.loads(tree(package)["Manifest.json"])["itemInfoEntries"])
-    ids32 = set(json.loads(tree(other)["Manifest.json"])["itemInfoEntries"])
+    ids16 = set(json.loads(mlpackage_testing.tree(package)["Manifest.json"])["itemInfoEntries"])
+    ids32 = set(json.loads(mlpackage_testing.tree(other)["Manifest.json"])["itemInfoEntries"])
     assert ids16.isdisjoint(ids32)
     spec = ct.utils.load_spec(other)
     assert dict(spec.description.metadata.userDefined)["precision"] == "fp32"
-    weights = tree(other)["Data/com.apple.CoreML/weights/weight.bin"]
+    weights = mlpackage_testing.tree(other)["Data/com.apple.CoreML/weights/weight.bin"]
     assert len(weights) > 2_400_000  # fp32: four bytes per parameter
 
 
@@ -136,7 +113,7 @@ def test_save_replaces_existing_package_completely(package, tmp_path):
     os.makedirs(os.path.join(path, "stale"))
     mlmodel = ct.models.MLModel(package, skip_model_load=True)
     coreml.save_mlpackage(mlmodel, path)
-    assert tree(path) == tree(package)
+    assert mlpackage_testing.tree(path) == mlpackage_testing.tree(package)
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):

@@ -82,6 +82,14 @@ def ask_flags() -> dict:
     return {**{name: artifact(name) for name in names}, "greedy": "true"}
 
 
+def verify_contracts_flags(dataset: str) -> dict:
+    """verify_contracts' good inputs: the pipeline's checkpoint, tokenizer, contract and every
+    artifact it verifies (each flag named as its ARTIFACTS key), with `dataset` for the held-out
+    questions (a small one keeps a run short)."""
+    names = [name for name in ARTIFACTS if name not in ("dataset", "floors")]
+    return {**{name: artifact(name) for name in names}, "dataset": dataset}
+
+
 def binary_env() -> dict:
     env = dict(os.environ)
     # One thread per tool: the suite runs beside other builds on a small machine.
