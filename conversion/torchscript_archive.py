@@ -38,7 +38,10 @@ ALLOWED_OPS = frozenset(
     }
     # The decoder's fixed-size KV cache (conversion/kv_decoder.py): positions and mask from the pos
     # tensor, index_copy_ writes into the cache tensors it was handed.
-    | {f"torch.{name}" for name in "arange device index index_copy_ le repeat select unsqueeze".split()}
+    | {
+        f"torch.{name}"
+        for name in "arange device index_copy_ index_select le repeat select unsqueeze where".split()
+    }
 )
 _ALLOWED_BUILTINS = frozenset({"getattr", "int", "float", "bool", "len", "annotate", "unchecked_cast"})
 

@@ -80,8 +80,10 @@ class Rotary(nn.Module):
         return self.cos[:length], self.sin[:length]
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The table rows [S, head_dim] at arbitrary positions [S] (a cached forward's new tokens)."""
-        return self.cos[positions], self.sin[positions]
+        """The table rows [S, head_dim] at arbitrary positions [S] (a cached forward's new tokens).
+        index_select rather than cos[positions]: the same rows, and the TorchScript decoder's step
+        is quicker without advanced indexing's general path."""
+        return self.cos.index_select(0, positions), self.sin.index_select(0, positions)
 
 
 class Attention(nn.Module):
@@ -322,10 +324,17 @@ class IndexedKVCache(FixedKVCache):
     arithmetic, and FixedKVCache's write is a chain of slices, copies and casts per layer (the
     slice write Core ML's converter turns into a state update). This one writes with one
     index_copy_ per tensor and returns the cache tensors as they are, so keys and values must
-    have the model's dtype. Everything else, the attention over all max_seq_len slots included, is
-    FixedKVCache's, so the outputs are bit for bit the same. Core ML's converter has no
-    index_copy_: the stateful package keeps FixedKVCache.
+    have the model's dtype. Its mask is additive (0 where FixedKVCache's is True, -inf where
+    False), made once per call: attention turns a bool mask into exactly that, once per layer.
+    Everything else, the attention over all max_seq_len slots included, is FixedKVCache's, so the
+    outputs are bit for bit the same. Core ML's converter has no index_copy_: the stateful package
+    keeps FixedKVCache.
     """
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        allowed = super().mask(positions)  # [S, max_seq_len] bool
+        zero = torch.zeros((), dtype=self.keys.dtype)
+        return torch.where(allowed, zero, torch.full((), float("-inf"), dtype=self.keys.dtype))
 
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         self.written = super().positions(input_ids)  # [S]: the slots this call writes
