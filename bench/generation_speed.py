@@ -1,7 +1,7 @@
 """Greedy generation tokens/s: TorchScript beside llama.cpp running the GGUF export of the same model.
 
 Same student, same prompts, same number of new tokens (eos is ignored so every run does equal
-work). Four ways to decode, trials alternating:
+work). Four ways to decode, taking turns prompt by prompt:
   torchscript        torch.jit.trace of the student, full recompute of the sequence per token
                      (training/decode.py's Recompute, how it drives a backend without a cache)
   torchscript kv     the TorchScript decoder (conversion/kv_decoder.py, the shipped
@@ -88,14 +88,19 @@ def llama_kv_greedy(llama, prompt_ids, new_tokens):
 
 
 def _rates(methods: dict, inputs, new_tokens: int, repeats: int) -> dict[str, list[float]]:
-    """New tokens/s of each method over all inputs, `repeats` times, the methods taking turns."""
+    """New tokens/s of each method over all inputs, `repeats` times. The methods take turns on each
+    input, so a ratio compares runs milliseconds apart rather than a whole pass apart: this
+    machine's speed drifts by tens of percent over seconds."""
     rates: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
-        for name, run in methods.items():
-            start = time.perf_counter()
-            for p in inputs:
+        seconds = dict.fromkeys(methods, 0.0)
+        for p in inputs:
+            for name, run in methods.items():
+                start = time.perf_counter()
                 run(p)
-            rates[name].append(len(inputs) * new_tokens / (time.perf_counter() - start))
+                seconds[name] += time.perf_counter() - start
+        for name in methods:
+            rates[name].append(len(inputs) * new_tokens / seconds[name])
     return rates
 
 
