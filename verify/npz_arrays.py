@@ -53,5 +53,8 @@ def read(path: str, check: Check) -> dict[str, np.ndarray]:
             if not member.endswith(".npy"):
                 raise InputError(f"{path}: unexpected member {member}; an .npz holds only .npy arrays")
             check(member[: -len(".npy")], *_header(archive, member, path))
-    with np.load(path, allow_pickle=False) as arrays:
-        return {name: arrays[name] for name in arrays.files}
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # data shorter than its header
+        raise InputError(f"{path}: an array's data is damaged ({error}); write it with np.savez") from None

@@ -39,6 +39,14 @@ def test_a_huge_declared_array_is_refused_by_its_header_before_anything_is_alloc
         npz_arrays.read(path, check)
 
 
+def _truncated(path):
+    """A sound header for ten float32 values, followed by only five of them."""
+    array = io.BytesIO()
+    np.lib.format.write_array(array, np.zeros(10, np.float32))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("k.npy", array.getvalue()[:-20])
+
+
 @pytest.mark.parametrize(
     "write, message",
     [
@@ -46,8 +54,9 @@ def test_a_huge_declared_array_is_refused_by_its_header_before_anything_is_alloc
         (lambda p: zipfile.ZipFile(p, "w").writestr("notes.txt", "hi"), "unexpected member notes.txt"),
         (lambda p: zipfile.ZipFile(p, "w").writestr("k.npy", b"not an array"), "k.npy is not a NumPy array"),
         (lambda p: open(p, "wb").write(b"plain bytes"), "not an .npz file"),
+        (_truncated, "an array's data is damaged"),
     ],
-    ids=["object array", "not .npy", "bad header", "not a zip"],
+    ids=["object array", "not .npy", "bad header", "not a zip", "truncated data"],
 )
 def test_damaged_or_unsafe_files_are_refused(tmp_path, write, message):
     path = str(tmp_path / "bad.npz")
