@@ -52,8 +52,8 @@ class TorchScriptSteps(Steps):
 
     def __init__(self, decoder, cfg):
         self.decoder, self.cfg = decoder, cfg
-        # The method itself, not the module: nn.Module.__call__'s hook handling was about 2% of a
-        # decode step.
+        # The method itself, not the module: nn.Module.__call__'s hook handling showed in a decode
+        # step's time.
         self._forward = decoder.forward
         self.keys, self.values = empty_cache(cfg)
         self.pos = 0
