@@ -8,7 +8,7 @@ cp311 wheel whose sha256 is in the lock: `pip download --platform macosx_14_0_ar
 must succeed. When it fails, each distribution is tried alone and every one without a Mac wheel or
 hash is named. The source builds must be in the lock with the hash of their sdist. Prints the
 oldest macOS the downloaded wheels allow (the highest macosx_X_Y tag any of them needs), which is
-what the README's "On a Mac" section quotes. Needs the package index; run by .ci/run, not by
+what docs/mac.md quotes. Needs the package index; run by .ci/run, not by
 `bazel test`. Exit status: 0 when the lock is complete for a Mac, 1 when it is not, 2 for a bad
 lock path.
 """
