@@ -2,6 +2,7 @@
 
     repo_check.py doc_refs FILE...   references to documents and paths stay inside the repository
     repo_check.py layering FILE...   imports follow docs/architecture.md, "Package layering"
+    repo_check.py doc_defaults FILE...   defaults quoted in the docs are the code's
 
 Run as //:doc_refs_test and //:layering_test, from the runfiles root, where each FILE's path is its
 repository path. Exit status 1 with one line per problem, 0 when clean.
@@ -10,7 +11,7 @@ repository path. Exit status 1 with one line per problem, 0 when clean.
 import posixpath
 import sys
 
-from tools.lint import doc_refs, layering
+from tools.lint import doc_defaults, doc_refs, layering
 
 
 def read(paths: list[str]) -> dict[str, str]:
@@ -35,8 +36,11 @@ def main(argv: list[str]) -> int:
         rules = layering.read_rules(files[layering.DOCUMENT])
         problems = layering.check_rules(rules) + [str(p) for p in layering.check(rules, files)]
         what = f"imports of {sum(p.endswith('.py') for p in files)} Python files"
+    elif check == "doc_defaults":
+        problems = [str(p) for p in doc_defaults.check(files)]
+        what = f"defaults quoted in {sum(p.endswith('.md') for p in files)} documents"
     else:
-        raise SystemExit(f"unknown check {check!r}; expected doc_refs or layering")
+        raise SystemExit(f"unknown check {check!r}; expected doc_refs, layering or doc_defaults")
     for problem in problems:
         print(problem)
     print(f"{check}: {len(files)} files, {what}: {'FAILED' if problems else 'clean'}")
