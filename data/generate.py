@@ -25,6 +25,7 @@ questions are not in its corpus: where they hold a character it never saw (upper
 emoji, other scripts) they are written as byte tokens, which the student then learns to read.
 """
 
+import dataclasses
 import random
 
 from common.errors import InputError
@@ -71,6 +72,7 @@ SUBJECTS = [
 WORDINGS = ("plain", "negated", "intensified", "hedged")
 EMOJI_SUFFIXES = ("", " 🎱", " 🔮", " ✨", " 🌟")
 NOISE_FRACTION = 0.5  # default share of training records whose question data/augment.py rewrites
+RULES_VERSION = 1  # the rules dataset is format version 1 (data/dataset.py); other teachers write 2
 LOGPROB_DECIMALS = 6  # enough for training; fewer digits keep files small and stable across libms
 
 
@@ -129,6 +131,13 @@ def check_options(
     n: int, seed: int, heldout_fraction: float, topk: int, noise_fraction: float = NOISE_FRACTION
 ) -> None:
     """InputError naming the option (the make_toy_kd flag of the same name) when one is unusable."""
+    check_question_options(n, seed, heldout_fraction, noise_fraction)
+    if not 1 <= topk <= dataset.MAX_TOPK:
+        raise InputError(f"--topk is {topk}; use 1..{dataset.MAX_TOPK}")
+
+
+def check_question_options(n: int, seed: int, heldout_fraction: float, noise_fraction: float) -> None:
+    """check_options without --topk: what choosing the questions needs."""
     if not 0.0 <= noise_fraction <= 1.0:
         raise InputError(f"--noise_fraction is {noise_fraction}; use a fraction in [0, 1]")
     if n < 2:
@@ -137,8 +146,6 @@ def check_options(
         raise InputError(f"--seed is {seed}; use a seed >= 0")
     if not 0.0 < heldout_fraction < 1.0:
         raise InputError(f"--heldout_fraction is {heldout_fraction}; use a fraction strictly between 0 and 1")
-    if not 1 <= topk <= dataset.MAX_TOPK:
-        raise InputError(f"--topk is {topk}; use 1..{dataset.MAX_TOPK}")
     n_heldout = round(n * heldout_fraction)
     if not 1 <= n_heldout <= n - 1:
         raise InputError(
@@ -174,6 +181,62 @@ def shard_range(n: int, shard: int, num_shards: int) -> range:
     return range(n * shard // num_shards, n * (shard + 1) // num_shards)
 
 
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """One record's question, as every teacher is asked it (the rules teacher and the others alike)."""
+
+    id: int
+    split: str  # "train" | "heldout"
+    kind: str  # data.teacher.question_kind(question)
+    question: str
+
+
+def _plan(n: int, seed: int, heldout_fraction: float) -> tuple[list, list[float]]:
+    """(split and question-space entry per record id, the rules teacher's answer draw per record id).
+
+    One draw per record, in record order, whichever records are computed: the teacher's work (the
+    expensive part) is what a shard skips, never the random stream.
+    """
+    held = heldout_combinations(seed, heldout_fraction)
+    space = question_space()
+    n_heldout = round(n * heldout_fraction)
+    rng = random.Random(f"m8b-records-{seed}")
+    chosen = [("train", q) for q in _draw([q for q in space if q[0] not in held], n - n_heldout, rng)]
+    chosen += [("heldout", q) for q in _draw([q for q in space if q[0] in held], n_heldout, rng)]
+    draws = [rng.random() for _ in chosen]
+    return chosen, draws
+
+
+def _question(index: int, chosen, seed: int, noise_fraction: float) -> Question:
+    split, (_, kind, question) = chosen
+    noise = random.Random(f"m8b-noise-{seed}-{index}")
+    if split == "train" and noise.random() < noise_fraction:
+        question = augment.noisy(question, noise)
+        kind = teacher.question_kind(question)
+    return Question(id=index, split=split, kind=kind, question=question)
+
+
+def questions(
+    n: int,
+    seed: int,
+    heldout_fraction: float,
+    noise_fraction: float = NOISE_FRACTION,
+    ids: range | None = None,
+) -> list[Question]:
+    """The questions of records `ids` (default 0..n-1): exactly those generate() asks the rules
+    teacher with the same options, so every teacher answers the same prompts."""
+    check_question_options(n, seed, heldout_fraction, noise_fraction)
+    chosen, _ = _plan(n, seed, heldout_fraction)
+    ids = range(n) if ids is None else ids
+    return [_question(index, chosen[index], seed, noise_fraction) for index in ids]
+
+
+def answer_draws(n: int, seed: int, heldout_fraction: float) -> list[float]:
+    """The uniform draw per record id from which the rules teacher samples its answer."""
+    check_question_options(n, seed, heldout_fraction, NOISE_FRACTION)
+    return _plan(n, seed, heldout_fraction)[1]
+
+
 def generate(
     n: int,
     seed: int,
@@ -191,47 +254,35 @@ def generate(
     check_options(n, seed, heldout_fraction, topk, noise_fraction)
     tok = tokenizer if tokenizer is not None else train_tokenizer()
     token_teacher = teacher.TokenTeacher(tok)
-    held = heldout_combinations(seed, heldout_fraction)
-    space = question_space()
     n_heldout = round(n * heldout_fraction)
-    rng = random.Random(f"m8b-records-{seed}")
-    chosen = [("train", q) for q in _draw([q for q in space if q[0] not in held], n - n_heldout, rng)]
-    chosen += [("heldout", q) for q in _draw([q for q in space if q[0] in held], n_heldout, rng)]
-    # One draw per record, in record order, whichever records are computed: the teacher's work
-    # (the expensive part) is what a shard skips, never the random stream.
-    draws = [rng.random() for _ in chosen]
+    chosen, draws = _plan(n, seed, heldout_fraction)
     ids = range(n) if ids is None else ids
 
     records = []
     for index in ids:
-        split, (_, kind, question) = chosen[index]
-        noise = random.Random(f"m8b-noise-{seed}-{index}")
-        if split == "train" and noise.random() < noise_fraction:
-            question = augment.noisy(question, noise)
-            kind = teacher.question_kind(question)
-        probs = teacher.answer_distribution(question).tolist()
+        asked = _question(index, chosen[index], seed, noise_fraction)
+        probs = teacher.answer_distribution(asked.question).tolist()
         answer = _sample(probs, draws[index])
         completion = teacher.completion_text(answer)
-        text = prompt.format_prompt(question)
+        text = prompt.format_prompt(asked.question)
         topk_ids, logprobs = token_teacher.top_k(probs, answer, topk)
         records.append(
             dataset.Record(
                 id=index,
-                split=split,
-                kind=kind,
-                question=question,
+                split=asked.split,
+                kind=asked.kind,
+                question=asked.question,
                 prompt=text,
                 completion=completion,
                 prompt_ids=tok.encode(text),
                 completion_ids=list(token_teacher.sequences[answer]),
                 topk_ids=topk_ids,
-                # `+ 0.0` turns a rounded -0.0 into 0.0, so it prints as 0.0.
-                topk_logprobs=[[round(lp, LOGPROB_DECIMALS) + 0.0 for lp in row] for row in logprobs],
+                topk_logprobs=[[round_logprob(lp) for lp in row] for row in logprobs],
             )
         )
     header = {
         "format": dataset.FORMAT,
-        "version": dataset.VERSION,
+        "version": RULES_VERSION,
         "teacher": teacher.NAME,
         "tokenizer_sha256": tok.digest,
         "topk": topk,
@@ -243,3 +294,9 @@ def generate(
         "noise_fraction": noise_fraction,
     }
     return tok, header, records
+
+
+def round_logprob(value: float) -> float:
+    """A log-probability as datasets store it: LOGPROB_DECIMALS decimals, never -0.0 (it would print
+    as -0.0)."""
+    return round(value, LOGPROB_DECIMALS) + 0.0

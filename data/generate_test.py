@@ -166,3 +166,23 @@ def test_bad_options(args, message):
     with pytest.raises(InputError) as error:
         generate.generate(*args)
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("noise_fraction", [0.5, 0.0])
+def test_questions_are_the_ones_generate_asks(tok, noise_fraction):
+    _, _, records = generate.generate(300, 2, 0.3, 4, tok, noise_fraction=noise_fraction)
+    asked = generate.questions(300, 2, 0.3, noise_fraction)
+    assert [(q.id, q.split, q.kind, q.question) for q in asked] == [
+        (r.id, r.split, r.kind, r.question) for r in records
+    ]
+    assert generate.questions(300, 2, 0.3, noise_fraction, ids=range(40, 60)) == asked[40:60]
+    assert generate.questions(300, 2, 0.3, noise_fraction, ids=range(0)) == []
+    # Another seed asks other questions.
+    assert generate.questions(300, 3, 0.3, noise_fraction) != asked
+    with pytest.raises(InputError, match="--heldout_fraction is 1.0"):
+        generate.questions(300, 2, 1.0)
+
+
+def test_round_logprob_keeps_six_decimals_and_never_writes_minus_zero():
+    assert generate.round_logprob(-1.23456789) == -1.234568
+    assert str(generate.round_logprob(-0.0000001)) == "0.0"
