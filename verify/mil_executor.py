@@ -19,6 +19,14 @@ array per declared state, `read_state` copies from it, `coreml_update_state` wri
 evaluate() leaves the written values in it for the next call. A state is only updated when the
 whole call succeeded. A fresh sequence needs a fresh state (make_state() gives zeros).
 
+A package is untrusted data, and its description sizes what the executor allocates: every state
+(make_state() zeroes one array per state, in the declared shape) and every input shape it
+enumerates (a caller pads to them, run_mlpackage reads arrays of them). load_mlpackage holds each of
+those shapes to `Bounds` before anything is allocated: Bounds.for_model(cfg) from the checkpoint's
+config (a state holds at most n_layers x n_kv_heads x max_seq_len x head_dim elements, an input
+max_seq_len), or LIMITS for a package run without a checkpoint. A package that declares more is an
+InputError naming the state or input and the bound; make_state checks again before it allocates.
+
 This is a reference, not the Core ML runtime: it proves the saved program computes the model at
 each enumerated length. verify/coreml_runtime_test.py runs the real runtime on macOS.
 """
@@ -60,7 +68,8 @@ from coremltools.converters.mil.mil import types as _types
 from coremltools.converters.mil.mil.types.symbolic import is_symbolic as _is_symbolic
 
 from common.errors import InputError
-from verify import coreml_spec
+from training import config as config_lib
+from verify import coreml_spec, mlpackage_manifest
 
 MAIN_FUNCTION = "main"
 
@@ -227,6 +236,55 @@ OVERRIDES = {
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The most elements one state or one enumerated input shape of a package may declare, and
+    where each bound comes from (for the error message)."""
+
+    state_elements: int
+    input_elements: int
+    state_source: str
+    input_source: str
+
+    @classmethod
+    def for_model(cls, cfg) -> "Bounds":
+        """From a checkpoint's config (training/config.py ModelConfig): a state is at most one KV
+        cache [n_layers, 1, n_kv_heads, max_seq_len, head_dim], an input at most max_seq_len tokens."""
+        return cls(
+            state_elements=cfg.n_layers * cfg.n_kv_heads * cfg.max_seq_len * cfg.head_dim,
+            input_elements=cfg.max_seq_len,
+            state_source=(
+                f"n_layers {cfg.n_layers} x n_kv_heads {cfg.n_kv_heads} x max_seq_len "
+                f"{cfg.max_seq_len} x head_dim {cfg.head_dim} of the checkpoint"
+            ),
+            input_source=f"max_seq_len {cfg.max_seq_len} of the checkpoint",
+        )
+
+
+# Without a checkpoint (run_mlpackage runs any package): an input of up to the longest context any
+# checkpoint may have (training/config.py), a state of up to 2^26 elements (128 MiB in float16), far
+# above the default student's 32,768-element caches and far below what a CI machine holds.
+LIMITS = Bounds(
+    state_elements=1 << 26,
+    input_elements=config_lib.MAX_SEQ_LEN,
+    state_source="the executor's limit for a package run without a checkpoint",
+    input_source=f"the longest context a checkpoint may have ({config_lib.MAX_SEQ_LEN})",
+)
+
+
+def _check_bound(path: str, kind: str, name: str, shape: tuple[int, ...], limit: int, source: str) -> None:
+    """InputError unless `shape` has positive dims and at most `limit` elements; counted in Python
+    integers, so a product past 2^64 cannot wrap around to a small number."""
+    elements = 1
+    for dim in shape:
+        elements *= int(dim)
+    if any(int(dim) < 1 for dim in shape) or elements > limit:
+        raise InputError(
+            f"{path}: {kind} {name!r} declares shape {list(shape)} ({elements} elements); the bound "
+            f"is {limit} elements ({source}); refused before allocating it"
+        )
+
+
 @dataclasses.dataclass
 class Program:
     """A loaded ML Program ready to evaluate. Not thread-safe: evaluation writes into `function`."""
@@ -239,6 +297,7 @@ class Program:
     declared: dict[int, tuple | None]  # id(var) -> static dims as loaded
     # Declared states (iOS18 stateful programs): name -> (shape, dtype). Empty for a stateless one.
     state_specs: dict[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
+    bounds: Bounds = LIMITS  # what load_mlpackage held the shapes to; make_state checks again
 
     @property
     def op_types(self) -> list[str]:
@@ -259,7 +318,11 @@ class State:
 
 def make_state(program: Program) -> State:
     """A fresh state for one sequence: every declared state zeroed, in its declared dtype (Core ML's
-    makeState() documents its buffers as initialized to zeros)."""
+    makeState() documents its buffers as initialized to zeros). InputError, before allocating, for a
+    state larger than the program's bounds."""
+    bounds = program.bounds
+    for name, (shape, _) in program.state_specs.items():
+        _check_bound(program.path, "state", name, shape, bounds.state_elements, bounds.state_source)
     return State({name: np.zeros(shape, dtype) for name, (shape, dtype) in program.state_specs.items()})
 
 
@@ -295,11 +358,22 @@ def _blob_files(block) -> set[str]:
     return names
 
 
-def load_mlpackage(path: str) -> Program:
-    """Loads a saved ML Program package. InputError for a missing/corrupt package or weight file."""
+def load_mlpackage(path: str, bounds: Bounds = LIMITS) -> Program:
+    """Loads a saved ML Program package. InputError for a missing/corrupt package or weight file, a
+    weight file that resolves outside the package, or a state or input shape beyond `bounds`
+    (Bounds.for_model(cfg) when the checkpoint is known)."""
     spec, model_path = coreml_spec.read_spec(path)
     if MAIN_FUNCTION not in spec.mlProgram.functions:
         raise InputError(f"{model_path}: the ML Program has no {MAIN_FUNCTION!r} function")
+    # Shapes first: nothing below allocates from them, and a hostile one stops here.
+    shapes, dtypes = {}, {}
+    for feature in spec.description.input:
+        shapes[feature.name], dtypes[feature.name] = _input_signature(path, spec, feature.name)
+        for shape in shapes[feature.name]:
+            _check_bound(path, "input", feature.name, shape, bounds.input_elements, bounds.input_source)
+    states = _state_specs(path, spec)
+    for name, (shape, _) in states.items():
+        _check_bound(path, "state", name, shape, bounds.state_elements, bounds.state_source)
 
     weights_dir = os.path.join(os.path.dirname(model_path), "weights")
     for function in spec.mlProgram.functions.values():
@@ -308,16 +382,13 @@ def load_mlpackage(path: str) -> Program:
                 weight_file = os.path.join(weights_dir, name.split("/")[-1])
                 if not os.path.isfile(weight_file):
                     raise InputError(f"{path}: weight file {weight_file} (named {name}) is missing")
+                mlpackage_manifest.require_inside(path, weight_file)
     try:
         mil_program = _load_program(spec, weights_dir)
     except Exception as error:  # the loader raises many types, including C++ errors on bad blobs
         raise InputError(f"{path}: cannot load the ML Program ({type(error).__name__}: {error})") from None
 
     function = mil_program.functions[MAIN_FUNCTION]
-    shapes, dtypes = {}, {}
-    for feature in spec.description.input:
-        shapes[feature.name], dtypes[feature.name] = _input_signature(path, spec, feature.name)
-    states = _state_specs(path, spec)
     if sorted([*shapes, *states]) != sorted(function.inputs):
         raise InputError(
             f"{path}: description inputs and states {sorted([*shapes, *states])} != program inputs "
@@ -340,6 +411,7 @@ def load_mlpackage(path: str) -> Program:
         output_names=[o.name for o in spec.description.output],
         declared=declared,
         state_specs=states,
+        bounds=bounds,
     )
 
 

@@ -360,13 +360,39 @@ def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF) ->
     report.check(name, report_lib.ALL, "tokenizer_mismatches", len(mismatches), "==", 0)
 
 
+# The GGUF backends that own a file -> the variant it holds (conversion/gguf_quant.py DTYPES).
+GGUF_VARIANTS = {GGUF: "f32", GGUF_F16: "f16", GGUF_Q8_0: "Q8_0", GGUF_Q4_0: "Q4_0"}
+
+
+def check_gguf_content(report, path: str, model, name: str) -> None:
+    """Every tensor of the file against the checkpoint stored as the variant says, exactly
+    (verify/gguf_content.py: Q8_0 and Q4_0 blocks against an independent reference of ggml's
+    quantizers). A tensor missing, extra or in another type or shape than the variant's plan fails
+    weights_tensors_mismatched; every element stored otherwise counts in weights_elements_changed.
+    The logits bounds cannot see a small fault in a quantized file (every block scale of a matrix
+    x1.003 sits below the quantization noise: //tests:gate_power); this check sees one bit."""
+    from verify import gguf_content
+
+    result = gguf_content.check(path, model, GGUF_VARIANTS[name])
+    all_ = report_lib.ALL
+    report.check(name, all_, "weights_tensors_mismatched", len(result.mismatches), "==", 0)
+    report.check(name, all_, "weights_elements_changed", result.changed, "==", 0)
+    report.note(name, all_, "weights_elements", result.elements)
+    report.note(name, all_, "weights_max_abs_difference", result.max_abs_difference)
+    report.note(name, all_, "weights_mismatches", (result.mismatches + result.changed_tensors)[:3])
+    for line in result.mismatches + result.changed_tensors:
+        logging.error("%s content: %s", name, line)
+
+
 def load_backends(inputs: Inputs) -> list[Backend]:
     """Every backend the contract names, loaded up front: a missing or unreadable artifact is bad
     input before any work."""
     from conversion import torchscript
-    from verify import gguf_check, mil_executor
+    from verify import mil_executor
 
     paths, contract = inputs.paths, inputs.contract
+    # A package's states and inputs are held to the checkpoint's sizes before anything is allocated.
+    bounds = mil_executor.Bounds.for_model(checkpoint.check_metadata(paths.metadata)[1])
     backends = []
     for name in sorted(contract.gates["backends"], key=list(gates_lib.DEFAULT_BACKENDS).index):
         path = paths.artifact(name)
@@ -375,11 +401,13 @@ def load_backends(inputs: Inputs) -> list[Backend]:
         elif name == TORCHSCRIPT_DECODER:
             backends.append(decoder_backend(path, torchscript.load(path), paths.metadata))
         elif name in COREML_COMPRESSED:
-            backends.append(compressed_coreml_backend(name, path, contract))
+            program = mil_executor.load_mlpackage(path, bounds)
+            backends.append(compressed_coreml_backend(name, path, contract, program))
         elif name == COREML_STATEFUL:
-            backends.append(stateful_coreml_backend(path, inputs.tokenizer.pad_id))
+            program = mil_executor.load_mlpackage(path, bounds)
+            backends.append(stateful_coreml_backend(path, inputs.tokenizer.pad_id, program))
         elif name in (COREML, COREML_FP32):
-            program = mil_executor.load_mlpackage(path)
+            program = mil_executor.load_mlpackage(path, bounds)
             input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
             backends.append(
                 Backend(
@@ -395,18 +423,26 @@ def load_backends(inputs: Inputs) -> list[Backend]:
                 )
             )
         else:
-            llama = gguf_check.load(path, f32_kv_cache=name != GGUF_KV_F16)
-            check = None
-            if name != GGUF_KV_F16:  # one tokenizer check per file
-
-                def check(report, contract, model, llama=llama, name=name):
-                    del contract, model
-                    check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings, name)
-
-            backends.append(
-                Backend(name, path, lambda ids, llama=llama: gguf_check.logits(llama, ids), check)
-            )
+            backends.append(gguf_backend(name, path, inputs))
     return backends
+
+
+def gguf_backend(name: str, path: str, inputs: Inputs) -> Backend:
+    """A GGUF file through llama.cpp (an f16 KV cache for GGUF_KV_F16), with its own checks once per
+    file: the tokenizer and the exact content (GGUF_VARIANTS). //tests:gate_power builds faulted
+    copies through here."""
+    from verify import gguf_check
+
+    llama = gguf_check.load(path, f32_kv_cache=name != GGUF_KV_F16)
+    check = None
+    if name != GGUF_KV_F16:  # the f32 file again, with another cache: checked under GGUF
+
+        def check(report, contract, model):
+            del contract
+            check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings, name)
+            check_gguf_content(report, path, model, name)
+
+    return Backend(name, path, lambda ids: gguf_check.logits(llama, ids), check)
 
 
 def decoder_backend(path: str, module, metadata: str, name: str = TORCHSCRIPT_DECODER, steps=None) -> Backend:
