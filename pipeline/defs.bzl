@@ -34,7 +34,7 @@ def _pipeline_stage_impl(ctx):
     for target, flag in ctx.attr.inputs.items():
         file = _single_file(target, flag)
         inputs.append(file)
-        args.add("--%s=%s" % (flag, file.path))
+        args.add("--%s=%s%s" % (flag, ctx.attr.input_prefixes.get(flag, ""), file.path))
     outputs = []
     for flag, file in zip(ctx.attr.output_flags, ctx.outputs.outs):
         outputs.append(file)
@@ -71,6 +71,7 @@ _pipeline_stage = rule(
         "tool": attr.label(executable = True, cfg = "exec", mandatory = True),
         "mnemonic": attr.string(mandatory = True),
         "inputs": attr.label_keyed_string_dict(allow_files = True),
+        "input_prefixes": attr.string_dict(),
         "outs": attr.output_list(),
         "output_flags": attr.string_list(),
         "output_dir_names": attr.string_list(),
@@ -79,7 +80,17 @@ _pipeline_stage = rule(
     },
 )
 
-def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs = {}, output_dirs = {}, args = [], **kwargs):
+def pipeline_stage(
+        name,
+        tool,
+        mnemonic,
+        inputs = {},
+        input_prefixes = {},
+        input_lists = {},
+        outputs = {},
+        output_dirs = {},
+        args = [],
+        **kwargs):
     """A pipeline step: `tool --<flag>=<input> ... --<flag>=<output> ... <args>`.
 
     Args:
@@ -87,12 +98,17 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs 
       tool: a py_binary label.
       mnemonic: the action's name in logs and cache statistics.
       inputs: {flag: label of one file}.
+      input_prefixes: {flag: text written before that input's path}, for a flag whose value is
+        more than a path: {"teacher": "gguf:"} gives `--teacher=gguf:<path>`.
       input_lists: {flag: [labels of one file each]}: the flag is repeated, once per file.
       outputs: {flag: file name}; each output gets the label ":<file name>".
       output_dirs: {flag: directory name}; the stage target's default outputs.
       args: further flags, passed as written.
       **kwargs: common attributes (visibility, tags).
     """
+    unknown = [flag for flag in input_prefixes if flag not in inputs]
+    if unknown:
+        fail("pipeline_stage %s: input_prefixes names --%s, which is not one of its inputs" % (name, unknown[0]))
     by_label = {label: flag for flag, label in inputs.items()}
     by_label.update({label: flag for flag, labels in input_lists.items() for label in labels})
     _pipeline_stage(
@@ -100,6 +116,7 @@ def pipeline_stage(name, tool, mnemonic, inputs = {}, input_lists = {}, outputs 
         tool = tool,
         mnemonic = mnemonic,
         inputs = by_label,
+        input_prefixes = input_prefixes,
         outs = outputs.values(),
         output_flags = outputs.keys(),
         output_dir_names = output_dirs.values(),
@@ -121,20 +138,71 @@ DEFAULT_LENGTHS = [64, 128, 256]
 GGUF_VARIANTS = ["Q8_0", "Q4_0"]
 
 # What a named configuration builds and verifies: every artifact but the Core ML int8/int4 variants
-# and the stateful Core ML package, which only the default chain builds (their verification adds the
-# executor's forwards and decode steps, about 20 s each a configuration).
+# and the stateful Core ML package, which the default chain builds and a chain adds with
+# `coreml_variants = True` (their verification adds the executor's forwards and decode steps,
+# about 20 s each a configuration).
 CHAIN_BACKENDS = ["coreml", "coreml_fp32", "gguf", "gguf_f16", "gguf_kv_f16", "torchscript", "torchscript_decoder"] + [
     "gguf_" + variant.lower()
     for variant in GGUF_VARIANTS
 ]
 
+# The Core ML packages `coreml_variants = True` adds, as the default chain builds them:
+# (backend and stage suffix, verify_contracts flag, package name, mnemonic, convert_coreml flags).
+COREML_VARIANTS = [
+    ("coreml_int8", "mlpackage_int8", "magic-8-ball.int8.mlpackage", "M8bCoreMLInt8", ["--compress=int8"]),
+    ("coreml_int4", "mlpackage_int4", "magic-8-ball.int4.mlpackage", "M8bCoreMLInt4", ["--compress=int4", "--target=iOS18"]),
+    ("coreml_stateful", "mlpackage_stateful", "magic-8-ball.stateful.mlpackage", "M8bCoreMLStateful", ["--stateful"]),
+]
+
+# make_toy_kd flags a chain sets itself: its dataset stage names the outputs, and the teacher comes
+# from `teacher_gguf` (a label, so Bazel tracks the file) or from a pinned capture (`dataset`).
+_CHAIN_DATASET_FLAGS = ["--teacher", "--out", "--tokenizer_out", "--num_shards", "--shard", "--cache_dir"]
+
+_HEX = "0123456789abcdef"
+
+def _check_chain_args(name, dataset, dataset_sha256, tokenizer, dataset_args, teacher_gguf, teacher_agreement, coreml_variants, e2e):
+    """fail() with one clear message for a combination of student_chain arguments that cannot work."""
+    where = "student_chain(name = \"%s\")" % name
+    if dataset_args != None or teacher_gguf != None:
+        given = [arg for arg, value in [("dataset", dataset), ("dataset_sha256", dataset_sha256), ("tokenizer", tokenizer)] if value != None]
+        if given:
+            fail("%s: %s names a dataset made elsewhere, but %s makes this chain build its own; give one or the other" % (
+                where,
+                given[0],
+                "teacher_gguf" if teacher_gguf != None else "dataset_args",
+            ))
+    if dataset_sha256 != None:
+        if dataset == None:
+            fail("%s: dataset_sha256 pins the file named by `dataset`; add dataset = \"<label of the captured kd.jsonl>\"" % where)
+        if type(dataset_sha256) != "string" or len(dataset_sha256) != 64 or dataset_sha256.lstrip(_HEX) != "":
+            fail("%s: dataset_sha256 is %r; give the file's sha256 as 64 lower-case hex digits (`sha256sum FILE`)" % (where, dataset_sha256))
+    if tokenizer != None and dataset == None:
+        fail("%s: tokenizer names the tokenizer of `dataset`; give dataset too (and dataset_sha256 for a capture)" % where)
+    for arg in dataset_args or []:
+        for flag in _CHAIN_DATASET_FLAGS:
+            if arg == flag or arg.startswith(flag + "="):
+                if flag == "--teacher":
+                    fail(("%s: dataset_args has %s; a GGUF teacher is `teacher_gguf = \"<label of the .gguf>\"` (Bazel then " +
+                          "tracks the file), and a server's capture enters as dataset + dataset_sha256 (a build action " +
+                          "reaches no server): docs/bring_your_own_teacher.md") % (where, arg))
+                fail("%s: dataset_args has %s, which the chain's dataset stage sets itself; leave it out" % (where, arg))
+    if teacher_gguf == None and teacher_agreement != None:
+        fail("%s: teacher_agreement compares the student with its teacher GGUF; it needs teacher_gguf" % where)
+    for arg, value in [("teacher_agreement", teacher_agreement), ("coreml_variants", coreml_variants), ("e2e", e2e)]:
+        if value != None and type(value) != "bool":
+            fail("%s: %s is %r; use True or False" % (where, arg, value))
+
 def student_chain(
         name,
-        dataset = ":kd.jsonl",
-        tokenizer = ":tokenizer.json",
+        dataset = None,
+        dataset_sha256 = None,
+        tokenizer = None,
         dataset_args = None,
+        teacher_gguf = None,
+        teacher_agreement = None,
         train_args = [],
         lengths = DEFAULT_LENGTHS,
+        coreml_variants = False,
         e2e = False):
     """A named pipeline configuration: dataset -> train -> floors -> TorchScript + contract -> Core ML
     -> GGUF -> report, and `<name>_gates_test`, which fails when any of its gates failed or anything
@@ -143,29 +211,75 @@ def student_chain(
     Every output is prefixed `<name>.` (":<name>.report.json", ":<name>.magic-8-ball.gguf", ...).
     The default chain in pipeline/BUILD.bazel is written out stage by stage with the same tools.
 
+    Where the dataset comes from, one of:
+      - nothing given: the default chain's ":kd.jsonl" and ":tokenizer.json";
+      - dataset_args: `//data:make_toy_kd` with these flags (the rule-based teacher), in a stage;
+      - teacher_gguf: `//data:make_toy_kd --teacher=gguf:<path>` with dataset_args (default
+        DEFAULT_DATASET_ARGS), in a stage: llama.cpp runs the teacher in the action;
+      - dataset + dataset_sha256: a file made outside the graph (a capture from a server with
+        `bazel run //data:make_toy_kd -- --teacher=openai:URL ...`). The chain's first stage checks
+        its sha256 against the pin and stops with both digests when they differ; every later stage
+        reads that checked copy, ":<name>.kd.jsonl". The dataset header pins its tokenizer
+        (tokenizer_sha256), which the trainer checks.
+    Any other combination fails when the BUILD file is loaded.
+
     Args:
       name: the configuration's name: prefix of every target and file.
-      dataset: label of kd.jsonl to train on (default: the default chain's); ignored with dataset_args.
-      tokenizer: label of its tokenizer.json; ignored with dataset_args.
+      dataset: label of a kd.jsonl to train on; with dataset_sha256 for a file made outside the graph
+        (docs/bring_your_own_teacher.md). Default: the default chain's.
+      dataset_sha256: the sha256 of `dataset` as 64 lower-case hex digits (`sha256sum FILE`).
+      tokenizer: label of the tokenizer.json of `dataset` (default: the default chain's, which every
+        make_toy_kd run writes alike).
       dataset_args: flags for //data:make_toy_kd (e.g. DEFAULT_DATASET_ARGS with another --seed): the
-        configuration then builds its own dataset and tokenizer, ":<name>.kd.jsonl".
+        configuration then builds its own dataset and tokenizer, ":<name>.kd.jsonl". Never --teacher
+        (use teacher_gguf) nor the output flags.
+      teacher_gguf: label of a .gguf file to distil from (a GGUF whose vocabulary maps onto the
+        student tokenizer's, or with `--kd=sequence` in dataset_args any GGUF), e.g. another chain's
+        ":wide.magic-8-ball.gguf".
+      teacher_agreement: with teacher_gguf (default True): add the teacher-agreement gate
+        (//verify:check_teacher_agreement, ":<name>.teacher_agreement.json" and the test
+        `<name>_teacher_agreement_test`). Set False for a teacher of another vocabulary, whose
+        next-token distributions cannot be compared with the student's token for token.
       train_args: flags for the trainer: the seed and the architecture (--seed, --d_model, --n_layers,
         --n_heads, --n_kv_heads, --ffn_hidden, --max_seq_len, --rope_theta, --tie_embeddings).
       lengths: the contract lengths (ints); each at most the --max_seq_len of train_args.
+      coreml_variants: also build and verify the Core ML int8, int4 and stateful packages
+        (COREML_VARIANTS), as the default chain does.
       e2e: also render ":<name>.report.html" and add `e2e_<name>`, which prints the verdict and
         copies every artifact to dist/<name>/ (`bazel run //pipeline:e2e_<name>`).
     """
+    _check_chain_args(name, dataset, dataset_sha256, tokenizer, dataset_args, teacher_gguf, teacher_agreement, coreml_variants, e2e)
     pre = name + "."
     lengths_flag = "--lengths=" + ",".join([str(length) for length in lengths])
-    if dataset_args != None:
+    if dataset_args != None or teacher_gguf != None:
+        inputs, prefixes = {}, {}
+        if teacher_gguf != None:
+            inputs, prefixes = {"teacher": teacher_gguf}, {"teacher": "gguf:"}
         pipeline_stage(
             name = name + "_dataset",
             tool = "//data:make_toy_kd",
-            mnemonic = "M8bDataset",
+            mnemonic = "M8bDatasetGGUFTeacher" if teacher_gguf != None else "M8bDataset",
+            inputs = inputs,
+            input_prefixes = prefixes,
             outputs = {"out": pre + "kd.jsonl", "tokenizer_out": pre + "tokenizer.json"},
-            args = dataset_args,
+            args = dataset_args if dataset_args != None else DEFAULT_DATASET_ARGS,
         )
         dataset, tokenizer = ":" + pre + "kd.jsonl", ":" + pre + "tokenizer.json"
+    elif dataset_sha256 != None:
+        pipeline_stage(
+            name = name + "_dataset",
+            tool = "//pipeline:check_sha256",
+            mnemonic = "M8bDatasetPin",
+            inputs = {"in": dataset},
+            outputs = {"out": pre + "kd.jsonl"},
+            args = [
+                "--sha256=" + dataset_sha256,
+                "--pinned_by=dataset_sha256 of student_chain(name = \"%s\") in %s" % (name, native.package_name() + "/BUILD.bazel"),
+            ],
+        )
+        dataset = ":" + pre + "kd.jsonl"
+    dataset = dataset or ":kd.jsonl"
+    tokenizer = tokenizer or ":tokenizer.json"
     pipeline_stage(
         name = name + "_checkpoint",
         tool = "//training:run_toy_distill",
@@ -187,6 +301,7 @@ def student_chain(
         outputs = {"out": pre + "floors.json"},
         args = [lengths_flag],
     )
+    backends = CHAIN_BACKENDS + ([variant[0] for variant in COREML_VARIANTS] if coreml_variants else [])
     pipeline_stage(
         name = name + "_torchscript",
         tool = "//conversion:export_pytorch",
@@ -197,16 +312,26 @@ def student_chain(
             "out_decoder": pre + "magic-8-ball.decode.pt",
             "out_contract": pre + "contract.json",
         },
-        args = [lengths_flag, "--verify_backends=" + ",".join(CHAIN_BACKENDS)],
+        args = [lengths_flag, "--verify_backends=" + ",".join(backends)],
     )
+    contract = dict(checkpoint, contract = ":" + pre + "contract.json")
+
+    # Every verified artifact once: (verify_contracts flag, label, backend it is verified as, stage,
+    # the files that ship beside it). The verify stage's inputs and e2e_<name>'s rows both come from
+    # this list, so e2e cannot leave out an artifact the report gates.
+    verified = [
+        ("torchscript", ":" + pre + "magic-8-ball.pt", "torchscript", "torchscript", []),
+        ("torchscript_decoder", ":" + pre + "magic-8-ball.decode.pt", "torchscript_decoder", "torchscript", []),
+    ]
     pipeline_stage(
         name = name + "_coreml",
         tool = "//conversion:convert_coreml",
         mnemonic = "M8bCoreML",
-        inputs = dict(checkpoint, contract = ":" + pre + "contract.json"),
+        inputs = contract,
         output_dirs = {"out": pre + "magic-8-ball.mlpackage"},
         args = ["--precision=fp16"],
     )
+    verified.append(("mlpackage", ":" + name + "_coreml", "coreml", "coreml", []))
     pipeline_stage(
         name = name + "_gguf",
         tool = "//conversion:export_gguf",
@@ -215,14 +340,16 @@ def student_chain(
         outputs = {"out": pre + "magic-8-ball.gguf", "modelfile_out": pre + "Modelfile"},
         args = ["--dtype=f32"],
     )
+    verified.append(("gguf", ":" + pre + "magic-8-ball.gguf", "gguf", "gguf", [":" + pre + "Modelfile"]))
     pipeline_stage(
         name = name + "_coreml_fp32",
         tool = "//conversion:convert_coreml",
         mnemonic = "M8bCoreML",
-        inputs = dict(checkpoint, contract = ":" + pre + "contract.json"),
+        inputs = contract,
         output_dirs = {"out": pre + "magic-8-ball.fp32.mlpackage"},
         args = ["--precision=fp32"],
     )
+    verified.append(("mlpackage_fp32", ":" + name + "_coreml_fp32", "coreml_fp32", "coreml_fp32", []))
     pipeline_stage(
         name = name + "_gguf_f16",
         tool = "//conversion:export_gguf",
@@ -231,9 +358,11 @@ def student_chain(
         outputs = {"out": pre + "magic-8-ball.f16.gguf", "modelfile_out": pre + "Modelfile.f16"},
         args = ["--dtype=f16"],
     )
+    verified.append(("gguf_f16", ":" + pre + "magic-8-ball.f16.gguf", "gguf_f16", "gguf_f16", [":" + pre + "Modelfile.f16"]))
     for variant in GGUF_VARIANTS:
+        stage = "gguf_" + variant.lower()
         pipeline_stage(
-            name = name + "_gguf_" + variant.lower(),
+            name = name + "_" + stage,
             tool = "//conversion:export_gguf",
             mnemonic = "M8bGGUF",
             inputs = dict(checkpoint, tokenizer = tokenizer),
@@ -243,26 +372,27 @@ def student_chain(
             },
             args = ["--dtype=" + variant],
         )
-    variant_inputs = {
-        "gguf_" + variant.lower(): ":" + pre + "magic-8-ball.%s.gguf" % variant
-        for variant in GGUF_VARIANTS
-    }
+        verified.append((stage, ":" + pre + "magic-8-ball.%s.gguf" % variant, stage, stage, [":" + pre + "Modelfile.%s" % variant]))
+    if coreml_variants:
+        for backend, flag, package, mnemonic, args in COREML_VARIANTS:
+            pipeline_stage(
+                name = name + "_" + backend,
+                tool = "//conversion:convert_coreml",
+                mnemonic = mnemonic,
+                inputs = contract,
+                output_dirs = {"out": pre + package},
+                args = args,
+            )
+            verified.append((flag, ":" + name + "_" + backend, backend, backend, []))
     pipeline_stage(
         name = name + "_verify",
         tool = "//verify:verify_contracts",
         mnemonic = "M8bVerify",
         inputs = dict(
-            checkpoint,
-            contract = ":" + pre + "contract.json",
+            contract,
             tokenizer = tokenizer,
             dataset = dataset,
-            torchscript = ":" + pre + "magic-8-ball.pt",
-            torchscript_decoder = ":" + pre + "magic-8-ball.decode.pt",
-            mlpackage = ":" + name + "_coreml",
-            gguf = ":" + pre + "magic-8-ball.gguf",
-            mlpackage_fp32 = ":" + name + "_coreml_fp32",
-            gguf_f16 = ":" + pre + "magic-8-ball.f16.gguf",
-            **variant_inputs
+            **{flag: label for flag, label, _, _, _ in verified}
         ),
         outputs = {"out_report": pre + "report.json"},
         args = ["--noexit_nonzero_on_failed_gates"],
@@ -275,6 +405,26 @@ def student_chain(
         data = [":" + pre + "report.json", ":" + pre + "contract.json"],
         python_version = "PY3",
     )
+    agreement = teacher_gguf != None and teacher_agreement != False
+    if agreement:
+        # The student against its teacher on the held-out prompts, position by position of the
+        # teacher's captured replies (verify/teacher_agreement.py).
+        pipeline_stage(
+            name = name + "_teacher_agreement",
+            tool = "//verify:check_teacher_agreement",
+            mnemonic = "M8bTeacherAgreement",
+            inputs = dict(checkpoint, tokenizer = tokenizer, dataset = dataset, teacher_gguf = teacher_gguf),
+            outputs = {"out": pre + "teacher_agreement.json"},
+            args = ["--noexit_nonzero_on_failed_gate"],
+        )
+        native.py_test(
+            name = name + "_teacher_agreement_test",
+            srcs = ["teacher_agreement_gate_test.py"],
+            main = "teacher_agreement_gate_test.py",
+            args = ["$(rootpath :%steacher_agreement.json)" % pre],
+            data = [":" + pre + "teacher_agreement.json"],
+            python_version = "PY3",
+        )
     if not e2e:
         return
     pipeline_stage(
@@ -300,21 +450,16 @@ def student_chain(
         ":" + pre + "student.json": "checkpoint=-",
         ":" + pre + "loss_history.jsonl": "checkpoint=-",
         ":" + pre + "floors.json": "floors=-",
-        ":" + pre + "magic-8-ball.pt": "torchscript=torchscript",
-        ":" + pre + "magic-8-ball.decode.pt": "torchscript=torchscript_decoder",
         ":" + pre + "contract.json": "torchscript=-",
-        ":" + name + "_coreml": "coreml=coreml",
-        ":" + pre + "magic-8-ball.gguf": "gguf=gguf",
-        ":" + pre + "Modelfile": "gguf=-",
     }
-    for variant in GGUF_VARIANTS:
-        stage = "gguf_" + variant.lower()
-        artifacts[":" + pre + "magic-8-ball.%s.gguf" % variant] = "%s=%s" % (stage, stage)
-        artifacts[":" + pre + "Modelfile.%s" % variant] = stage + "=-"
-    artifacts.update({
-        ":" + pre + "report.json": "verify=-",
-        ":" + pre + "report.html": "report=-",
-    })
+    for _, label, backend, stage, companions in verified:
+        artifacts[label] = "%s=%s" % (stage, backend)
+        for companion in companions:
+            artifacts[companion] = stage + "=-"
+    artifacts[":" + pre + "report.json"] = "verify=-"
+    if agreement:
+        artifacts[":" + pre + "teacher_agreement.json"] = "teacher_agreement=-"
+    artifacts[":" + pre + "report.html"] = "report=-"
     e2e_binary(name = "e2e_" + name, report = ":" + pre + "report.json", artifacts = artifacts, dist_subdir = name)
 
 def e2e_binary(name, report, artifacts, dist_subdir = ""):
