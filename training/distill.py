@@ -2,27 +2,39 @@
 
 The loss, per completion position (prompt positions and padding are never trained), is
 
-    kl_weight * T^2 * KL_topk(teacher_T || student_T) + ce_weight * CE(student, teacher token)
+    kl_weight * T^2 * KL_bucket(teacher_T || student_T) + ce_weight * CE(student, teacher token)
 
-KL_topk, our exact choice. The dataset keeps only the teacher's top-k log-probabilities at each
-completion position (make_toy_kd's default k = 8 holds ~91% of the mass at the first answer token).
-- Teacher: renormalised over its k ids at temperature T, p_i = softmax_i(teacher_logprob / T).
-- Student: log-softmax of its logits at temperature T gathered at the same k ids, then renormalised
-  over them: log q_i = log_softmax(z / T)[id_i] - logsumexp_j log_softmax(z / T)[id_j]
-  (= log_softmax over the k gathered logits z[id] / T).
-- KL_topk = sum_i p_i (log p_i - log q_i): a true KL between distributions over the k ids, >= 0,
-  and 0 exactly when the student's ratios among the k ids are the teacher's.
-Why renormalise the student as well: against the student's *unnormalised* probabilities, the loss
-would push all the student's mass onto the k ids and starve the answers outside the top-k (at one
-position the bias in total variation is (1 - top-k mass) * kl_weight / (kl_weight + ce_weight));
-it measured clearly worse per-kind TV. Here KL_topk fixes the ratios inside the top-k and the CE
-term, on tokens the teacher sampled from its full distribution, sets the rest: the mass outside
-the top-k and every single-id position (where KL_topk is 0). Both terms are minimised by the
-teacher's distribution, so their weighted sum is too, and CE keeps off-list tokens (non-canonical
-text) down. Matching softmax(z / T) to the tempered teacher makes z the teacher's log-probs up to a
-constant, so the student's T = 1 distribution is the teacher's for any T; T^2 keeps gradient sizes
-comparable across T.
-Both terms are means over the completion tokens of the batch.
+KL_bucket, our exact choice. The dataset keeps, per completion position, the teacher's top-k ids
+with their log-probabilities lp_i and the mass off the list, tail (data/dataset.py; make_toy_kd's
+default k = 8 holds ~91% of the mass at the first answer token). Both distributions are compared
+over k + 1 buckets: each listed id, and one bucket for every other id.
+- Teacher: p_i = exp(lp_i), p_tail = max(tail, 0).
+- Student: q_i = softmax(z)[id_i] and q_tail = the sum of softmax(z) over the ids NOT on the list,
+  computed in log space as logsumexp(z over the unlisted ids) - logsumexp(z), never as
+  log(1 - sum q_i), which cancels catastrophically when the list holds nearly all the mass.
+- KL_bucket = sum_i p_i (log p_i - log q_i) + p_tail (log p_tail - log q_tail), with 0 log 0 = 0
+  (a tail of 0 contributes nothing; padding entries of short lists neither). Mean over positions.
+Why a tail bucket instead of renormalising over the list (what this loss did before): the student's
+off-list mass is now held to the teacher's, so the KL alone is minimised by the teacher's
+distribution over the buckets, and neither side's off-list mass is left to the CE term's noisy
+samples. The old argument against the student's unnormalised probabilities (pulling all its mass
+onto the k ids, starving the answers outside them) does not apply: the tail bucket asks for exactly
+the teacher's off-list mass, no more and no less. A list of one id is no longer a KL of 0: it weighs
+that id against the rest. The CE term, on tokens the teacher sampled from its full distribution,
+still spreads the off-list mass over the right tokens inside the tail bucket, which the k + 1
+buckets cannot see, and keeps non-canonical text down.
+
+Temperature T: the teacher's full distribution is not stored, so it cannot be tempered. We temper
+the k + 1 bucket distribution as if the tail were one token: p'_j = p_j^(1/T) / sum_b p_b^(1/T)
+over the k + 1 buckets; the student's buckets are taken from softmax(z / T) as above (its tail
+bucket is its true tempered off-list mass). T = 1, the default, is exact (p' is p, renormalised
+over its k + 1 buckets, which the reader holds to within 1e-4 of summing to 1). At T != 1 the
+tail bucket is an approximation: tempering a sum of probabilities is not the sum of tempered
+ones. T^2 keeps gradient sizes comparable across T. Both terms are means over the completion
+tokens of the batch.
+
+Datasets without soft targets (kd "sequence", data/dataset.py) have no lists: every position's
+KL is 0 and training is the CE term alone (run_toy_distill sets kl_weight to 0 and says so).
 
 Determinism: the caller seeds initialisation; the data order comes from a torch.Generator seeded
 with TrainConfig.seed; nothing here reads the clock except progress logging, which never feeds back
@@ -59,6 +71,7 @@ class Batch:
     topk_ids: torch.Tensor  # [B, C, k] long
     topk_logprobs: torch.Tensor  # [B, C, k] float32
     topk_valid: torch.Tensor  # [B, C, k] bool: False for padding entries (fewer than k given)
+    topk_tail: torch.Tensor  # [B, C] float32: the teacher's mass off the list (0 at padding)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -78,16 +91,17 @@ class Batch:
             topk_ids=self.topk_ids[index],
             topk_logprobs=self.topk_logprobs[index],
             topk_valid=self.topk_valid[index],
+            topk_tail=self.topk_tail[index],
         )
 
     @property
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
-    def teacher_topk(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids, logprobs, valid), each [M, k], in the order of the M completion positions."""
+    def teacher_topk(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, logprobs, valid) [M, k] and tail [M], in the order of the M completion positions."""
         m = self.completion_mask
-        return self.topk_ids[m], self.topk_logprobs[m], self.topk_valid[m]
+        return self.topk_ids[m], self.topk_logprobs[m], self.topk_valid[m], self.topk_tail[m]
 
 
 def record_sequence(record, bos_id: int) -> tuple[list[int], int]:
@@ -99,17 +113,28 @@ def record_sequence(record, bos_id: int) -> tuple[list[int], int]:
     return [bos_id, *record.prompt_ids, *record.completion_ids], 1 + len(record.prompt_ids)
 
 
+def _tails(record) -> list[float]:
+    """The record's off-list mass per position: its topk_tail, or computed from its lists when it
+    has none (records not read from a file)."""
+    given = getattr(record, "topk_tail", None)
+    if given is not None:
+        return given
+    return [max(0.0, 1.0 - math.fsum(math.exp(lp) for lp in row)) for row in record.topk_logprobs]
+
+
 def make_batch(records: Sequence, bos_id: int, pad_id: int) -> Batch:
-    """Pads dataset records (prompt_ids, completion_ids, topk_ids, topk_logprobs) into one Batch."""
+    """Pads dataset records (prompt_ids, completion_ids, topk_ids, topk_logprobs, topk_tail) into one
+    Batch. A record without lists (kd "sequence": topk_ids == []) gets empty lists and tail 0 at every
+    completion position."""
     if not records:
         raise ValueError("make_batch needs at least one record")
     n = len(records)
     width = max(len(r.prompt_ids) + len(r.completion_ids) for r in records)  # 1 + P + C - 1
     comp_width = max(len(r.completion_ids) for r in records)
-    k = max(len(ids) for r in records for ids in r.topk_ids)
+    k = max((len(ids) for r in records for ids in r.topk_ids), default=0)
     # Flat lists, one tensor each at the end: far faster than nested lists for thousands of records.
     input_ids, targets, loss_mask, lengths = [], [], [], []
-    completion_mask, topk_ids, topk_logprobs, topk_valid = [], [], [], []
+    completion_mask, topk_ids, topk_logprobs, topk_valid, topk_tail = [], [], [], [], []
     for record in records:
         seq, first = record_sequence(record, bos_id)
         length = len(seq) - 1
@@ -127,10 +152,13 @@ def make_batch(records: Sequence, bos_id: int, pad_id: int) -> Batch:
             topk_ids += [*ids, *[0] * fill]
             topk_logprobs += [*logprobs, *[0.0] * fill]
             topk_valid += [True] * len(ids) + [False] * fill
-        empty = (comp_width - count) * k
+        topk_tail += _tails(record)
+        listed = len(record.topk_ids)  # count, or 0 without soft targets
+        empty = (comp_width - listed) * k
         topk_ids += [0] * empty
         topk_logprobs += [0.0] * empty
         topk_valid += [False] * empty
+        topk_tail += [0.0] * (comp_width - listed)
     return Batch(
         input_ids=torch.tensor(input_ids, dtype=torch.long).view(n, width),
         targets=torch.tensor(targets, dtype=torch.long).view(n, width),
@@ -140,6 +168,7 @@ def make_batch(records: Sequence, bos_id: int, pad_id: int) -> Batch:
         topk_ids=torch.tensor(topk_ids, dtype=torch.long).view(n, comp_width, k),
         topk_logprobs=torch.tensor(topk_logprobs, dtype=torch.float32).view(n, comp_width, k),
         topk_valid=torch.tensor(topk_valid, dtype=torch.bool).view(n, comp_width, k),
+        topk_tail=torch.tensor(topk_tail, dtype=torch.float32).view(n, comp_width),
     )
 
 
@@ -175,20 +204,52 @@ class CompletionLogits(torch.nn.Module):
         return self.model.lm_head(self.hidden(input_ids)[loss_mask])
 
 
+def bucket_kl(
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    valid: torch.Tensor,
+    tail: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """KL_bucket (module docstring) per position, [M], before the T^2 factor.
+
+    z [M, V] logits; ids, logprobs, valid [M, k] (valid False at padding entries); tail [M]. The
+    list holds fewer than V ids (the dataset's k is at most 32, its vocabulary above 260), so the
+    student's tail bucket is never empty. A position with no list and no tail (kd "sequence") is 0.
+    """
+    t = temperature
+    zt = z.float() if t == 1.0 else z.float() / t
+    m, vocab = zt.shape
+    log_norm = torch.logsumexp(zt, dim=-1)  # [M]
+    student_list = zt.gather(-1, ids) - log_norm.unsqueeze(-1)  # log q_i; padding masked below
+    # The listed ids as a mask; padding entries point at an extra column that is dropped, so they
+    # mark nothing (their id 0 may be another position's real entry).
+    listed = torch.zeros(m, vocab + 1, dtype=torch.bool, device=zt.device)
+    listed.scatter_(-1, ids.masked_fill(~valid, vocab), True)
+    unlisted = zt.masked_fill(listed[:, :vocab], -math.inf)
+    student_tail = torch.logsumexp(unlisted, dim=-1) - log_norm  # log q_tail, in log space throughout
+    log_q = torch.cat([student_list, student_tail.unsqueeze(-1)], dim=-1)  # [M, k + 1]
+    # Teacher buckets at temperature T: p_j^(1/T), renormalised over the k + 1 buckets.
+    tail_log = torch.log(tail.float().clamp(min=0.0))  # log 0 = -inf: an empty bucket
+    teacher = torch.cat([logprobs.float().masked_fill(~valid, -math.inf), tail_log.unsqueeze(-1)], dim=-1)
+    has_mass = torch.isfinite(teacher).any(-1, keepdim=True)  # False only without soft targets
+    log_p = F.log_softmax(torch.where(has_mass, teacher / t, 0.0), dim=-1)
+    p = log_p.exp()
+    # 0 log 0 = 0: empty buckets (padding, a tail of 0, positions without a list) contribute nothing;
+    # torch.where keeps their -inf out of the sum and of the gradient.
+    live = torch.isfinite(teacher) & has_mass
+    terms = torch.where(live, p * (torch.where(live, log_p, 0.0) - torch.where(live, log_q, 0.0)), 0.0)
+    return terms.sum(-1)
+
+
 def distill_loss(z: torch.Tensor, batch: Batch, cfg: LossConfig) -> LossParts:
     """The module docstring's loss; z = completion_logits(model, batch), [M, V]."""
     log_probs = F.log_softmax(z.float(), dim=-1)
     ce = F.nll_loss(log_probs, batch.targets[batch.loss_mask])
     t = cfg.temperature
-    ids, logprobs, valid = batch.teacher_topk()
-    teacher_logp = F.log_softmax((logprobs / t).masked_fill(~valid, -math.inf), dim=-1)
-    teacher_p = teacher_logp.exp()  # exactly 0 at padding entries
-    student_logp_t = log_probs if t == 1.0 else F.log_softmax(z.float() / t, dim=-1)
-    # Renormalised over the k ids (module docstring); padding entries get no mass.
-    student_logp = F.log_softmax(student_logp_t.gather(-1, ids).masked_fill(~valid, -math.inf), dim=-1)
-    # Padding entries contribute 0 * (0 - finite) = 0; masked_fill avoids 0 * -inf = nan.
-    diff = teacher_logp.masked_fill(~valid, 0.0) - student_logp.masked_fill(~valid, 0.0)
-    kl = (teacher_p * diff).sum(-1).mean() * (t * t)
+    ids, logprobs, valid, tail = batch.teacher_topk()
+    kl = bucket_kl(z, ids, logprobs, valid, tail, t).mean() * (t * t)
     total = cfg.kl_weight * kl + cfg.ce_weight * ce
     return LossParts(total=total, kl=kl, ce=ce)
 

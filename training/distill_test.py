@@ -24,6 +24,7 @@ class FakeRecord:
     completion_ids: list
     topk_ids: list
     topk_logprobs: list
+    topk_tail: list | None = None  # None: make_batch computes it from the lists
 
 
 def fake_records(n: int, seed: int = 0) -> list[FakeRecord]:
@@ -66,47 +67,152 @@ def test_make_batch_lines_up_targets_and_topk_with_the_completion():
             assert batch.topk_ids[row, i, : len(ids)].tolist() == ids
             assert batch.topk_valid[row, i].tolist() == [True] * len(ids) + [False] * (2 - len(ids))
     # Row-major, completion positions and loss positions pair up one to one.
-    ids, _, valid = batch.teacher_topk()
+    ids, _, valid, tail = batch.teacher_topk()
     assert ids.shape == (int(batch.loss_mask.sum()), 2)
     assert (ids[:, 0] == batch.targets[batch.loss_mask]).all()  # fake teachers rank the target first
     assert valid.any(-1).all()
+    # Tails computed from the lists (the fake records carry none): 0.1 off the first list, 0 after.
+    assert tail.shape == (int(batch.loss_mask.sum()),)
+    torch.testing.assert_close(batch.topk_tail[0], torch.tensor([1 - 0.7 - 0.2, 0.0, 0.0]))
 
 
-def test_kl_matches_a_hand_computation():
-    # Teacher top-2 probabilities 0.6 and 0.3 renormalise to 2/3 and 1/3 over the two ids; the
-    # student's probabilities at those ids are renormalised over them too.
-    batch = one_position_batch([7, 9], [math.log(0.6), math.log(0.3)], 7)
-    z = torch.zeros(2, TINY.vocab_size)
-    z[0, 7], z[0, 9], z[0, 20] = 2.0, 1.0, 3.0
-    for t in (1.0, 2.0):
+def test_make_batch_takes_the_records_tails_and_pads_them_with_0():
+    given = FakeRecord(
+        [5], [7, 8, EOS], [[7, 9], [8], [EOS]], [[-0.5, -1.5], [-0.1], [0.0]], [0.25, 0.5, 0.0]
+    )
+    short = FakeRecord([5, 6], [7, EOS], [[7], [EOS]], [[0.0], [0.0]])
+    batch = distill.make_batch([given, short], BOS, PAD)
+    assert batch.topk_tail.tolist() == [[0.25, 0.5, 0.0], [0.0, 0.0, 0.0]]  # as given, not recomputed
+    assert batch.topk_tail.dtype == torch.float32
+
+
+V5 = 5  # the hand-computed case's vocabulary
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _reference(z: np.ndarray, rows: list, t: float) -> tuple[float, np.ndarray]:
+    """KL_bucket's mean over positions and its gradient w.r.t. z, in float64, from the formula.
+
+    rows: per position (ids, probabilities, tail). Buckets: the listed ids and the rest. With
+    P the tempered teacher buckets (p^(1/T), renormalised), s = softmax(z / T) and Q_b the sum of s
+    over bucket b: KL = sum_b P_b log(P_b / Q_b), and d log Q_b / d z_v = (1/T)([v in b] s_v / Q_b - s_v),
+    so d KL / d z_v = (1/T)(s_v - P_b(v) s_v / Q_b(v)) (P sums to 1). Times T^2, over M positions.
+    """
+    loss, grad = 0.0, np.zeros_like(z)
+    for m, (ids, probs, tail) in enumerate(rows):
+        s = _softmax(z[m] / t)
+        rest = [v for v in range(z.shape[1]) if v not in ids]
+        teacher = np.array([*probs, tail]) ** (1 / t)
+        teacher /= teacher.sum()
+        buckets = [[i] for i in ids] + [rest]
+        mass = np.array([s[b].sum() for b in buckets])
+        loss += sum(P * np.log(P / Q) for P, Q in zip(teacher, mass, strict=True) if P > 0)
+        for b, members in enumerate(buckets):
+            grad[m, members] = (s[members] - teacher[b] * s[members] / mass[b]) / t
+    return loss / len(rows) * t * t, grad / len(rows) * t * t
+
+
+def test_kl_and_its_gradient_match_a_hand_computation():
+    # Three positions over a vocabulary of 5, k = 2: a list with a tail; a list holding the whole
+    # distribution (tail 0); a list of one id, padded to k = 2.
+    rows = [([1, 3], [0.5, 0.3], 0.2), ([4, 0], [0.6, 0.4], 0.0), ([2], [0.7], 0.3)]
+    record = FakeRecord(
+        [4],
+        [1, 4, EOS],
+        [ids for ids, _, _ in rows],
+        [[math.log(p) for p in probs] for _, probs, _ in rows],
+        [tail for _, _, tail in rows],
+    )
+    batch = distill.make_batch([record], BOS, PAD)
+    assert batch.topk_valid[0, 2].tolist() == [True, False]  # the padded entry
+    z0 = np.array([[0.2, 1.0, -0.5, 0.3, 0.0], [-1.0, 0.5, 0.25, 2.0, 0.1], [0.7, -0.3, 1.5, 0.0, -2.0]])
+    for t in (1.0, 2.0, 0.5):
+        z = torch.tensor(z0, dtype=torch.float32, requires_grad=True)
         cfg = distill.LossConfig(temperature=t, kl_weight=1.0, ce_weight=0.0)
         parts = distill.distill_loss(z, batch, cfg)
-        p = np.array([0.6, 0.3]) ** (1 / t)
-        p /= p.sum()
-        q = np.exp(np.array([2.0, 1.0]) / t)
-        q /= q.sum()
-        # The eos position has a single teacher id: renormalised, both sides are 1 there, KL 0.
-        assert float(parts.kl) == pytest.approx(float((p * np.log(p / q)).sum()) / 2 * t * t, abs=1e-6)
-        assert float(parts.total) == pytest.approx(float(parts.kl), rel=1e-6)
+        parts.total.backward()
+        loss, grad = _reference(z0, rows, t)
+        assert float(parts.kl.detach()) == pytest.approx(loss, rel=1e-5), t
+        np.testing.assert_allclose(z.grad.numpy(), grad, rtol=1e-4, atol=1e-6)
+    # The reference formula itself against central differences of the reference loss.
+    _, grad = _reference(z0, rows, 2.0)
+    for m, v in ((0, 1), (0, 4), (1, 2), (2, 2), (2, 3)):
+        step = np.zeros_like(z0)
+        step[m, v] = 1e-6
+        numeric = (_reference(z0 + step, rows, 2.0)[0] - _reference(z0 - step, rows, 2.0)[0]) / 2e-6
+        assert numeric == pytest.approx(grad[m, v], rel=1e-5, abs=1e-9)
 
 
-def test_kl_sees_ratios_inside_the_topk_and_ce_sees_mass_outside_it():
+def test_kl_is_0_when_the_students_buckets_are_the_teachers():
     logprobs = [math.log(0.5), math.log(0.3), math.log(0.1)]  # 0.1 of the teacher's mass is elsewhere
     batch = one_position_batch([4, 8, 11], logprobs, 4)
-    z = torch.full((2, TINY.vocab_size), -30.0)
+    # The student's off-list 0.1 spread unevenly over the other 37 ids: only its sum is a bucket.
+    weights = torch.arange(1.0, TINY.vocab_size + 1.0)
+    weights[[4, 8, 11]] = 0.0
+    z = torch.full((2, TINY.vocab_size), -1e4)
+    z[0] = torch.log(0.1 * weights / weights.sum())
     z[0, [4, 8, 11]] = torch.tensor(logprobs)
-    z[1, EOS] = 0.0
+    z[1, EOS] = 0.0  # the eos position: its list is [eos] with probability 1, tail 0
+    assert abs(float(distill.distill_loss(z, batch, distill.LossConfig()).kl)) < 1e-6
+    # At T != 1 the tail bucket is tempered as one token: with the off-list mass on one id it is one.
+    one = z.clone()
+    one[0] = -1e4
+    one[0, [4, 8, 11, 20]] = torch.tensor([*logprobs, math.log(0.1)])
     for t in (0.5, 1.0, 3.0):
-        assert abs(float(distill.distill_loss(z, batch, distill.LossConfig(temperature=t)).kl)) < 1e-6
-    before = distill.distill_loss(z, batch, distill.LossConfig())
+        assert abs(float(distill.distill_loss(one, batch, distill.LossConfig(temperature=t)).kl)) < 1e-6
+    # Mass moved off the list, or ratios changed inside it: the KL sees both.
     moved = z.clone()
-    moved[0, 20] = 2.0  # mass moves off the list, ratios inside it stay
-    after = distill.distill_loss(moved, batch, distill.LossConfig())
-    assert abs(float(after.kl)) < 1e-6
-    assert float(after.ce) > float(before.ce) + 0.5
+    moved[0, 20] = 2.0
+    assert float(distill.distill_loss(moved, batch, distill.LossConfig()).kl) > 0.1
     skewed = z.clone()
-    skewed[0, 11] = 0.0  # ratios inside the list change
+    skewed[0, 11] = 0.0
     assert float(distill.distill_loss(skewed, batch, distill.LossConfig()).kl) > 0.1
+
+
+def test_the_students_tail_is_computed_in_log_space():
+    # The student puts all but 1e-9 of its mass on the listed id: 1 - q in float32 is 0, so
+    # log(1 - sum q) would be -inf; the log-space tail is exact.
+    batch = one_position_batch([7], [math.log(0.999)], 7)
+    z = torch.zeros(2, TINY.vocab_size, dtype=torch.float64)
+    z[0] = math.log(1e-9 / (TINY.vocab_size - 1))
+    z[0, 7] = 0.0
+    z[1] = -1e4
+    z[1, EOS] = 0.0
+    assert float(1 - torch.softmax(z[0].float(), -1)[7]) == 0.0  # the cancellation this avoids
+    q_tail = 1e-9 / (1 + 1e-9)
+    expected = (0.999 * math.log(0.999 / (1 - q_tail)) + 0.001 * math.log(0.001 / q_tail)) / 2  # eos: 0
+    kl = float(distill.distill_loss(z.float(), batch, distill.LossConfig()).kl)
+    assert kl == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_single_id_list_still_teaches_its_probability():
+    # With the old renormalised loss a one-id list gave KL 0 whatever the student did; the tail bucket
+    # holds the id to the teacher's 0.6.
+    batch = one_position_batch([7], [math.log(0.6)], 7)
+    z = torch.full((2, TINY.vocab_size), -1e4)
+    z[0, 7], z[0, 9] = math.log(0.6), math.log(0.4)
+    z[1, EOS] = 0.0
+    assert abs(float(distill.distill_loss(z, batch, distill.LossConfig()).kl)) < 1e-6
+    z[0, 9] = math.log(0.1)
+    assert float(distill.distill_loss(z, batch, distill.LossConfig()).kl) > 0.05
+
+
+def test_records_without_soft_targets_give_kl_0_and_train_on_ce():
+    records = [FakeRecord([5, 6], [7, 8, EOS], [], [], []), FakeRecord([5], [9, EOS], [], [], [])]
+    batch = distill.make_batch(records, BOS, PAD)
+    assert batch.topk_ids.shape == (2, 3, 0) and batch.topk_tail.tolist() == [[0.0] * 3] * 2
+    z = torch.randn(5, TINY.vocab_size, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    parts = distill.distill_loss(z, batch, distill.LossConfig(kl_weight=1.0, ce_weight=1.0))
+    assert float(parts.kl.detach()) == 0.0
+    assert float(parts.ce) == pytest.approx(
+        float(F.cross_entropy(z, batch.targets[batch.loss_mask])), rel=1e-6
+    )
+    parts.total.backward()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_padding_entries_of_short_topk_lists_contribute_nothing():

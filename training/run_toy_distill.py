@@ -12,6 +12,10 @@ split each global batch; rank 0 alone writes the outputs, and the metadata's
 training.distributed records the world size and backend. --threads is per rank.
 --compile runs the student through torch.compile when a C++ compiler is present (else one
 warning, and eager training). Both are off by default; the default run is unchanged.
+
+A dataset without soft targets (version 2, kd "sequence": data/dataset.py) trains on the
+cross-entropy alone; the trainer logs one line saying so, and the metadata's training.kd and
+training.loss record which loss was minimised.
 """
 
 import csv
@@ -46,7 +50,12 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Sequences per step.")
 flags.DEFINE_float("lr", _DEFAULTS.lr, "Peak AdamW learning rate (linear warmup, cosine decay).")
 flags.DEFINE_integer("warmup", _DEFAULTS.warmup, "Linear warmup steps.")
 flags.DEFINE_float("temperature", _LOSS_DEFAULTS.temperature, "Distillation temperature T.")
-flags.DEFINE_float("kl_weight", _LOSS_DEFAULTS.kl_weight, "Weight of the T^2-scaled top-k KL term.")
+flags.DEFINE_float(
+    "kl_weight",
+    _LOSS_DEFAULTS.kl_weight,
+    "Weight of the T^2-scaled KL over the teacher's top-k ids and its tail (training/distill.py); "
+    "a dataset without soft targets (kd sequence) trains without it.",
+)
 flags.DEFINE_float("ce_weight", _LOSS_DEFAULTS.ce_weight, "Weight of the cross-entropy on teacher tokens.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
 flags.DEFINE_integer("threads", 2, "torch threads; results are reproducible for a fixed value.")
@@ -134,6 +143,32 @@ def _check_records(path: str, records: list, cfg: ModelConfig) -> None:
             raise InputError(f"{where}: {length} tokens, longer than the model's {cfg.max_seq_len}")
 
 
+# What the checkpoint metadata's training.loss says was minimised, by the dataset's kd mode.
+LOSS_DESCRIPTION = {
+    "logits": "kl_weight * T^2 * KL(k+1 buckets: the teacher's top-k ids and the tail) + ce_weight * CE",
+    "sequence": "ce_weight * CE (kd sequence: the dataset has no soft targets)",
+}
+
+
+def _kl_weight(in_path: str, kd: str) -> float:
+    """The KL term's weight: --kl_weight, or 0 for a dataset without soft targets (kd "sequence"),
+    where the KL cannot be computed. Asking for it there explicitly is an error, not a silent 0."""
+    if kd == "logits":
+        return FLAGS.kl_weight
+    if FLAGS["kl_weight"].present and FLAGS.kl_weight > 0:
+        raise InputError(
+            f"{in_path}:1: kd: is 'sequence' (no soft targets), so there is no KL term to weigh; "
+            "drop --kl_weight or pass --kl_weight=0"
+        )
+    if FLAGS.ce_weight == 0:
+        raise InputError(
+            f"{in_path}:1: kd: is 'sequence' (no soft targets) and --ce_weight is 0; nothing would be trained"
+        )
+    if os.environ.get("RANK", "0") == "0":  # one line for the job, not one per rank
+        logging.info("%s: kd sequence (no soft targets): training on the cross-entropy alone", in_path)
+    return 0.0
+
+
 def history_csv(history: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n", restval="")
@@ -150,26 +185,15 @@ def main(argv: list[str]) -> None:
     _check_flags()
     in_path = FLAGS["in"].value
     tokenizer = Tokenizer.load(FLAGS.tokenizer)
-    data = kd_dataset.read_dataset(in_path)
-    expected = data.header.get("tokenizer_sha256")
-    if expected != tokenizer.digest:
-        raise InputError(
-            f"{in_path}:1: tokenizer_sha256: is {expected}, but --tokenizer {FLAGS.tokenizer} has "
-            f"{tokenizer.digest}; pass the tokenizer the dataset was made with"
-        )
+    # The tokenizer is checked at the header, before any record: ids of another tokenizer are noise.
+    data = kd_dataset.read_dataset(in_path, tokenizer.digest, FLAGS.tokenizer)
     train_records = [r for r in data.records if r.split == "train"]
     heldout_records = [r for r in data.records if r.split == "heldout"]
     if not train_records:
         raise InputError(f'{in_path}: no records with split "train"; nothing to train on')
     if not heldout_records:
         raise InputError(f'{in_path}: no records with split "heldout"; the held-out loss needs some')
-
-    if FLAGS.kl_weight > 0 and kd_dataset.topk_summary(train_records).kl_is_zero():
-        raise InputError(
-            f"{in_path}: every teacher top-k list holds one id (dataset topk {data.header.get('topk')}), so "
-            "the KL term would be identically zero; regenerate it with --topk=2 or more, or pass "
-            "--kl_weight=0 to train on the cross-entropy alone"
-        )
+    kl_weight = _kl_weight(in_path, data.kd)
     cfg = arch_flags.config(tokenizer.vocab_size)  # the architecture flags, checked before torch
     _check_records(in_path, data.records, cfg)
     parallel.check_world_fits(_world_size(), FLAGS.batch_size, len(train_records), _world_source())
@@ -225,7 +249,7 @@ def main(argv: list[str]) -> None:
         seed=FLAGS.seed,
         heldout_every=FLAGS.heldout_every,
     )
-    loss_cfg = LossConfig(temperature=FLAGS.temperature, kl_weight=FLAGS.kl_weight, ce_weight=FLAGS.ce_weight)
+    loss_cfg = LossConfig(temperature=FLAGS.temperature, kl_weight=kl_weight, ce_weight=FLAGS.ce_weight)
     train_data = distill.make_batch(train_records, tokenizer.bos_id, tokenizer.pad_id)
     heldout_data = distill.make_batch(heldout_records, tokenizer.bos_id, tokenizer.pad_id)
     logging.info("training on %d records, %d held out", len(train_records), len(heldout_records))
@@ -261,7 +285,8 @@ def main(argv: list[str]) -> None:
             **dataclasses.asdict(loss_cfg),
             "threads": FLAGS.threads,
             "optimizer": f"AdamW(betas=(0.9, {train_cfg.beta2}), eps=1e-8)",
-            "loss": "kl_weight * T^2 * KL(top-k, both sides renormalised) + ce_weight * CE",
+            "kd": data.kd,
+            "loss": LOSS_DESCRIPTION[data.kd],
         },
     }
     # Only when used, so a default run's metadata (and every cache entry after it) stays as it was.

@@ -1,7 +1,9 @@
 import csv
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -138,17 +140,115 @@ ARCHITECTURE_FLAG_ERRORS = [
 ]
 
 
-def test_a_dataset_whose_kl_term_is_zero_is_refused_unless_kl_weight_is_0(tmp_path):
+def test_a_dataset_of_single_id_lists_trains_with_the_tail_bucket(tmp_path):
+    # The renormalised loss made every one-id list a KL of 0 and the trainer refused such a dataset;
+    # with the tail bucket the list's one id is weighed against the rest, so it trains on both terms.
     tokenizer, header, records = make_data.generate(n=60, seed=0, heldout_fraction=0.2, topk=1)
     paths = {"in": str(tmp_path / "kd1.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
     dataset.write_dataset(paths["in"], header, records)
     tokenizer.save(paths["tokenizer"])
     outputs = _outputs(tmp_path)
-    with pytest.raises(InputError, match="kd1.jsonl: every teacher top-k list holds one id .* --kl_weight=0"):
-        _run_in_process(_args(paths, outputs) + SHORT)
+    _run_in_process(_args(paths, outputs) + SHORT)
+    _, metadata = checkpoint.load(outputs["out_weights"], outputs["out_metadata"])
+    assert metadata["training"]["kd"] == "logits" and metadata["training"]["kl_weight"] == 1.0
+    assert metadata["training"]["loss"] == run_toy_distill.LOSS_DESCRIPTION["logits"]
+    assert metadata["final_train_kl"] > 0.01
+
+
+def _version_2(header: dict, records: list, kd: str) -> tuple[dict, list]:
+    """A generated version-1 dataset as a version-2 one: kd "sequence" drops the lists; "logits"
+    keeps them, sorted as version 2 asks, with their tails."""
+    header = {
+        **{k: v for k, v in header.items() if k in dataset.HEADER_V2 + dataset.HEADER_V2_OPTIONAL},
+        "version": 2,
+        "teacher": {
+            "kind": "rules",
+            "model": header["teacher"],
+            "sha256": None,
+            "endpoint": None,
+            "server_model": None,
+            "api": None,
+        },
+        "sampling": {
+            "mode": "sample",
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "seed": 0,
+            "max_tokens": 32,
+        },
+        "kd": kd,
+        "soft_targets": kd == "logits",
+        "topk": header["topk"] if kd == "logits" else 0,
+    }
+    converted = []
+    for record in records:
+        if kd == "sequence":
+            converted.append(dataclasses.replace(record, topk_ids=[], topk_logprobs=[], topk_tail=[]))
+            continue
+        rows = [
+            sorted(zip(lps, ids, strict=True), key=lambda e: (-e[0], e[1]))
+            for ids, lps in zip(record.topk_ids, record.topk_logprobs, strict=True)
+        ]
+        converted.append(
+            dataclasses.replace(
+                record,
+                topk_ids=[[i for _, i in row] for row in rows],
+                topk_logprobs=[[lp for lp, _ in row] for row in rows],
+                topk_tail=[dataset.tail_of(row) for row in record.topk_logprobs],
+            )
+        )
+    return header, converted
+
+
+@pytest.mark.parametrize("kd", ["logits", "sequence"])
+def test_version_2_datasets_train_and_record_their_loss(tmp_path, kd, caplog):
+    tokenizer, header, records = make_data.generate(
+        n=60, seed=0, heldout_fraction=0.2, topk=4, noise_fraction=0.0
+    )
+    header, records = _version_2(header, records, kd)
+    paths = {"in": str(tmp_path / "kd2.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
+    dataset.write_dataset(paths["in"], header, records)
+    tokenizer.save(paths["tokenizer"])
+    outputs = _outputs(tmp_path)
+    caplog.set_level("INFO")
+    # In process, absl logs warnings only unless told otherwise.
+    _run_in_process(_args(paths, outputs) + SHORT + ["--verbosity=0"])
+    _, metadata = checkpoint.load(outputs["out_weights"], outputs["out_metadata"])
+    assert metadata["training"]["kd"] == kd
+    assert metadata["training"]["loss"] == run_toy_distill.LOSS_DESCRIPTION[kd]
+    said = [r.getMessage() for r in caplog.records if "no soft targets" in r.getMessage()]
+    if kd == "sequence":
+        assert metadata["training"]["kl_weight"] == 0.0 and metadata["final_train_kl"] == 0.0
+        assert said == [f"{paths['in']}: kd sequence (no soft targets): training on the cross-entropy alone"]
+    else:
+        assert metadata["training"]["kl_weight"] == 1.0 and metadata["final_train_kl"] > 0
+        assert said == []
+
+
+def test_a_sequence_dataset_refuses_an_explicit_kl_weight_and_a_zero_ce_weight(tmp_path):
+    tokenizer, header, records = make_data.generate(n=20, seed=0, heldout_fraction=0.2, topk=4)
+    header, records = _version_2(header, records, "sequence")
+    paths = {"in": str(tmp_path / "seq.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
+    dataset.write_dataset(paths["in"], header, records)
+    tokenizer.save(paths["tokenizer"])
+    outputs = _outputs(tmp_path)
+    cases = [
+        (
+            "--kl_weight=0.5",
+            "seq.jsonl:1: kd: is 'sequence' (no soft targets), so there is no KL term to weigh",
+        ),
+        ("--ce_weight=0", "seq.jsonl:1: kd: is 'sequence' (no soft targets) and --ce_weight is 0"),
+    ]
+    for flag, message in cases:
+        with pytest.raises(InputError, match=re.escape(message)):
+            _run_in_process(_args(paths, outputs) + SHORT + [flag])
     assert not any(os.path.exists(p) for p in outputs.values())
-    _run_in_process(_args(paths, outputs) + SHORT + ["--kl_weight=0"])  # CE alone: trains
-    assert all(os.path.exists(p) for p in outputs.values())
+    # A version-2 header naming another tokenizer is refused at line 1, as version 1 is.
+    header["tokenizer_sha256"] = "0" * 64
+    dataset.write_dataset(paths["in"], header, records)
+    with pytest.raises(InputError, match=r"seq.jsonl:1: tokenizer_sha256: is 0000.* pass the tokenizer"):
+        _run_in_process(_args(paths, outputs) + SHORT)
 
 
 def test_a_tied_student_reports_its_own_parameter_count(toy, tmp_path, capsys):
