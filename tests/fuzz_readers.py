@@ -6,9 +6,13 @@ user would see as a traceback. Inputs start from valid files and are damaged two
   - structurally: a field replaced by any JSON value (edge values included), deleted, or added;
   - as bytes: flipped, cut, inserted, lines duplicated or swapped, raw text that JSON parsers choke
     on (a 5000-digit number, nesting deeper than the recursion limit).
+The dataset starting points are a version-1 file (the rules teacher's), a version-2 file with soft
+targets (an OpenAI-compatible teacher's header, sorted lists and their tails) and a version-2 file
+without them (kd sequence).
 Used by fuzz_readers_test.py (a bounded number of examples, derandomized) and fuzz_long.py (many).
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -55,10 +59,61 @@ json_values = st.recursive(
 # ---- valid starting points -----------------------------------------------------------------------
 
 
+DATASET_KINDS = ("v1", "v2", "sequence")
+
+
+def _as_version_2(header: dict, records: list, kd: str) -> tuple[dict, list]:
+    """A generated version-1 dataset rewritten as version 2 (data/dataset.py's module docstring)."""
+    header = {
+        **{k: v for k, v in header.items() if k in dataset.HEADER_V2 + dataset.HEADER_V2_OPTIONAL},
+        "version": dataset.VERSION_2,
+        "teacher": {
+            "kind": "openai",
+            "model": "served",
+            "sha256": None,
+            "endpoint": "http://127.0.0.1:8080/v1",
+            "server_model": "a-model",
+            "api": "chat",
+        },
+        "sampling": {
+            "mode": "sample",
+            "temperature": 0.8,
+            "top_k": 40,
+            "top_p": 0.9,
+            "seed": 0,
+            "max_tokens": 32,
+        },
+        "kd": kd,
+        "soft_targets": kd == "logits",
+        "topk": header["topk"] if kd == "logits" else 0,
+    }
+    converted = []
+    for record in records:
+        if kd == "sequence":
+            converted.append(dataclasses.replace(record, topk_ids=[], topk_logprobs=[], topk_tail=[]))
+            continue
+        rows = [
+            sorted(zip(lps, ids, strict=True), key=lambda entry: (-entry[0], entry[1]))
+            for ids, lps in zip(record.topk_ids, record.topk_logprobs, strict=True)
+        ]
+        converted.append(
+            dataclasses.replace(
+                record,
+                topk_ids=[[i for _, i in row] for row in rows],
+                topk_logprobs=[[lp for lp, _ in row] for row in rows],
+                topk_tail=[round(dataset.tail_of(lps), 6) for lps in record.topk_logprobs],
+            )
+        )
+    return header, converted
+
+
 @functools.cache
-def valid_dataset_lines() -> tuple[str, ...]:
-    """A small real dataset as JSON lines: header, then records of both splits."""
+def valid_dataset_lines(kind: str = "v1") -> tuple[str, ...]:
+    """A small real dataset as JSON lines: header, then records of both splits. kind: one of
+    DATASET_KINDS."""
     _, header, records = generate.generate(n=6, seed=0, heldout_fraction=0.5, topk=3)
+    if kind != "v1":
+        header, records = _as_version_2(header, records, "logits" if kind == "v2" else "sequence")
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "kd.jsonl")
         dataset.write_dataset(path, header, records)
@@ -150,7 +205,7 @@ def damaged_bytes(draw, data: bytes) -> bytes:
 
 @st.composite
 def dataset_files(draw) -> bytes:
-    lines = list(valid_dataset_lines())
+    lines = list(valid_dataset_lines(draw(st.sampled_from(DATASET_KINDS))))
     kind = draw(st.sampled_from(["field", "bytes", "lines"]))
     if kind == "field":
         index = draw(st.integers(0, len(lines) - 1))
