@@ -72,7 +72,6 @@ SUBJECTS = [
 WORDINGS = ("plain", "negated", "intensified", "hedged")
 EMOJI_SUFFIXES = ("", " 🎱", " 🔮", " ✨", " 🌟")
 NOISE_FRACTION = 0.5  # default share of training records whose question data/augment.py rewrites
-RULES_VERSION = 1  # the rules dataset is format version 1 (data/dataset.py); other teachers write 2
 LOGPROB_DECIMALS = 6  # enough for training; fewer digits keep files small and stable across libms
 
 
@@ -163,7 +162,8 @@ def _draw(pool: list, count: int, rng: random.Random) -> list:
     return out
 
 
-def _sample(probs: list[float], u: float) -> int:
+def sample_answer(probs: list[float], u: float) -> int:
+    """The answer index the uniform draw u picks from the answer probabilities (cumulative, in order)."""
     total = 0.0
     for i, p in enumerate(probs):
         total += p
@@ -262,7 +262,7 @@ def generate(
     for index in ids:
         asked = _question(index, chosen[index], seed, noise_fraction)
         probs = teacher.answer_distribution(asked.question).tolist()
-        answer = _sample(probs, draws[index])
+        answer = sample_answer(probs, draws[index])
         completion = teacher.completion_text(answer)
         text = prompt.format_prompt(asked.question)
         topk_ids, logprobs = token_teacher.top_k(probs, answer, topk)
@@ -282,7 +282,7 @@ def generate(
         )
     header = {
         "format": dataset.FORMAT,
-        "version": RULES_VERSION,
+        "version": dataset.VERSION,
         "teacher": teacher.NAME,
         "tokenizer_sha256": tok.digest,
         "topk": topk,

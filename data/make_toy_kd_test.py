@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from data import dataset
+from data import dataset, generate
 from data import tokenizer as tk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -163,3 +163,97 @@ def test_warns_when_the_top_k_carries_no_information(tmp_path, topk, warning):
 def test_no_warning_at_the_default_top_k(tmp_path):
     result = run(f"--out={tmp_path / 'kd.jsonl'}", f"--tokenizer_out={tmp_path / 'tok.json'}", "--n=40")
     assert result.returncode == 0 and "--topk=" not in result.stderr, result.stderr
+
+
+def test_the_default_rules_teacher_writes_what_generate_writes(tmp_path):
+    """--teacher=rules (the default, named or not) is the version-1 dataset of data/generate.py."""
+    expected = str(tmp_path / "expected.jsonl")
+    tok, header, records = generate.generate(40, 5, 0.2, 3)
+    dataset.write_dataset(expected, header, records)
+    for name, flags in (("default", ()), ("named", ("--teacher=rules",))):
+        kd, tok_out = str(tmp_path / f"{name}.jsonl"), str(tmp_path / f"{name}.tok.json")
+        result = run(f"--out={kd}", f"--tokenizer_out={tok_out}", "--n=40", "--seed=5", "--topk=3", *flags)
+        assert result.returncode == 0, result.stderr
+        assert open(kd, "rb").read() == open(expected, "rb").read()
+        assert open(tok_out, "rb").read() == tok.to_bytes()
+    assert header["version"] == 1
+
+
+def test_an_existing_tokenizer_replaces_the_trained_one(tmp_path):
+    tok_path, kd = str(tmp_path / "tok.json"), str(tmp_path / "kd.jsonl")
+    assert run(f"--tokenizer_out={tok_path}").returncode == 0
+    result = run(f"--out={kd}", f"--tokenizer={tok_path}", "--n=40", "--seed=5", "--topk=3")
+    assert result.returncode == 0, result.stderr
+    expected = str(tmp_path / "expected.jsonl")
+    dataset.write_dataset(expected, *generate.generate(40, 5, 0.2, 3)[1:])
+    assert open(kd, "rb").read() == open(expected, "rb").read()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--teacher=llama"], "error: --teacher is 'llama'; use rules, gguf:PATH"),
+        (["--teacher=gguf:"], "error: --teacher is 'gguf:'; use rules, gguf:PATH"),
+        (["--teacher=rules:x"], "error: --teacher is 'rules:x'; use rules"),
+        (["--teacher=gguf:t.gguf", "--kd=soft"], "error: --kd is 'soft'; use logits"),
+        (["--teacher=gguf:t.gguf", "--teacher_sampling=beam"], "error: --teacher_sampling is 'beam'"),
+        (
+            ["--teacher=gguf:t.gguf", "--teacher_sampling=sample", "--sample_temperature=0"],
+            "error: --sample_temperature is 0.0; use a finite temperature > 0",
+        ),
+        (["--teacher=gguf:t.gguf", "--sample_top_p=1.5"], "error: --sample_top_p is 1.5"),
+        (["--teacher=gguf:t.gguf", "--sample_top_k=-1"], "error: --sample_top_k is -1"),
+        (["--teacher=gguf:t.gguf", "--sample_seed=-1"], "error: --sample_seed is -1"),
+        (["--teacher=gguf:t.gguf", "--max_reply_tokens=0"], "error: --max_reply_tokens is 0"),
+        (
+            ["--kd=sequence"],
+            "error: --kd: applies to --teacher=gguf:... and openai:... only, not --teacher=rules",
+        ),
+        (["--model=x"], "error: --model: applies to --teacher=gguf:... and openai:... only"),
+        (["--teacher=gguf:t.gguf", "--api=chat"], "error: --api: applies to --teacher=openai:... only"),
+        (
+            ["--teacher=gguf:t.gguf", "--concurrency=2"],
+            "error: --concurrency: applies to --teacher=openai:...",
+        ),
+        (
+            ["--teacher=openai:http://127.0.0.1:1/v1", "--api=rest"],
+            "error: --api is 'rest'; use completions or chat",
+        ),
+        (["--teacher=openai:http://127.0.0.1:1/v1", "--concurrency=0"], "error: --concurrency is 0"),
+        (
+            ["--teacher=openai:http://127.0.0.1:1/v1", "--request_timeout=0"],
+            "error: --request_timeout is 0.0",
+        ),
+        (["--teacher=openai:http://127.0.0.1:1/v1", "--max_retries=-1"], "error: --max_retries is -1"),
+        (
+            ["--teacher=openai:http://127.0.0.1:1/v1", "--api_key_env=M8B_SURELY_UNSET_KEY"],
+            "error: --api_key_env: the environment variable M8B_SURELY_UNSET_KEY is not set or empty",
+        ),
+        (["--teacher=gguf:t.gguf", "--num_shards=2"], "error: --num_shards: sharding is for --teacher=rules"),
+        (["--tokenizer=t.json"], "error: --tokenizer and --tokenizer_out: give one"),
+    ],
+)
+def test_bad_teacher_flags_exit_2_and_write_nothing(tmp_path, flags, message):
+    result = run(f"--out={tmp_path / 'kd.jsonl'}", f"--tokenizer_out={tmp_path / 'tok.json'}", *flags)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_or_foreign_teacher_file_exits_2_and_writes_nothing(tmp_path):
+    text = tmp_path / "notes.gguf"
+    text.write_text("these are notes, not a model\n")
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    for path, message in [
+        (tmp_path / "absent.gguf", "teacher GGUF file not found"),
+        (text, "not a readable GGUF file (magic is b'thes', expected b'GGUF')"),
+    ]:
+        result = run(
+            f"--teacher=gguf:{path}", f"--out={outputs / 'kd.jsonl'}", f"--tokenizer_out={outputs / 't.json'}"
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}"), result.stderr
+        assert os.listdir(outputs) == []
+    result = run(f"--teacher=gguf:{text}", f"--tokenizer_out={outputs / 't.json'}")
+    assert result.returncode == 2 and "error: --out is required: --teacher=gguf:" in result.stderr

@@ -29,6 +29,7 @@ TYPE_NAMES = {
     5: "unused",
     6: "byte",
 }
+STUDENT_MODEL = "llama"  # data/tokenizer.py: llama.cpp's SentencePiece tokenizer
 WHAT_TO_DO = (
     "give the teacher the student's tokenizer (a GGUF exported with the student tokenizer.json), "
     "or use --kd=sequence, which distils from the reply text and needs no shared vocabulary"
@@ -42,6 +43,7 @@ class Vocabulary:
     name: str  # where it comes from, e.g. the GGUF path
     pieces: Sequence[str]
     types: Sequence[int]
+    model: str | None = None  # the tokenizer model (GGUF tokenizer.ggml.model) where stated
 
 
 def describe_student(tokenizer: tokenizer_lib.Tokenizer) -> str:
@@ -72,6 +74,11 @@ def first_difference(teacher: Vocabulary, tokenizer: tokenizer_lib.Tokenizer) ->
 
 def check_same(teacher: Vocabulary, tokenizer: tokenizer_lib.Tokenizer) -> None:
     """InputError naming both vocabularies and the first differing id, unless they are the same."""
+    if teacher.model is not None and teacher.model != STUDENT_MODEL:
+        raise InputError(
+            f"{teacher.name}: the teacher's tokenizer model is {teacher.model!r} ({len(teacher.pieces)} "
+            f"tokens), {describe_student(tokenizer)} is {STUDENT_MODEL!r} (SentencePiece); " + WHAT_TO_DO
+        )
     index = first_difference(teacher, tokenizer)
     if index is None:
         return

@@ -95,3 +95,12 @@ def test_a_piece_with_a_literal_space_is_never_what_the_tokenizer_writes():
     tok = tk.Tokenizer(pieces, [0.0] * len(pieces), types)
     ids = vocab.StudentIds(tok)
     assert tok.encode(" ") == [261] and ids(b" ") == 261
+
+
+def test_another_tokenizer_model_is_a_difference_even_with_the_same_pieces(tok):
+    teacher = vocab.Vocabulary("teacher.gguf", tok.pieces, tok.token_types, model="gpt2")
+    with pytest.raises(
+        InputError, match=r"^teacher.gguf: the teacher's tokenizer model is 'gpt2' \(512 tokens\)"
+    ):
+        vocab.check_same(teacher, tok)
+    vocab.check_same(vocab.Vocabulary("teacher.gguf", tok.pieces, tok.token_types, model="llama"), tok)
