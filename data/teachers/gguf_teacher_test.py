@@ -16,7 +16,7 @@ from common.errors import InputError
 from conversion import gguf_export
 from data import dataset, generate
 from data import tokenizer as tk
-from data.teachers import gguf_teacher, source, teacher_dataset
+from data.teachers import gguf_file, gguf_teacher, source, teacher_dataset
 from training import decode, sampling
 from training.model import ModelConfig, Student, init_weights
 
@@ -276,17 +276,23 @@ def test_a_reply_that_does_not_end_is_refused_naming_the_record(teacher, tmp_pat
 
 def test_damaged_files_are_refused_before_llama_cpp_opens_them(teacher, tmp_path):
     real = open(teacher["paths"]["gguf"], "rb").read()
+    # The vocabulary array's element count (after the key, its value type and element type) set to
+    # 2^40: the reader must fail at the end of the file, not try to hold a trillion strings.
+    count_at = real.index(b"tokenizer.ggml.tokens") + len(b"tokenizer.ggml.tokens") + 8
+    huge = real[:count_at] + (1 << 40).to_bytes(8, "little") + real[count_at + 8 :]
     cases = {
         "missing.gguf": None,
         "text.gguf": b"not a model at all, just some text\n",
         "short.gguf": real[:1000],
         "version.gguf": real[:4] + (9).to_bytes(4, "little") + real[8:],
+        "huge.gguf": huge,
     }
     messages = {
         "missing.gguf": "teacher GGUF file not found",
         "text.gguf": "not a readable GGUF file (magic is b'not '",
         "short.gguf": "not a readable GGUF file (",
         "version.gguf": "not a readable GGUF file (GGUF version 9",
+        "huge.gguf": "not a readable GGUF file (",
     }
     for name, content in cases.items():
         path = str(tmp_path / name)
@@ -298,3 +304,10 @@ def test_damaged_files_are_refused_before_llama_cpp_opens_them(teacher, tmp_path
                 path, model=None, sampling=source.Sampling(), topk=TOPK, kd="logits", tokenizer=teacher["tok"]
             )
         assert str(error.value).startswith(f"{path}: {messages[name]}"), str(error.value)
+
+
+def test_a_vocabulary_above_the_limit_is_refused_before_it_is_read(teacher, monkeypatch):
+    monkeypatch.setattr(gguf_file, "MAX_VOCAB", 100)
+    path = teacher["paths"]["gguf"]
+    with pytest.raises(InputError, match=r"tokenizer.ggml.tokens: 512 entries; at most 100 are read"):
+        gguf_file.read(path)
