@@ -14,15 +14,17 @@ log-probabilities within a bound measured here in process (below); a rerun sends
 retried and logged; responses without log-probabilities and an endpoint that is down are exit 2
 with no file. The server is always stopped, also when a case fails.
 
+The server runs with data/remote/local_server.py's settings: an f32 KV cache and one thread, as the
+in-process teacher, and one token per evaluation, without which its answers depend in the last
+digit on the request before (the resume case fails without it).
+
 The bound. The server computes log-probabilities from llama.cpp's scores in float32
-(llama-cpp-python's Llama.logits_to_logprobs), the GGUF teacher in float64 from the same scores
-(both run llama.cpp with an f32 KV cache and one thread; the server is started with --type_k 0
---type_v 0, GGML_TYPE_F32). The floor is measured in process on the same model and records: the
+(llama-cpp-python's Llama.logits_to_logprobs), the GGUF teacher in float64 from the same scores.
+The floor is measured in process on the same model and records: the
 largest difference over every written list entry between float32 and float64 log-softmax of the
-scores of the record evaluated in one batch, and between those float64 values and the GGUF
-teacher's written ones (which covers evaluating in one batch, as the server does when it probes
-the end of a reply, against one token at a time). The bound is 4 x that floor + 1e-6 (the two
-sides each round to 6 decimals).
+scores of the record evaluated one token at a time (as the server does), and between those float64
+values and the GGUF teacher's written ones (which evaluated the prompt in one batch). The bound is
+4 x that floor + 1e-6 (the two sides each round to 6 decimals).
 
 The subjects come from Bazel (tests/BUILD.bazel): M8B_MAKE_TOY_KD (the binary), M8B_TEACHER_GGUF
 and M8B_TOKENIZER. Without them the module is skipped with a message naming them; under CI=true it
@@ -32,9 +34,7 @@ fails instead.
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -42,9 +42,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from common import child_python
 from data import dataset
-from data.remote import fake_openai
+from data.remote import fake_openai, local_server
 
 ENV = ("M8B_MAKE_TOY_KD", "M8B_TEACHER_GGUF", "M8B_TOKENIZER")
 N = 12  # prompts per dataset
@@ -63,100 +62,30 @@ def _subjects() -> dict[str, str]:
     return {name: os.environ[name] for name in ENV}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LlamaServer:
-    """`python -m llama_cpp.server` on a localhost port; start() waits for GET /v1/models."""
-
-    def __init__(self, gguf: str, log_path: str):
-        self.gguf, self.log_path = gguf, log_path
-        self.port = _free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            self.gguf,
-            "--model_alias",
-            "wide",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--n_ctx",
-            "512",
-            "--n_threads",
-            "1",
-            "--n_threads_batch",
-            "1",
-            "--n_batch",
-            "1",
-            "--n_ubatch",
-            "1",
-            "--type_k",
-            "0",
-            "--type_v",
-            "0",
-        ]
-        log = open(self.log_path, "ab")  # the child holds its own descriptor
-        self.process = subprocess.Popen(command, env=child_python.child_env(), stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"llama_cpp.server exited with {self.process.returncode}: {self._log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/v1/models", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        raise AssertionError(f"llama_cpp.server did not answer /v1/models within {timeout} s: {self._log()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def _log(self) -> str:
-        with open(self.log_path, "rb") as handle:
-            return handle.read()[-2000:].decode("utf-8", "replace")
+KEY = "sk-local-3c1d5e7f9a-NEVER-WRITTEN"
 
 
 class Front:
     """The proxy's behaviour: pass requests on to `upstream` (a LlamaServer), after `delay` seconds;
     mode "429" answers the first two requests 429 with Retry-After: 0; mode "strip" removes every
-    choice's logprobs from the response."""
+    choice's logprobs from the response; mode "key" answers 401 unless the request carries KEY."""
 
-    def __init__(self, upstream: LlamaServer):
+    def __init__(self, upstream: local_server.LlamaServer):
         self.upstream, self.mode, self.delay, self.refused = upstream, "pass", 0.0, 0
 
     def __call__(self, seen: fake_openai.Seen):
+        if self.mode == "key" and seen.headers.get("Authorization") != f"Bearer {KEY}":
+            return fake_openai.json_response({"error": "a key is needed"}, 401)
         if self.mode == "429" and self.refused < 2:
             self.refused += 1
             return fake_openai.json_response({"error": "rate limited"}, 429, {"Retry-After": "0"})
         time.sleep(self.delay)
-        headers = {k: v for k, v in seen.headers.items() if k.lower() in ("content-type", "authorization")}
+        headers = {k: v for k, v in seen.headers.items() if k.lower() == "content-type"}
         request = urllib.request.Request(
-            self.upstream.url + seen.path, data=seen.body or None, headers=headers, method=seen.method
+            self.upstream.url.removesuffix("/v1") + seen.path,
+            data=seen.body or None,
+            headers=headers,
+            method=seen.method,
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -182,7 +111,9 @@ def subjects():
 def rig(subjects, tmp_path_factory):
     """(server, front, proxy): the server is always stopped at the end, whatever happened."""
     logs = tmp_path_factory.mktemp("server")
-    server = LlamaServer(subjects["M8B_TEACHER_GGUF"], str(logs / "llama_cpp_server.log"))
+    server = local_server.LlamaServer(
+        subjects["M8B_TEACHER_GGUF"], str(logs / "llama_cpp_server.log"), "wide"
+    )
     front = Front(server)
     try:
         server.start()
@@ -192,7 +123,7 @@ def rig(subjects, tmp_path_factory):
         server.stop(signal.SIGKILL)
 
 
-def make_toy_kd(subjects, out: str, teacher: str, *flags: str, n: int = N, timeout: float = 300):
+def make_toy_kd(subjects, out: str, teacher: str, *flags: str, n: int = N, env=None, timeout: float = 300):
     command = [
         subjects["M8B_MAKE_TOY_KD"],
         f"--teacher={teacher}",
@@ -202,7 +133,7 @@ def make_toy_kd(subjects, out: str, teacher: str, *flags: str, n: int = N, timeo
         *FLAGS,
         *flags,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
 def read_bytes(path: str) -> bytes:
@@ -378,10 +309,32 @@ def test_responses_without_logprobs_are_exit_2_naming_the_prompt(subjects, rig, 
 
 
 def test_an_endpoint_that_is_down_is_exit_2_naming_the_url(subjects, tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{local_server.free_port()}/v1"
     out = str(tmp_path / "kd.jsonl")
     done = make_toy_kd(subjects, out, f"openai:{url}", "--max_retries=1", n=5)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {url}/models: cannot connect (connection refused)"), last
     assert not os.path.exists(out) and not os.path.exists(out + ".cache")
+
+
+def test_the_api_key_is_sent_and_written_nowhere(subjects, rig, tmp_path):
+    _, front, proxy = rig
+    out = str(tmp_path / "kd.jsonl")
+    before = len(proxy.seen)
+    front.mode = "key"
+    try:
+        refused = make_toy_kd(subjects, out, f"openai:{proxy.url}", n=5)
+        env = dict(os.environ, TEACHER_KEY=KEY)
+        done = make_toy_kd(subjects, out, f"openai:{proxy.url}", "--api_key_env=TEACHER_KEY", n=5, env=env)
+    finally:
+        front.mode = "pass"
+    assert refused.returncode == 2 and "HTTP 401" in refused.stderr and "--api_key_env" in refused.stderr
+    assert done.returncode == 0, done.stderr
+    keyed = proxy.seen[before + 1 :]
+    assert keyed and all(s.headers.get("Authorization") == f"Bearer {KEY}" for s in keyed)
+    written = [os.path.join(root, name) for root, _, names in os.walk(tmp_path) for name in names]
+    assert out in written and len(written) > 2  # the dataset and the cached responses
+    for path in written:
+        assert KEY.encode() not in read_bytes(path), path
+    assert KEY not in refused.stdout + refused.stderr + done.stdout + done.stderr
