@@ -46,6 +46,11 @@ def _silence_llama_cpp() -> None:
     _SILENT.append(quiet)  # the C side keeps the pointer: keep the callback alive
 
 
+def _last_scores(llama, n_vocab: int) -> np.ndarray:
+    """float64 [V]: llama.cpp's logits for the last token of the last evaluation."""
+    return np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(n_vocab,)).astype(np.float64)
+
+
 class GGUFTeacher:
     """source.Teacher over a GGUF file. The file is checked when constructed (gguf_file.read), and
     llama.cpp loads it on the first call of replies(), with a context just long enough for the
@@ -110,7 +115,9 @@ class GGUFTeacher:
             settings = {
                 "n_ctx": n_ctx,
                 "n_batch": n_ctx,
-                "logits_all": True,
+                # Only the last position's logits are read (_last_scores): llama.cpp then skips the
+                # output layer for the prompt's other positions and nothing copies them.
+                "logits_all": False,
                 "n_threads": 1,
                 "n_threads_batch": 1,
                 # The teacher's numbers are the model's: its cache in f32, not llama.cpp's default
@@ -164,9 +171,10 @@ class GGUFTeacher:
         topk_ids: list[list[int]] = []
         topk_logprobs: list[list[float]] = []
         tails: list[float] = []
+        n_vocab = llama.n_vocab()
         llama.eval(ids)
         while True:
-            scores = llama.scores[llama.n_tokens - 1].astype(np.float64)
+            scores = _last_scores(llama, n_vocab)
             if soft:
                 top = sampler.top_ids(scores, self.topk)
                 peak = scores.max()
