@@ -330,7 +330,7 @@ class OpenAITeacher:
                 tails.append(tail)
                 unmapped += missing
             if first:
-                self._check_encoding(completion.text, ids[:-1])
+                self._check_encoding(ids[:-1])
         except student_targets.TargetError as error:
             if first:
                 raise InputError(self._vocabulary_message(what, str(error))) from None
@@ -339,7 +339,10 @@ class OpenAITeacher:
             self.unmapped += unmapped
         return source.Reply(ids, topk_ids, topk_logprobs, tails)
 
-    def _check_encoding(self, text: str, mapped: list[int]) -> None:
+    def _check_encoding(self, mapped: list[int]) -> None:
+        """The student writes the reply's text with exactly the ids its tokens map to. The text is
+        the tokens' own bytes: a chat server may trim the message text it returns."""
+        text = self.tokenizer.decode(mapped)
         encoded = self.tokenizer.encode(text)
         if encoded != mapped:
             at = next((i for i, (a, b) in enumerate(zip(encoded, mapped, strict=False)) if a != b), None)

@@ -321,3 +321,22 @@ def test_a_server_that_is_down_names_the_url(tok, prompts, tmp_path):
     ):
         t.handshake(tok)
     assert not os.path.exists(tmp_path / "cache")
+
+
+def test_a_first_reply_tokenized_otherwise_than_the_student_would_fails_the_handshake(tok, prompts, tmp_path):
+    def split_first_token(doc, body):
+        content = doc["choices"][0]["logprobs"]["content"]
+        first = content[0]
+        pieces = [dict(first, token=c, bytes=list(c.encode())) for c in first["token"]]
+        doc["choices"][0]["logprobs"]["content"] = pieces + content[1:]
+        return doc
+
+    reply = " It is certain. 🌟"
+    assert all(tok.encode(c) for c in reply.split()[0])
+    script = fake_openai.ScriptedTeacher(tok, reply=lambda question: reply, edit=split_first_token)
+    with fake_openai.Server(script) as server:
+        with pytest.raises(InputError) as error:
+            run(server.url, tok, prompts, tmp_path / "cache")
+    message = str(error.value)
+    assert "the teacher's vocabulary" in message and "but the student tokenizer writes it as" in message
+    assert "they part at token 0" in message and "--kd=sequence" in message
