@@ -11,14 +11,15 @@ otherwise). An unknown variant or a target too old for it exits 2 with the allow
 fp16, iOS18, uncompressed; other --precision, --compress or --target values exit 2.
 
 Same inputs and flags -> byte-identical package. The package is written atomically: bad input
-exits 2 with one line naming the problem, and nothing is written.
+exits 2 with one line naming the problem, and nothing is written. On success it prints nothing:
+coremltools' log and progress bars are off (common/quiet.py); --verbosity=0 shows this tool's log.
 """
 
 import os
 
 from absl import flags, logging
 
-from common import cli
+from common import cli, quiet
 from common.errors import InputError
 from conversion import contract as contract_lib
 from training import checkpoint
@@ -91,6 +92,7 @@ def check_variant(compress: str, target: str | None, precision: str) -> tuple[st
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()  # before coremltools is imported: it logs and warns at import
     for name in ("weights", "metadata", "contract", "out"):
         cli.require_flag(FLAGS[name].value, name)
     if not FLAGS.out.endswith(".mlpackage"):

@@ -17,7 +17,7 @@ import time
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, cli, quiet
 from common.errors import InputError
 from conversion import gguf_quant, modelfile
 from data import tokenizer as tokenizer_lib
@@ -49,6 +49,7 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()  # prints nothing on success: common/quiet.py
     for name in ("weights", "metadata", "tokenizer", "out", "modelfile_out"):
         cli.require_flag(FLAGS[name].value, name)
     start = time.monotonic()

@@ -2,10 +2,12 @@
 
     export_pytorch --weights=student.safetensors --metadata=student.json --tokenizer=tokenizer.json \\
         --out_torchscript=model.pt --out_decoder=model.decode.pt --out_contract=contract.json \\
-        [--lengths=64,128,256]
+        [--lengths=64,128,256] [--default_length=128]
 
 The TorchScript model takes input_ids int32 [1, T] for every T in --lengths (one trace, dynamic
 length, proven by torch.export and by running each length) and returns logits float32 [1, T, vocab].
+It is traced at --default_length, which the contract records (Core ML's default shape); without
+the flag it is the middle of --lengths, so any lengths work.
 The decoder is the same student with a fixed-size KV cache passed in and out (conversion/kv_decoder.py),
 checked against eager for a prefill at every length and a decode step at every position. The
 contract pins both files by sha256 ("torchscript", "torchscript_decoder").
@@ -21,7 +23,7 @@ import time
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, cli, quiet
 from common.errors import InputError
 from conversion import contract as contract_lib
 from conversion import gates as gates_lib
@@ -40,7 +42,10 @@ flags.DEFINE_string(
     "Comma-separated sequence lengths every artifact must accept (each at most the model's max_seq_len).",
 )
 flags.DEFINE_integer(
-    "default_length", contract_lib.DEFAULT_LENGTH, "The length to trace at; one of --lengths."
+    "default_length",
+    None,
+    "The length to trace at and Core ML's default shape; one of --lengths. Default: the middle of "
+    "--lengths (the lower middle one for an even count): 128 for 64,128,256 and for 64,128,256,512.",
 )
 flags.DEFINE_string(
     "floors", None, "floors.json from //verify:measure_floors for this checkpoint and --lengths (required)."
@@ -88,8 +93,17 @@ def _gates(lengths: list[int], weights_sha256: str) -> dict:
     return gates_lib.make_gates(doc, backends)
 
 
+def middle_length(lengths: list[int]) -> int:
+    """The default length of a contract: the middle of the sorted lengths, the lower middle one for
+    an even count, so a configuration's lengths need not include 128 (64,128,256 and 64,128,256,512
+    keep 128, as before)."""
+    ordered = sorted(lengths)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()  # prints nothing on success: common/quiet.py
     outputs = ("out_torchscript", "out_decoder", "out_contract")
     for name in ("weights", "metadata", "tokenizer", "floors", *outputs):
         cli.require_flag(FLAGS[name].value, name)
@@ -103,9 +117,15 @@ def main(argv: list[str]) -> None:
     checkpoint.require_tokenizer(metadata, FLAGS.metadata, tokenizer.digest, FLAGS.tokenizer)
     _, cfg = checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     try:
-        lengths = contract_lib.check_lengths(lengths, FLAGS.default_length, cfg.max_seq_len)
+        lengths = contract_lib.check_lengths(lengths, None, cfg.max_seq_len)
     except InputError as error:
-        raise InputError(f"--lengths/--default_length: {error}") from None
+        raise InputError(f"--lengths: {error}") from None
+    default_length = middle_length(lengths) if FLAGS.default_length is None else FLAGS.default_length
+    if default_length not in lengths:
+        raise InputError(
+            f"--default_length: {default_length} is not one of --lengths {lengths}; "
+            "name one of them, or leave the flag out for the middle one"
+        )
     gates = _gates(lengths, checkpoint.sha256_file(FLAGS.weights))
 
     # torch only now, after every check of flags and files: bad input fails in well under a second
@@ -119,7 +139,7 @@ def main(argv: list[str]) -> None:
     # ~50x slower.
     torch.set_num_threads(1)
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
-    module = torchscript.export(model, lengths, cfg.max_seq_len, FLAGS.default_length)
+    module = torchscript.export(model, lengths, cfg.max_seq_len, default_length)
     data = torchscript.to_bytes(module)
     decoder = torchscript.to_bytes(kv_decoder.export(model, lengths))
     # The loaders refuse any archive that strays from what export writes: hold our own to that first.
@@ -129,7 +149,7 @@ def main(argv: list[str]) -> None:
         vocab_size=model.cfg.vocab_size,
         tokenizer_sha256=tokenizer.digest,
         lengths=lengths,
-        default_length=FLAGS.default_length,
+        default_length=default_length,
         gates=gates,
     )
     contract = contract.with_artifact("weights", checkpoint.sha256_file(FLAGS.weights))

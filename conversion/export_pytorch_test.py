@@ -131,6 +131,17 @@ def test_custom_lengths(inputs, tmp_path):
     assert contract_lib.load_contract(contract_json).lengths == (32, 96)
 
 
+@pytest.mark.parametrize(
+    ("lengths", "middle"), [("48,96,192", 96), ("192,48,96", 96), ("32,64,160,224", 64), ("64,128,256", 128)]
+)
+def test_the_default_length_is_the_middle_of_the_lengths(inputs, tmp_path, lengths, middle):
+    """Lengths without 128 export without --default_length (a user's configuration failed here)."""
+    model_pt, contract_json = run(inputs, str(tmp_path), lengths=lengths)
+    contract = contract_lib.load_contract(contract_json)
+    assert contract.default_length == middle
+    assert contract.lengths == tuple(sorted(int(t) for t in lengths.split(",")))
+
+
 def _truncate(path, out):
     with open(path, "rb") as handle:
         data = handle.read()
@@ -185,7 +196,7 @@ def test_bad_files_exit_2_and_write_nothing(inputs, tmp_path, flag, make, messag
         ({"lengths": "64,128,512"}, f"512 is above the model's max_seq_len {ModelConfig().max_seq_len}"),
         ({"lengths": "64,x"}, "--lengths"),
         ({"lengths": ","}, "--lengths: empty"),
-        ({"lengths": "64,256"}, "default_length: 128 is not one of"),
+        ({"lengths": "64,256", "default_length": "128"}, "--default_length: 128 is not one of --lengths"),
         ({"out_contract": "/nonexistent/dir/contract.json"}, "does not exist"),
         ({"out_decoder": "/nonexistent/dir/model.decode.pt"}, "does not exist"),
     ],

@@ -10,7 +10,7 @@ every later stage (and its cache entry) sees the same file. Bad input exits 2, w
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, cli, quiet
 from common.errors import InputError
 from data import dataset
 from data.tokenizer import Tokenizer
@@ -23,6 +23,7 @@ flags.DEFINE_string("out", None, "Output: the merged dataset JSONL.")
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()  # prints nothing on success: common/quiet.py
     cli.require_flag(FLAGS.out, "out")
     cli.require_flag(FLAGS.tokenizer, "tokenizer")
     cli.check_output_path(FLAGS.out, "out")

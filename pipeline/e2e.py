@@ -3,7 +3,8 @@
 Bazel builds every stage before this runs (they are its data), so a warm cache makes it a few
 seconds. It prints one row per artifact (stage, file, size, sha256 prefix, gate), copies the
 artifacts to dist/ in the workspace (or --out_dir), names the HTML report (report.html), and exits
-1 when a gate failed.
+1 when a gate failed, after printing the failed checks (the full check table is in report.json and
+report.html, not on the terminal).
 """
 
 import json
@@ -16,6 +17,8 @@ from common import atomic, cli, digest
 from common.errors import InputError
 
 FLAGS = flags.FLAGS
+# Failed checks printed at most when a gate fails; every check is in report.json and report.html.
+FAILED_LINES = 40
 flags.DEFINE_multi_string("artifact", [], "stage=gate=path of one artifact (set by the BUILD file).")
 flags.DEFINE_string("report", None, "report.json from //verify:verify_contracts (set by the BUILD file).")
 flags.DEFINE_string(
@@ -39,6 +42,38 @@ def parse_artifact(spec: str) -> tuple[str, str, str]:
     if len(parts) != 3:
         raise InputError(f"--artifact={spec}: expected stage=gate=path")
     return parts[0], parts[1], parts[2]
+
+
+def _value(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def failed_checks(results: dict) -> list[str]:
+    """One line per failed check in report.json's "results": artifact, scope, check, value, bound."""
+    lines = []
+    for artifact, scopes in results.items():
+        for scope, checks in scopes.items():
+            for name, entry in checks.items():
+                if entry.get("ok") is not False:
+                    continue
+                if "error" in entry:
+                    measured = "error: " + str(entry["error"])
+                else:
+                    value, bound = _value(entry.get("value")), _value(entry.get("bound"))
+                    measured = f"{value}, bound {entry.get('op')} {bound}"
+                    if "floor" in entry:
+                        measured += f" (floor {_value(entry['floor'])})"
+                lines.append(f"FAIL {artifact} {scope} {name}: {measured}")
+    return lines
+
+
+def print_failures(results: dict) -> None:
+    """The failed checks, at most FAILED_LINES of them: the full table is in report.json and report.html."""
+    lines = failed_checks(results)
+    print(f"\nfailed checks ({len(lines)}):")
+    print("\n".join(lines[:FAILED_LINES]))
+    if len(lines) > FAILED_LINES:
+        print(f"... and {len(lines) - FAILED_LINES} more in report.json and report.html")
 
 
 def default_out_dir() -> str:
@@ -91,6 +126,8 @@ def main(argv: list[str]) -> None:
             if "max_abs_diff" in checks
         }
     )
+    if not ok:
+        print_failures(report["results"])
     print(f"\ngates_ok: {str(ok).lower()}   lengths checked: {lengths}   artifacts copied to {out_dir}")
     pages = [path for _, _, path in map(parse_artifact, FLAGS.artifact) if path.endswith(".html")]
     for page in pages:

@@ -16,7 +16,7 @@ import time
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, cli, quiet
 from common.errors import InputError
 from conversion import contract as contract_lib
 from conversion import gates as gates_lib
@@ -46,6 +46,7 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()  # prints nothing on success: common/quiet.py
     for name in ("weights", "metadata", "tokenizer", "dataset", "out"):
         cli.require_flag(FLAGS[name].value, name)
     cli.check_output_path(FLAGS.out, "out")

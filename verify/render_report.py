@@ -18,7 +18,7 @@ import time
 import torch
 from absl import flags, logging
 
-from common import atomic, cli, digest
+from common import atomic, cli, digest, quiet
 from common.errors import InputError
 from data import dataset as dataset_lib
 from data import teacher
@@ -112,6 +112,7 @@ def _same_run(report: dict, metadata: dict, tokenizer, contract: dict) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()  # prints nothing on success: common/quiet.py
     for name in _REQUIRED:
         cli.require_flag(FLAGS[name].value, name)
     if FLAGS.questions < 1:

@@ -24,9 +24,17 @@ import tempfile
 
 # matplotlib writes a font cache into MPLCONFIGDIR (default ~/.config/matplotlib) on import; a
 # build action must not write into $HOME, so point it at a private temporary directory first.
-if "MPLCONFIGDIR" not in os.environ:
-    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="m8b-mpl-")
-    atexit.register(functools.partial(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True))
+# To build that cache matplotlib runs fc-list, and fontconfig prints "Fontconfig error: No writable
+# cache directories" (once per font directory) when it finds no cache of its own it can use or
+# write: in a Bazel action HOME is unset and /var/cache is read-only. Its per-user cache lives in
+# $XDG_CACHE_HOME/fontconfig, so that goes into the private directory too, unless already set.
+if "MPLCONFIGDIR" not in os.environ or "XDG_CACHE_HOME" not in os.environ:
+    _private = tempfile.mkdtemp(prefix="m8b-mpl-")
+    atexit.register(functools.partial(shutil.rmtree, _private, ignore_errors=True))
+    for _name, _sub in (("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "cache")):
+        if _name not in os.environ:
+            os.environ[_name] = os.path.join(_private, _sub)
+            os.mkdir(os.environ[_name])
 
 import matplotlib
 

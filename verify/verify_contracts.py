@@ -11,7 +11,12 @@ are made). An artifact the contract names but the flags omit is bad input.
 
 Exit status: 0 when every gate passes, 1 when any gate fails (the report is still written and
 says which), 2 for bad input (missing or unreadable files, digests that tie the inputs together
-do not match). Timings go to the log, never to the report, which is byte-deterministic.
+do not match). Timings go to the log (--verbosity=0 shows it), never to the report, which is
+byte-deterministic.
+
+On the terminal: nothing when every gate passes (the pipeline runs this as a Bazel action, which
+prints whatever an action prints; every check is in report.json and report.html). When a gate
+fails: one line per failed check, then one line with the verdict.
 """
 
 import os
@@ -26,7 +31,7 @@ import time
 
 from absl import flags, logging
 
-from common import cli
+from common import cli, quiet
 from common.errors import InputError
 from verify import verification
 
@@ -75,9 +80,47 @@ flags.DEFINE_float(
 
 FLAGS = flags.FLAGS
 
+# Failed checks printed at most; the rest are in report.json and report.html.
+FAILED_LINES = 40
+
+
+def _format(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def failed_checks(results: dict) -> list[str]:
+    """One line per failed check of report.json's "results": artifact, scope, check, value, bound."""
+    lines = []
+    for artifact, scopes in results.items():
+        for scope, checks in scopes.items():
+            for name, entry in checks.items():
+                if entry.get("ok") is not False:
+                    continue
+                if "error" in entry:
+                    measured = "error: " + entry["error"]
+                else:
+                    measured = f"{_format(entry['value'])}, bound {entry['op']} {_format(entry['bound'])}"
+                    if "floor" in entry:
+                        measured += f" (floor {_format(entry['floor'])})"
+                lines.append(f"FAIL {artifact} {scope} {name}: {measured}")
+    return lines
+
+
+def print_failures(report: dict, out_report: str) -> None:
+    """The failed checks (at most FAILED_LINES) and the verdict; nothing when every gate passed."""
+    if report["gates_ok"]:
+        return
+    lines = failed_checks(report["results"])
+    shown = lines[:FAILED_LINES]
+    if len(lines) > len(shown):
+        shown.append(f"... and {len(lines) - len(shown)} more failed checks")
+    print("\n".join(shown))
+    print(f"gates_ok: false: {len(lines)} failed checks; every check is in {out_report}")
+
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.stage()
     for name in ("contract", "weights", "metadata", "tokenizer", "dataset", "out_report"):
         cli.require_flag(FLAGS[name].value, name)
     cli.check_output_path(FLAGS.out_report, "out_report")  # before minutes of checks, not after
@@ -107,7 +150,7 @@ def main(argv: list[str]) -> None:
     model = verification.load_model(inputs)
     report = verification.verify(model, inputs, verification.load_backends(inputs), rate)
     report.save(FLAGS.out_report)
-    print(report.summary())
+    print_failures(report.to_dict(), FLAGS.out_report)
     logging.info("verification took %.2f s; report %s", time.monotonic() - started, FLAGS.out_report)
     if not report.gates_ok and FLAGS.exit_nonzero_on_failed_gates:
         sys.exit(1)
