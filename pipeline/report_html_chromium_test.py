@@ -1,10 +1,13 @@
-"""The pipeline's report.html opens in headless Chromium, offline, and shows its four figure groups.
+"""The pipeline's report.html opens in headless Chromium, offline, reads at a glance, and its figures'
+labels do not collide at 1280 px.
 
 Chromium lays the page out; a small script added to a copy of the page (the page itself has none,
 and its Content-Security-Policy forbids them, so the copy relaxes only script-src) writes what the
 browser rendered into the DOM: the size of each section and of each figure, how many shapes each
-figure drew, and how many resources the page fetched. --dump-dom prints that DOM. The original page
-is loaded too, with its policy intact, to check it loads as shipped.
+figure drew, the box of every text label in every figure, the emoji drawings and any emoji left
+for a font to draw, and how many resources the page fetched. --dump-dom prints that DOM. The
+original page is loaded too, with its policy intact, to check it loads as shipped, and is
+screenshotted at 1280 px wide (report.png in the test's undeclared outputs, to look at).
 
 Network is off for the browser: every host name resolves to nothing and the proxy is a closed port.
 
@@ -21,21 +24,52 @@ import tempfile
 
 import pytest
 
-SECTIONS = ("loss-curves", "answer-distributions", "parity", "gates")
-FIGURES = ("loss-curves", "answer-distributions", "parity")  # sections drawn with matplotlib
+SECTIONS = ("summary", "loss-curves", "answer-distributions", "parity", "variants", "gates")
+FIGURES = ("loss-curves", "answer-distributions", "parity", "variants")  # sections drawn with matplotlib
+WIDTH = 1280  # the window the page must read well in
+MIN_LABEL_PX = 9  # the smallest figure label height that reads at WIDTH
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-_MEASURE = """
+_MEASURE = r"""
 <script>
 const box = (e) => {
   const r = e.getBoundingClientRect();
   return [Math.round(r.width), Math.round(r.height)];
 };
-const out = {title: document.title, resources: performance.getEntriesByType("resource").length, sections: {}};
+// Every label a figure shows, as the browser laid it out, and each pair whose boxes overlap.
+const labels = (f) => [...f.querySelectorAll("text")].filter((t) => t.textContent.trim()).map((t) => {
+  const r = t.getBoundingClientRect();
+  return {text: t.textContent.trim(), l: r.left, t: r.top, r: r.right, b: r.bottom};
+}).filter((b) => b.r > b.l && b.b > b.t);
+const collisions = (boxes) => {
+  const hits = [];
+  for (let i = 0; i < boxes.length; i++) {
+    for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i], b = boxes[j];
+      const w = Math.min(a.r, b.r) - Math.max(a.l, b.l), h = Math.min(a.b, b.b) - Math.max(a.t, b.t);
+      if (w > 1 && h > 1) hits.push([a.text, b.text]);
+    }
+  }
+  return hits;
+};
+// Emoji code points left in the text for a font to draw (the page draws its own: verify/report_emoji.py).
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+const emoji = /[\u{1F000}-\u{1FAFF}\u{2600}-\u{27BF}\u{2B00}-\u{2BFF}]/u;
+let fontEmoji = 0;
+for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+  if (n.parentElement.closest("svg") === null && emoji.test(n.textContent)) fontEmoji++;
+}
+const out = {title: document.title, resources: performance.getEntriesByType("resource").length, sections: {},
+  fontEmoji, emojiDrawings: [...document.querySelectorAll("svg.emoji")].map(
+    (e) => ({name: e.getAttribute("aria-label"), box: box(e)}))};
 for (const s of document.querySelectorAll("section[id]")) {
   out.sections[s.id] = {box: box(s), tables: s.querySelectorAll("table").length,
-    figures: [...s.querySelectorAll("figure svg, figure img")].map(
-      (f) => ({box: box(f), shapes: f.querySelectorAll("path, rect, line, text, use").length}))};
+    figures: [...s.querySelectorAll("figure svg, figure img")].map((f) => {
+      const boxes = labels(f);
+      return {box: box(f), shapes: f.querySelectorAll("path, rect, line, text, use").length,
+        labels: boxes.map((b) => b.text), collisions: collisions(boxes),
+        smallestLabel: Math.min(...boxes.map((b) => b.b - b.t))};
+    })};
 }
 const pre = document.createElement("pre");
 pre.id = "m8b-layout";
@@ -72,7 +106,8 @@ def _report_path() -> str:
     return os.path.abspath(path)
 
 
-def _dump_dom(browser: str, page: str, profile: str) -> str:
+def _chromium(browser: str, page: str, profile: str, *output: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on file://page with the network off, then `output` (--dump-dom, ...)."""
     command = [
         browser,
         "--headless",
@@ -86,14 +121,19 @@ def _dump_dom(browser: str, page: str, profile: str) -> str:
         # Network off: no name resolves and any proxied request goes to a closed port.
         "--host-resolver-rules=MAP * ~NOTFOUND",
         "--proxy-server=127.0.0.1:9",
-        "--window-size=1280,2000",
+        f"--window-size={WIDTH},2000",
+        "--hide-scrollbars",
         f"--user-data-dir={profile}",
-        "--dump-dom",
+        *output,
         "file://" + page,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"chromium exited {done.returncode}:\n{done.stderr[-3000:]}"
-    return done.stdout
+    return done
+
+
+def _dump_dom(browser: str, page: str, profile: str) -> str:
+    return _chromium(browser, page, profile, "--dump-dom").stdout
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +150,11 @@ def rendered():
         ))  # fmt: skip
     as_shipped = _dump_dom(browser, report, os.path.join(work, "profile-1"))
     dom = _dump_dom(browser, measured, os.path.join(work, "profile-2"))
+    # What a person sees at WIDTH, kept for a look (Bazel keeps undeclared outputs).
+    shots = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR", work)
+    screenshot = os.path.join(shots, "report.png")
+    _chromium(browser, report, os.path.join(work, "profile-3"), f"--screenshot={screenshot}")
+    assert os.path.getsize(screenshot) > 10_000, "the screenshot is nearly empty"
     found = re.search(r'<pre id="m8b-layout">(.*?)</pre>', dom, re.S)
     assert found, "the layout probe did not run; the page did not load:\n" + dom[:2000]
     layout = json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
@@ -124,7 +169,7 @@ def test_the_page_loads_as_shipped(rendered):
         assert f'id="{section}"' in as_shipped
 
 
-def test_all_four_figure_groups_are_shown(rendered):
+def test_every_figure_group_is_shown(rendered):
     _, layout = rendered
     assert "distillation report" in layout["title"]
     missing = [s for s in SECTIONS if s not in layout["sections"]]
@@ -141,6 +186,41 @@ def test_all_four_figure_groups_are_shown(rendered):
             assert figure["shapes"] > 20, f"a figure in #{section} drew only {figure['shapes']} shapes"
     assert layout["sections"]["parity"]["tables"] >= 1
     assert layout["sections"]["gates"]["tables"] >= 2
+
+
+def test_the_page_opens_with_a_row_per_artifact(rendered):
+    as_shipped, layout = rendered
+    first = re.search(r'<section id="([^"]+)"', as_shipped).group(1)
+    assert first == "summary", f"the page opens with #{first}"
+    assert layout["sections"]["summary"]["tables"] == 1
+    summary = as_shipped.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", summary.split("<tbody>", 1)[1], re.S)
+    parity = [f for f in layout["sections"]["parity"]["figures"]][0]
+    assert len(rows) >= 2 and all(("PASS" in row) != ("FAIL" in row) for row in rows)
+    for row in rows:  # each verified artifact is a row label of the parity figure too
+        assert re.search(r"<td>(.*?)</td>", row).group(1) in parity["labels"]
+
+
+def test_figure_labels_do_not_collide_and_read_at_1280_px(rendered):
+    _, layout = rendered
+    for section in FIGURES:
+        for figure in layout["sections"][section]["figures"]:
+            hits = figure["collisions"]
+            assert not hits, f"#{section}: labels drawn over each other: {hits}"
+            assert figure["smallestLabel"] >= MIN_LABEL_PX, (
+                f"#{section}: a label is {figure['smallestLabel']:.1f} px tall at {WIDTH} px"
+            )
+
+
+def test_emoji_look_the_same_without_an_emoji_font(rendered):
+    _, layout = rendered
+    assert layout["fontEmoji"] == 0, "emoji left in the text: a browser without an emoji font shows boxes"
+    drawings = layout["emojiDrawings"]
+    names = {d["name"] for d in drawings}
+    assert {"billiards", "crystal ball", "sparkles", "glowing star"} <= names, names  # the flairs
+    for drawing in drawings:
+        width, height = drawing["box"]
+        assert width >= 10 and height >= 10, f"{drawing['name']} renders at {width}x{height}"
 
 
 def test_nothing_is_fetched(rendered):

@@ -136,7 +136,9 @@ def main(argv: list[str]) -> None:
     examples = {}
     for record in heldout:
         examples.setdefault(record.kind, record.question)
-    page = report_html.page(report, contract, metadata, history, quality, list(teacher.ANSWERS), examples)
+    # Each answer as a canonical reply writes it, flair included (data/teacher.py).
+    replies = [teacher.completion_text(a).strip() for a in range(len(teacher.ANSWERS))]
+    page = report_html.page(report, contract, metadata, history, quality, replies, examples)
     atomic.write_text(FLAGS.out_html, page)
     logging.info("wrote %s (%d bytes)", FLAGS.out_html, len(page.encode()))
 

@@ -3,6 +3,7 @@
     loss_curves_svg(history)                     train loss per step, held-out loss at its intervals
     answer_distributions_svg(per_kind, answers)  teacher vs student bars, one panel per question kind
     parity_svg(max_abs, bounds)                  each artifact's max |logit diff| per length vs its bound
+    size_vs_kld_svg(summary)                     each artifact's size against its mean KL (labelled)
 
 Why the output is stable: the Agg backend (no display), matplotlib's default style plus fixed
 rcParams (below) whatever matplotlibrc a user has, text kept as <text> elements (svg.fonttype
@@ -41,6 +42,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib import pyplot as plt
+from matplotlib.transforms import Bbox
 
 _STYLE = {
     "svg.fonttype": "none",
@@ -142,31 +144,43 @@ def answer_distributions_svg(per_kind: dict[str, dict], answers: list[str], colu
         return _svg(fig)
 
 
+# One colour per contract length (shortest lightest) for bars within their bound; any bar above
+# its bound is FAIL_COLOR whatever its length.
+LENGTH_COLORS = ("#a1d99b", "#74c476", "#41ab5d", "#238b45", "#006d2c", "#00441b")
+
+
 def parity_svg(max_abs: dict[str, dict[int, float]], bounds: dict[str, float]) -> str:
-    """Grouped bars: for each artifact, max |logit - eager| at each length; dashes at its bound."""
+    """One row per artifact (names on the y axis, readable however many there are), a bar per
+    contract length: max |logit - eager|, on a log axis; a dashed tick at the artifact's bound."""
     artifacts = list(max_abs)
     lengths = sorted({length for values in max_abs.values() for length in values})
-    width = 0.8 / max(1, len(lengths))
+    height = 0.8 / max(1, len(lengths))
+    colors = {length: LENGTH_COLORS[i % len(LENGTH_COLORS)] for i, length in enumerate(lengths)}
     with _style():
-        fig, ax = plt.subplots(figsize=(7.5, 3.2))
+        fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.36 * max(1, len(artifacts))))
         for a, artifact in enumerate(artifacts):
             for i, length in enumerate(lengths):
                 value = max_abs[artifact].get(length)
                 if value is None:
                     continue
                 ok = value <= bounds[artifact]
-                x = a - 0.4 + width * (i + 0.5)
                 # A perfect 0 has no place on a log axis: draw it at a floor far below any bound.
-                ax.bar(x, max(_round(value), 1e-9), width * 0.9, color=PASS_COLOR if ok else FAIL_COLOR)
-                ax.annotate(f"T{length}", (x, max(_round(value), 1e-9)), ha="center", va="bottom", fontsize=7)
-            ax.hlines(bounds[artifact], a - 0.45, a + 0.45, colors=BOUND_COLOR, linestyles="dashed")
-        ax.set_xticks(range(len(artifacts)), artifacts)
-        ax.set_yscale("log")
-        ax.set_ylabel("max |logit - eager| (log)")
-        ax.grid(axis="x", visible=False)
+                ax.barh(
+                    a - 0.4 + height * (i + 0.5),
+                    max(_round(value), 1e-9),
+                    height * 0.9,
+                    left=1e-10,
+                    color=colors[length] if ok else FAIL_COLOR,
+                )
+            ax.vlines(bounds[artifact], a - 0.45, a + 0.45, colors=BOUND_COLOR, linestyles="dashed")
+        ax.set_yticks(range(len(artifacts)), artifacts)
+        ax.set_ylim(len(artifacts) - 0.5, -0.5)  # the first artifact on top
+        ax.set_xscale("log")
+        ax.set_xlabel("max |logit - eager| (log)")
+        ax.grid(axis="y", visible=False)
         ax.legend(
             handles=[
-                plt.Rectangle((0, 0), 1, 1, color=PASS_COLOR, label="within bound"),
+                *(plt.Rectangle((0, 0), 1, 1, color=colors[n], label=f"T{n}") for n in lengths),
                 plt.Rectangle((0, 0), 1, 1, color=FAIL_COLOR, label="above bound"),
                 plt.Line2D([], [], color=BOUND_COLOR, ls="dashed", label="bound"),
             ],
@@ -178,18 +192,65 @@ def parity_svg(max_abs: dict[str, dict[int, float]], bounds: dict[str, float]) -
 
 
 def size_vs_kld_svg(summary: dict[str, dict]) -> str:
-    """The Pareto picture: each artifact's size against its mean KL from fp32 eager (both log)."""
-    with _style():
-        fig, ax = plt.subplots(figsize=(7.5, 3.6))
-        for name, row in sorted(summary.items()):
-            if "size" not in row:
-                continue
+    """The Pareto picture: each artifact's size against its mean KL from fp32 eager (both log).
+
+    Artifacts at one point (a GGUF file and the same file under an f16 cache, say) share one label;
+    each label takes the first place around its point that covers no other label or point."""
+    points: dict[tuple[float, float], list[str]] = {}
+    for name, row in sorted(summary.items()):
+        if "size" in row:
             # An exact 0 has no place on a log axis: drawn at 1e-15, far below any artifact's error.
-            x, y = row["size"], max(_round(row["kl_mean"]), 1e-15)
+            points.setdefault((row["size"], max(_round(row["kl_mean"]), 1e-15)), []).append(name)
+    with _style():
+        fig, ax = plt.subplots(figsize=(8.5, 4.2))
+        for x, y in points:
             ax.scatter([x], [y], s=28, color=PASS_COLOR, zorder=3)
-            ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("file size (bytes, log)")
         ax.set_ylabel("mean KL vs fp32 eager (worst length, log)")
+        ax.margins(x=0.3, y=0.25)
+        ax.autoscale_view()  # the final limits, before the labels are measured against each other
+        _place_labels(fig, ax, [(", ".join(names), xy) for xy, names in sorted(points.items())])
         return _svg(fig)
+
+
+# Where a label may go, in points from its marker (x, y, horizontal alignment): right, left,
+# then further above and below, nearest first.
+_LABEL_PLACES = [
+    (dx, dy, align)
+    for dy in (-3, 6, -12, 15, -21, 24, -30, 33, -39, 42)
+    for dx, align in ((6, "left"), (-6, "right"))
+]
+
+
+def _place_labels(fig, ax, labels: list[tuple[str, tuple[float, float]]], fontsize: float = 8) -> None:
+    """Annotates each point at the first of _LABEL_PLACES whose box overlaps no placed label and no
+    marker (the last place if none is free).
+
+    Boxes are measured with the Agg renderer and DejaVu Sans, the font the page's SVG names
+    (svg.fonttype "none": the browser draws the text)."""
+    renderer = fig.canvas.get_renderer()
+    to_display = ax.transData.transform
+    markers = []
+    for _, xy in labels:
+        px, py = to_display(xy)
+        markers.append(Bbox.from_extents(px - 4, py - 4, px + 4, py + 4))
+    placed: list = []
+    for text, xy in labels:
+        for dx, dy, align in _LABEL_PLACES:
+            label = ax.annotate(
+                text,
+                xy,
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha=align,
+                va="bottom",
+            )
+            box = label.get_window_extent(renderer).expanded(1.04, 1.1)
+            if not any(box.overlaps(other) for other in placed + markers):
+                break
+            if (dx, dy, align) != _LABEL_PLACES[-1]:
+                label.remove()
+        placed.append(box)

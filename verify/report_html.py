@@ -2,31 +2,34 @@
 
     page(report, contract, metadata, history, quality, answers, examples) -> str
 
-Five sections, each with a stable id the browser test looks for:
+Six sections, each with a stable id the browser test looks for; the first reads at a glance, the
+per-check tables come after it:
+  #summary               one row per artifact: verdict, size, KL, same top, behaviour agreement,
+                         failed checks (report.json "summary", verify/artifact_summary.py)
   #loss-curves           train and held-out loss per step (figure)
   #answer-distributions  teacher vs student answer distribution per question kind (figure + tables)
   #parity                every artifact's checks at every contract length, measured value vs bound
                          (figure + table)
   #variants              every artifact's size against its mean KL (the Pareto picture users pick
-                         a variant from) and one row per artifact: size, KL, same top, behaviour
-                         agreement (report.json "summary", verify/artifact_summary.py)
-  #gates                 gate verdict per artifact, `ask`'s sampled replies per backend (canonical
-                         rate against its bound), artifact sizes and digests, the model card
+                         a variant from)
+  #gates                 `ask`'s sampled replies per backend (canonical rate against its bound),
+                         artifact sizes and digests, the model card
 
 Self-contained: figures are inline SVG, styles inline, no scripts, no links to fetch; a
 Content-Security-Policy forbids any load, so a page that opens offline cannot depend on a network
 by accident. Every string that comes from a file (questions, answers, kinds, metadata, report
-entries) goes through html.escape: the dataset is input, and input may contain markup.
+entries) goes through html.escape: the dataset is input, and input may contain markup. Emoji in
+them are drawn by the page (verify/report_emoji.py), so they look the same without an emoji font.
 The page is a function of its arguments only (no clock, no paths), so equal inputs give equal bytes.
 """
 
 import html
 import json
 
-from verify import report_figures
+from verify import report_emoji, report_figures
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'"
-SECTIONS = ("loss-curves", "answer-distributions", "parity", "variants", "gates")
+SECTIONS = ("summary", "loss-curves", "answer-distributions", "parity", "variants", "gates")
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 64rem; color: #222;
@@ -43,11 +46,13 @@ figcaption { font-size: 0.85rem; color: #555; }
 .verdict { font-size: 1.2rem; } small { color: #666; } summary { cursor: pointer; margin: 0.8rem 0; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.2rem 1rem; }
 dt { font-weight: 600; } dd { margin: 0; }
+svg.emoji { vertical-align: -0.25em; }
 """
 
 
 def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    """Text content: escaped, emoji drawn inline (verify/report_emoji.py)."""
+    return report_emoji.html_text(value)
 
 
 def _verdict(ok: bool | None) -> str:
@@ -131,7 +136,9 @@ def _distribution_section(quality: dict, answers: list[str], examples: dict[str,
         ],
         numeric={1, 2, 3},
     )
-    numbered = _table(["#", "answer"], [[_e(i), _e(text)] for i, text in enumerate(answers, 1)], numeric={0})
+    numbered = _table(
+        ["#", "answer, with its flair"], [[_e(i), _e(text)] for i, text in enumerate(answers, 1)], numeric={0}
+    )
     odd = ""
     if quality.get("non_canonical"):
         odd = "<p>Replies that were not canonical answers:</p>\n" + _table(
@@ -157,7 +164,7 @@ def _parity_section(report: dict, contract: dict) -> str:
         )
         for artifact, scopes in report["results"].items()
     }
-    max_abs = {a: v for a, v in max_abs.items() if v}
+    max_abs = {a: max_abs[a] for a in _artifact_order(report) if max_abs[a]}  # the summary's order
     body = ""
     if max_abs:
         lengths = ", ".join(f"T{n}" for n in contract.get("lengths", []))
@@ -175,48 +182,85 @@ def _parity_section(report: dict, contract: dict) -> str:
     return _section("parity", "Parity of every artifact at every length", body)
 
 
-def _variants_section(report: dict, contract: dict) -> str:
-    """Size against KL for every artifact, and a row per artifact (verify/artifact_summary.py)."""
+# Families in the order the summary lists them; within a family the largest file first.
+_FAMILIES = ("torchscript", "coreml", "gguf")
+
+
+def _human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.2f} MiB"
+
+
+def _artifact_order(report: dict) -> list[str]:
+    """The verified artifacts by family (_FAMILIES), the largest file first within one."""
+    summary = report.get("summary") or {}
+
+    def key(name: str):
+        family = name.split("_", 1)[0]
+        rank = _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES)
+        return rank, -summary.get(name, {}).get("size", 0), name
+
+    return sorted(report["results"], key=key)
+
+
+def _summary_section(report: dict, contract: dict) -> str:
+    """The page's opening: one row per verified artifact, read at a glance (verify/artifact_summary.py)."""
+    summary = report.get("summary") or {}
+    precisions = contract.get("gates", {}).get("backends", {})
+    gates = artifact_gates(report)
+
+    def fmt(row, key, pattern="{:.3g}"):
+        return _e(pattern.format(row[key])) if key in row else "&#8211;"
+
+    rows = []
+    for name in _artifact_order(report):
+        row, scopes = summary.get(name, {}), report["results"][name]
+        failed = _count(scopes, False)
+        size = (
+            f'<span title="{row["size"]:,} bytes">{_e(_human_size(row["size"]))}</span>'
+            if "size" in row
+            else "&#8211;"
+        )
+        rows.append(
+            [
+                _e(name),
+                _verdict(gates[name]),
+                _e(precisions.get(name, "")),
+                size,
+                fmt(row, "kl_mean"),
+                fmt(row, "kl_max"),
+                fmt(row, "same_top", "{:.2%}"),
+                fmt(row, "behaviour_agreement", "{:.1%}"),
+                _e(f"{failed} of {failed + _count(scopes, True)}"),
+            ]
+        )
+    header = ["artifact", "verdict", "precision", "size", "KL mean", "KL max", "same top", "agreement",
+              "failed checks"]  # fmt: skip
+    note = (
+        "<p><small>KL: KL(eager &#8214; artifact) of the next-token distributions at the worst "
+        "contract length, mean and max over positions. Same top: positions whose most likely token "
+        "is eager's. Agreement: held-out questions whose greedy reply through the artifact is "
+        "eager's canonical answer, where measured (verify/greedy_agreement.py). Every check, with "
+        "its bound and floor, is in the tables below and in report.json.</small></p>\n"
+    )
+    return _section("summary", "Every artifact at a glance", _table(header, rows, {3, 4, 5, 6, 7, 8}) + note)
+
+
+def _variants_section(report: dict) -> str:
+    """Size against KL for every artifact: the picture a user picks a variant from."""
     summary = report.get("summary") or {}
     if not summary:
         return _section("variants", "Variants: size against distribution error", "<p>No artifact ran.</p>\n")
-    precisions = contract.get("gates", {}).get("backends", {})
-    gates = artifact_gates(report)
     figure = _figure(
         report_figures.size_vs_kld_svg(summary),
         "File size against mean KL(eager || artifact) at the worst contract length: down and to the "
-        "left is better; a variant is worth shipping when no other is both smaller and closer.",
+        "left is better; a variant is worth shipping when no other is both smaller and closer. "
+        "The numbers are in the first table of this page.",
     )
-
-    def fmt(row, key, pattern="{:.4g}"):
-        return _e(pattern.format(row[key])) if key in row else ""
-
-    rows = [
-        [
-            _e(name),
-            _e(precisions.get(name, "")),
-            _e(f"{row['size']:,}") if "size" in row else "",
-            fmt(row, "kl_mean"),
-            fmt(row, "kl_max"),
-            fmt(row, "same_top", "{:.2%}"),
-            fmt(row, "rms_dp"),
-            fmt(row, "behaviour_agreement", "{:.1%}"),
-            _verdict(gates.get(name)),
-        ]
-        for name, row in sorted(summary.items(), key=lambda item: -item[1].get("size", 0))
-    ]
-    header = ["artifact", "precision", "size (bytes)", "KL mean", "KL max", "same top", "RMS dp",
-              "behaviour agreement", "verdict"]  # fmt: skip
-    note = (
-        "<p>Worst value over the contract lengths. Behaviour agreement: held-out questions whose "
-        "greedy reply through the artifact gives eager's canonical answer, where measured "
-        "(verify/greedy_agreement.py).</p>\n"
-    )
-    return _section(
-        "variants",
-        "Variants: size against distribution error",
-        figure + _table(header, rows, {2, 3, 4, 5, 6, 7}) + note,
-    )
+    return _section("variants", "Variants: size against distribution error", figure)
 
 
 def _cell(entry: dict) -> tuple[str, str]:
@@ -327,16 +371,6 @@ def _sampled_table(report: dict) -> str:
 
 
 def _gates_section(report: dict, contract: dict, metadata: dict, quality: dict) -> str:
-    gates = artifact_gates(report)
-    verdicts = f'<p class="verdict">gates_ok: {_verdict(bool(report.get("gates_ok")))}</p>\n' + _table(
-        ["artifact", "checks", "failed", "verdict"],
-        [
-            [_e(artifact), _e(_count(scopes, True) + _count(scopes, False)), _e(_count(scopes, False)),
-             _verdict(gates[artifact])]
-            for artifact, scopes in report["results"].items()
-        ],
-        numeric={1, 2},
-    )  # fmt: skip
     artifacts = _table(
         ["artifact", "size (bytes)", "files", "sha256"],
         [
@@ -349,15 +383,14 @@ def _gates_section(report: dict, contract: dict, metadata: dict, quality: dict) 
     card = _model_card(report, contract, metadata, quality)
     card_html = "<dl>\n" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>\n" for k, v in card.items()) + "</dl>\n"
     body = (
-        "<h3>Gate verdicts</h3>\n"
-        + verdicts
+        f'<p class="verdict">gates_ok: {_verdict(bool(report.get("gates_ok")))}</p>\n'
         + _sampled_table(report)
         + "<h3>Artifacts</h3>\n"
         + artifacts
         + "<h3>Model card</h3>\n"
         + card_html
     )
-    return _section("gates", "Gates, artifacts and model card", body)
+    return _section("gates", "Sampled replies, artifacts and model card", body)
 
 
 def page(
@@ -374,10 +407,11 @@ def page(
     title = f"{model} distillation report"
     overall = bool(report.get("gates_ok"))
     sections = [
+        _summary_section(report, contract),
         _loss_section(history, metadata),
         _distribution_section(quality, answers, examples),
         _parity_section(report, contract),
-        _variants_section(report, contract),
+        _variants_section(report),
         _gates_section(report, contract, metadata, quality),
     ]
     return (
@@ -385,7 +419,7 @@ def page(
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<header>\n<h1>{_e(title)}</h1>\n"
         f'<p class="verdict">Every artifact at every contract length: {_verdict(overall)}</p>\n</header>\n'
         + "".join(sections)
