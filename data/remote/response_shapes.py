@@ -9,7 +9,8 @@ content  choices[0].logprobs = {content: [{token: str, logprob: number, bytes: [
          OpenAI's /v1/chat/completions, vLLM's and Ollama's chat; llama.cpp's llama-server for both
          endpoints (its entries add the token "id"); llama-cpp-python's chat, with bytes null.
 
-What each server puts there, and what read() makes of it:
+What each server puts there (llama-cpp-python 0.3.36 is run by the tests; the others as their
+sources and issue trackers describe them), and what read() makes of it:
 
 - Token bytes. `bytes` is the token's exact bytes where a server gives it (llama-server: the raw
   piece, so a byte token holding half a character keeps its byte). Without it the token is its text
