@@ -156,7 +156,7 @@ COREML_VARIANTS = [
 
 # make_toy_kd flags a chain sets itself: its dataset stage names the outputs, and the teacher comes
 # from `teacher_gguf` (a label, so Bazel tracks the file) or from a pinned capture (`dataset`).
-_CHAIN_DATASET_FLAGS = ["--teacher", "--out", "--tokenizer_out", "--num_shards", "--shard", "--cache_dir"]
+_CHAIN_DATASET_FLAGS = ["--teacher", "--out", "--tokenizer_out", "--tokenizer", "--num_shards", "--shard", "--cache_dir"]
 
 _HEX = "0123456789abcdef"
 

@@ -36,6 +36,29 @@ def compared():
     return env, model, replies, teacher, staged
 
 
+def test_the_gates_teacher_rows_are_the_captured_soft_targets(compared):
+    """The teacher the gate runs gives, at every held-out reply position, the log-probabilities the
+    capture stored for its top-k ids (rounded there to 6 decimals; llama.cpp in f32 both times, a
+    prompt at once here and a token per call there), with the captured token on top: the gate
+    compares the student with the very distributions it was distilled from, position for position."""
+    import numpy as np
+
+    from data import dataset
+
+    env, _, replies, teacher, _ = compared
+    heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)
+    assert heldout[0].topk_ids, "the from_wide capture has soft targets (--kd=logits)"
+    worst, row = 0.0, 0
+    for record in heldout:
+        for position, (ids, logprobs) in enumerate(zip(record.topk_ids, record.topk_logprobs, strict=True)):
+            worst = max(worst, float(np.abs(teacher[row + position, ids] - np.asarray(logprobs)).max()))
+            assert int(teacher[row + position].argmax()) == ids[0] == record.completion_ids[position]
+        row += len(record.completion_ids)
+    assert row == replies.positions
+    print(f"\nlargest difference from the captured top-k log-probabilities: {worst:.3g}")
+    assert worst < 1e-4  # 6-decimal rounding (5e-7) plus f32 evaluation-order noise, with a wide margin
+
+
 def test_the_trained_student_passes_with_the_stages_numbers(compared):
     from verify import teacher_agreement
 
