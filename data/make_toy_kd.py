@@ -107,7 +107,7 @@ def _check_teacher_flags(spec: source.Spec) -> None:
             readers = [kind for kind, names in _TEACHER_FLAGS.items() if name in names]
             raise InputError(
                 f"--{name}: applies to --teacher={' and '.join(f'{kind}:...' for kind in readers)} only, "
-                f"not --teacher={FLAGS.teacher}; leave it out"
+                f"not --teacher={spec.kind}; leave it out"
             )
 
 
@@ -120,7 +120,7 @@ def _check_mode(spec: source.Spec) -> None:
         )
     if spec.kind != "rules" and (FLAGS.num_shards or FLAGS.shard):
         raise InputError(
-            f"--num_shards: sharding is for --teacher=rules; run --teacher={FLAGS.teacher} unsharded"
+            f"--num_shards: sharding is for --teacher=rules; run --teacher={spec.kind}:... unsharded"
         )
     if FLAGS.num_shards:
         cli.require_flag(FLAGS.out, "out")
@@ -135,7 +135,7 @@ def _check_mode(spec: source.Spec) -> None:
         if not FLAGS.tokenizer:
             cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")
     elif spec.kind != "rules":
-        raise InputError(f"--out is required: --teacher={FLAGS.teacher} writes a dataset")
+        raise InputError(f"--out is required: --teacher={spec.kind}:... writes a dataset")
     else:
         cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")  # the tokenizer alone
 
@@ -240,8 +240,10 @@ def _write_teacher_dataset(spec: source.Spec, tok: tokenizer_lib.Tokenizer) -> N
         sampling=_sampling(),
     )
     teacher = _teacher(spec, options.sampling, tok)
+    # The teacher is named by its header object: --teacher's URL could hold credentials.
+    described = teacher.describe()
     logging.info(
-        "asking %s (%s) %d questions, --kd=%s", FLAGS.teacher, teacher.describe()["model"], FLAGS.n, FLAGS.kd
+        "asking the %s teacher %s %d questions, --kd=%s", spec.kind, described["model"], FLAGS.n, FLAGS.kd
     )
     start = time.monotonic()
     header, records = teacher_dataset.build(teacher, tok, options)

@@ -194,7 +194,8 @@ def test_an_existing_tokenizer_replaces_the_trained_one(tmp_path):
     [
         (["--teacher=llama"], "error: --teacher is 'llama'; use rules, gguf:PATH"),
         (["--teacher=gguf:"], "error: --teacher is 'gguf:'; use rules, gguf:PATH"),
-        (["--teacher=rules:x"], "error: --teacher is 'rules:x'; use rules"),
+        (["--teacher=rules:x"], "error: --teacher is 'rules:...'; use rules"),
+        (["--teacher=opneai:http://u:s3cr3t@h/v1"], "error: --teacher is 'opneai:...'; use rules"),
         (["--teacher=gguf:t.gguf", "--kd=soft"], "error: --kd is 'soft'; use logits"),
         (["--teacher=gguf:t.gguf", "--teacher_sampling=beam"], "error: --teacher_sampling is 'beam'"),
         (
@@ -207,7 +208,7 @@ def test_an_existing_tokenizer_replaces_the_trained_one(tmp_path):
         (["--teacher=gguf:t.gguf", "--max_reply_tokens=0"], "error: --max_reply_tokens is 0"),
         (
             ["--kd=sequence"],
-            "error: --kd: applies to --teacher=gguf:... and openai:... only, not --teacher=rules",
+            "error: --kd: applies to --teacher=gguf:... and openai:... only, not --teacher=rules;",
         ),
         (["--model=x"], "error: --model: applies to --teacher=gguf:... and openai:... only"),
         (["--teacher=gguf:t.gguf", "--api=chat"], "error: --api: applies to --teacher=openai:... only"),
@@ -237,6 +238,7 @@ def test_bad_teacher_flags_exit_2_and_write_nothing(tmp_path, flags, message):
     result = run(f"--out={tmp_path / 'kd.jsonl'}", f"--tokenizer_out={tmp_path / 'tok.json'}", *flags)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert "s3cr3t" not in result.stderr  # a URL's credentials are never repeated
     assert os.listdir(tmp_path) == []
 
 

@@ -137,7 +137,9 @@ def parse_spec(text: str) -> Spec:
         return Spec("rules", "")
     if kind in ("gguf", "openai") and location:
         return Spec(kind, location)
+    # Only the kind is repeated: the rest may be a URL, and a URL may hold credentials.
+    shown = f"{kind}:..." if location else text
     raise InputError(
-        f"--teacher is {text!r}; use rules, gguf:PATH (a GGUF file, run in process by llama.cpp) "
+        f"--teacher is {shown!r}; use rules, gguf:PATH (a GGUF file, run in process by llama.cpp) "
         "or openai:URL (an OpenAI-compatible server, e.g. openai:http://127.0.0.1:8080/v1)"
     )

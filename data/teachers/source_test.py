@@ -26,6 +26,12 @@ def test_parse_spec_refuses_anything_else_naming_the_forms(text):
         source.parse_spec(text)
 
 
+def test_parse_spec_never_repeats_what_follows_the_kind():
+    with pytest.raises(InputError) as error:
+        source.parse_spec("opneai:http://user:s3cr3t@127.0.0.1:8080/v1")
+    assert str(error.value).startswith("--teacher is 'opneai:...'") and "s3cr3t" not in str(error.value)
+
+
 def test_rounded_row_rounds_sorts_by_the_rounded_values_and_computes_the_tail_from_them():
     # 5 and 2 round to the same value: the lower id must come first in the written list.
     ids, logprobs, tail = source.rounded_row([5, 2, 9], [-1.0000001, -1.0000004, -3.0])
