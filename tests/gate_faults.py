@@ -19,7 +19,14 @@ import torch
 
 from conversion import coreml, coreml_stateful, gguf_export, kv_decoder, torchscript
 from training import model as model_lib
-from verify import coreml_stateful_steps, frozen_students, gguf_check, mil_executor, verification
+from verify import (
+    coreml_stateful_steps,
+    frozen_students,
+    gguf_check,
+    gguf_reference,
+    mil_executor,
+    verification,
+)
 
 # The faulted tensor: a projection in the middle of the network, not the output head, so a fault
 # must travel through later blocks to show.
@@ -610,6 +617,168 @@ FAULTS = (
         {"coreml_stateful": _stateful_with(_StateNotReset)},
     ),
 )
+
+# --- Content faults: small faults in the quantized and compressed files ---------------------------
+# Each moves the outputs less than the quantization noise the output bounds allow, so only the
+# artifact's exact content check sees it (verification.check_gguf_content for a GGUF,
+# check_coreml_compressed for a Core ML int8/int4 package). //tests:gate_power runs them through the
+# artifact's own checks only (gate_power.run_content_faults: Backend.interface_check, as
+# verification.verify calls it), not the minutes of output comparisons that cannot see them.
+
+Q8_0_SCALES, Q4_0_SCALES = 1.003, 1.01
+LEVEL_EVERY = 16  # one quant level up on every 16th weight: 6.25% of the matrix
+# Each GGUF backend -> another variant's file, shipped under its name.
+OTHER_VARIANT = {"gguf": "gguf_f16", "gguf_f16": "gguf", "gguf_q8_0": "gguf_q4_0", "gguf_q4_0": "gguf_q8_0"}
+
+
+def _gguf_file_copy(shipped: Shipped, backend: str, tag: str, change: Callable) -> verification.Backend:
+    """A copy of the shipped GGUF of `backend` whose WEIGHT[2] data `change(data)` edits in place (the
+    gguf reader's writable memory map: float values, or uint8 blocks [n_blocks, block bytes] of a
+    quantized tensor), loaded as verification loads it."""
+    import gguf
+
+    path = os.path.join(shipped.tmp, f"{tag}.{backend}.gguf")
+    shutil.copyfile(shipped.inputs.paths.artifact(backend), path)
+    reader = gguf.GGUFReader(path, "r+")
+    tensor = next(t for t in reader.tensors if t.name == WEIGHT[2])
+    variant = tensor.tensor_type.name
+    assert variant == verification.GGUF_VARIANTS[backend].upper(), f"{WEIGHT[2]} is {variant}"
+    block_bytes = gguf_reference.BLOCK_BYTES.get(variant)
+    change(tensor.data.reshape(-1, block_bytes) if block_bytes else tensor.data)
+    reader.data.flush()
+    del reader
+    return verification.gguf_backend(backend, path, shipped.inputs)
+
+
+def _gg_all_scales(backend: str, factor: float):
+    """Every block scale of WEIGHT[2] x factor (each block begins with its f16 scale)."""
+
+    def change(blocks):
+        scales = blocks[:, :2].copy().view("<f2")
+        blocks[:, :2] = (scales * np.float16(factor)).astype("<f2").view(np.uint8)
+
+    return lambda shipped: _gguf_file_copy(shipped, backend, f"scales_x{factor}", change)
+
+
+def _gg_levels_up(shipped):
+    """One Q4_0 quant level up (down from the top level) on every LEVEL_EVERY-th weight of WEIGHT[2]:
+    in each block of 32, elements 0 and 16, the two nibbles of its first quant byte."""
+
+    def change(blocks):
+        byte = blocks[:, 2].astype(np.int32)
+        low, high = byte & 0x0F, byte >> 4
+        low = np.where(low < 15, low + 1, low - 1)
+        high = np.where(high < 15, high + 1, high - 1)
+        blocks[:, 2] = (low | (high << 4)).astype(np.uint8)
+
+    assert gguf_reference.BLOCK // LEVEL_EVERY == 2  # the two nibbles of one byte per block
+    return _gguf_file_copy(shipped, "gguf_q4_0", "levels_up", change)
+
+
+def _gg_one_bit(backend: str):
+    """The lowest mantissa bit of WEIGHT[2]'s first value flipped (an f32 or f16 file)."""
+
+    def change(data):
+        data.view(np.uint8).reshape(-1)[0] ^= 1
+
+    return lambda shipped: _gguf_file_copy(shipped, backend, "one_bit", change)
+
+
+def _gg_other_variant(backend: str):
+    """OTHER_VARIANT[backend]'s file shipped under `backend`'s name."""
+
+    def inject(shipped):
+        path = os.path.join(shipped.tmp, f"{OTHER_VARIANT[backend]}_as_{backend}.gguf")
+        shutil.copyfile(shipped.inputs.paths.artifact(OTHER_VARIANT[backend]), path)
+        return verification.gguf_backend(backend, path, shipped.inputs)
+
+    return inject
+
+
+def _largest_plain_const(program) -> str:
+    """The largest const a compressed package holds uncompressed (mil_executor.plain_weights): a
+    RoPE table."""
+    plain = {name: value.size for name, value in mil_executor.plain_weights(program).items()}
+    return max(sorted(plain), key=plain.get)
+
+
+def _int4_plain_const(shipped):
+    def change(program):
+        _cm_update(program, _largest_plain_const(program), lambda value: value * SCALE)
+
+    return _compressed_backend(shipped, "coreml_int4", change)
+
+
+def _plain_const_renamed(backend: str):
+    """The package's largest uncompressed const under another name (a converter upgrade that
+    renames it: the check must not pass by finding nothing to compare)."""
+
+    def change(program):
+        name = _largest_plain_const(program)
+        for op in program.function.operations:
+            if op.op_type == "const" and op.outputs[0].name == name:
+                op.outputs[0].name = name + "_renamed"
+
+    return lambda shipped: _compressed_backend(shipped, backend, change)
+
+
+def _int8_all_channel_scales(shipped):
+    """Every per-channel scale of WEIGHT[1] x SCALE."""
+    return _compressed_backend(
+        shipped,
+        "coreml_int8",
+        lambda p: _cm_const_update(p, "scale", lambda values: values * np.float16(SCALE)),
+    )
+
+
+CONTENT_FAULTS = (
+    Fault(
+        "q8_0_scales_x1.003",
+        f"every block scale of {WEIGHT[2]} x {Q8_0_SCALES}",
+        {"gguf_q8_0": _gg_all_scales("gguf_q8_0", Q8_0_SCALES)},
+    ),
+    Fault(
+        "q4_0_scales_x1.01",
+        f"every block scale of {WEIGHT[2]} x {Q4_0_SCALES}",
+        {"gguf_q4_0": _gg_all_scales("gguf_q4_0", Q4_0_SCALES)},
+    ),
+    Fault(
+        "q4_0_levels_up_6%",
+        f"one quant level up on every {LEVEL_EVERY}th weight of {WEIGHT[2]}",
+        {"gguf_q4_0": _gg_levels_up},
+    ),
+    Fault(
+        "int4_fp16_const_x1.003",
+        f"the int4 package's largest uncompressed fp16 const x {SCALE}",
+        {"coreml_int4": _int4_plain_const},
+    ),
+    Fault(
+        "int8_channel_scales",
+        f"every per-channel scale of {WEIGHT[1]} x {SCALE}",
+        {"coreml_int8": _int8_all_channel_scales},
+    ),
+    Fault(
+        "gguf_one_bit",
+        f"the lowest bit of {WEIGHT[2]}'s first value",
+        {backend: _gg_one_bit(backend) for backend in ("gguf", "gguf_f16")},
+    ),
+    Fault(
+        "gguf_other_variant",
+        "another variant's GGUF under this one's name",
+        {backend: _gg_other_variant(backend) for backend in OTHER_VARIANT},
+    ),
+    Fault(
+        "plain_const_renamed",
+        "the package's largest uncompressed fp16 const under another name",
+        {backend: _plain_const_renamed(backend) for backend in ("coreml_int8", "coreml_int4")},
+    ),
+)
+# The check each content fault must trip (besides any other).
+CONTENT_CATCHERS = {
+    **{fault.name: "weights_elements_changed" for fault in CONTENT_FAULTS[:6]},
+    "gguf_other_variant": "weights_tensors_mismatched",
+    "plain_const_renamed": "weights_consts_unaccounted",
+}
 
 # Gated checks of report.json that no fault above trips, and the test that shows each one failing.
 _SPEC_TEST = "//verify:coreml_spec_test (test_contract_mismatches_are_reported)"

@@ -7,6 +7,7 @@ A library for //tests:gate_power (tests/gate_power_test.py): `run(paths, tmp)` r
 import dataclasses
 
 from tests import gate_faults
+from verify import report as report_lib
 from verify import verification
 
 
@@ -38,6 +39,20 @@ def run_faults(ship: gate_faults.Shipped, faults=gate_faults.FAULTS) -> list[Row
         for artifact, inject in fault.inject.items():
             backend = inject(ship)
             report = verification.verify(ship.model, ship.inputs, [backend])
+            rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
+    return rows
+
+
+def run_content_faults(ship: gate_faults.Shipped, faults=gate_faults.CONTENT_FAULTS) -> list[Row]:
+    """Each content fault through its artifact's own checks only: Backend.interface_check, called
+    as verification.verify calls it, into a report of its own. The output comparisons cannot see
+    these faults, and skipping them keeps each fault to seconds."""
+    rows = []
+    for fault in faults:
+        for artifact, inject in fault.inject.items():
+            backend = inject(ship)
+            report = report_lib.Report(ship.inputs.contract.model_name, "")
+            backend.interface_check(report, ship.inputs.contract, ship.model)
             rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
     return rows
 

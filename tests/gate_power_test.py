@@ -42,3 +42,15 @@ def test_every_fault_is_caught_and_every_gate_can_fail(shipped):
         print(f"gate {name:<34} fails on: {where}")
     never = sorted(gated - tripped - set(gate_faults.SHOWN_ELSEWHERE))
     assert not never, f"gates no fault trips and no test is named for: {never}"
+
+
+def test_content_faults_are_caught_by_the_content_checks(shipped):
+    """The small faults of the quantized and compressed files (gate_faults.CONTENT_FAULTS), each
+    below the quantization noise, turn gates_ok false through the artifact's exact content check."""
+    rows = gate_power.run_content_faults(shipped)
+    print("\n" + gate_power.table(rows))
+    assert len(rows) == sum(len(fault.inject) for fault in gate_faults.CONTENT_FAULTS)
+    for row in rows:
+        assert not row.gates_ok, f"{row.fault} x {row.artifact} left gates_ok true"
+        catcher = f"all {gate_faults.CONTENT_CATCHERS[row.fault]}"
+        assert catcher in row.caught_by, f"{row.fault} x {row.artifact}: caught by {row.caught_by}"

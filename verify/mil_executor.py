@@ -56,6 +56,7 @@ import numpy as np
 #         static decompress()); their inputs (quantized_data/data, scale, zero_point/offset, axis)
 #         are const ops
 #   - scaled_dot_product_attention (iOS18 programs) inputs query, key, value, attn_mask
+#   - linear's bias input (linear_biases), and Var.op (the op that produces a var)
 #   - states (iOS18, ct.StateType): a state is a Function input whose sym_type is
 #         types.state(tensor) (types.is_state); the ops read_state(input) and
 #         coreml_update_state(state, value), which have no value_inference (the loader turns the
@@ -606,6 +607,39 @@ def compression_share(program: Program) -> tuple[int, int]:
         and _elements(op.outputs[0].val) > 1
     )
     return compressed, compressed + plain
+
+
+def plain_weights(program: Program) -> dict[str, np.ndarray]:
+    """{name: value} of every floating-point const of more than one element that no compressed
+    weight is made from: what a compressed package holds uncompressed (RoPE tables, norm weights,
+    zero biases), the same consts compression_share counts as plain."""
+    compressed_inputs = {
+        id(var)
+        for op in program.function.operations
+        if op.op_type in CONSTEXPR_OPS
+        for var in op.inputs.values()
+    }
+    return {
+        op.outputs[0].name: np.asarray(op.outputs[0].val)
+        for op in program.function.operations
+        if op.op_type == "const"
+        and id(op.outputs[0]) not in compressed_inputs
+        and np.issubdtype(np.asarray(op.outputs[0].val).dtype, np.floating)
+        and _elements(op.outputs[0].val) > 1
+    }
+
+
+def linear_biases(program: Program) -> set[str]:
+    """Names of the consts that are a `linear` op's bias (the converter gives a bias-free linear a
+    zero bias)."""
+    return {
+        op.bias.name
+        for op in program.function.operations
+        if op.op_type == "linear"
+        and op.bias is not None
+        and op.bias.op is not None
+        and op.bias.op.op_type == "const"
+    }
 
 
 def compressed_input(program: Program, weight: str, role: str) -> str:

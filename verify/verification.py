@@ -261,39 +261,57 @@ def check_coreml_weights(report, program, model, name: str = COREML, prefix: str
 
 def check_coreml_compressed(report, program, path: str, model, name: str) -> None:
     """A compressed variant (COREML_COMPRESSED): its target, metadata and weight ops from the spec,
-    every weight matrix of the checkpoint present and, decompressed by coremltools' own code, equal
-    element for element to the checkpoint quantized as the variant says (conversion/coreml_compress,
-    quantize_like_package: what the floors computed with). A corrupted scale or quantized value
-    moves some elements; the output metrics of a small fault sit below the quantization noise.
+    and every weight the package holds against the checkpoint, element for element. Each compressed
+    matrix, decompressed by coremltools' own code, must equal the checkpoint quantized as the
+    variant says (conversion/coreml_compress, quantize_like_package: what the floors computed with);
+    everything held uncompressed (the RoPE tables, norm weights: every floating-point const of more
+    than one element) must be the checkpoint's tensor in fp16, as check_coreml_weights holds the
+    fp16 package, or a linear's zero bias; a const that is neither counts in
+    weights_consts_unaccounted. A corrupted scale, quantized value or table moves some elements;
+    the output metrics of a small fault sit below the quantization noise (//tests:gate_power).
     Notes the share of weight elements held compressed."""
     from conversion import coreml_compress
     from verify import coreml_spec, mil_executor
 
     compression = COREML_COMPRESSED[name]
+    all_ = report_lib.ALL
     for result in coreml_spec.check_compression(path, compression):
-        report.check(
-            name, report_lib.ALL, "spec_" + result.name, result.measured, "==", result.expected, ok=result.ok
-        )
-    held = {**mil_executor.consts(program), **mil_executor.materialized_weights(program)}
-    matrices = {tensor_name: tensor for tensor_name, tensor in model.named_parameters() if tensor.ndim == 2}
+        report.check(name, all_, "spec_" + result.name, result.measured, "==", result.expected, ok=result.ok)
+    compressed_weights = mil_executor.materialized_weights(program)
+    plain = mil_executor.plain_weights(program)
+    parameters = dict(model.named_parameters())
+    tensors = {**parameters, **dict(model.named_buffers())}
+    # Every matrix and table must be there; a norm weight of all ones may be folded away by the
+    # converter (multiplying by one is a no-op), so vectors are compared where they are present.
+    matrices = sum(1 for tensor in tensors.values() if tensor.ndim >= 2)
     found = changed = 0
-    for tensor_name, tensor in sorted(matrices.items()):
-        key = tensor_name.replace(".", "_") + "_to_fp16"
-        value = held.get(key + "_quantized", held.get(key))
-        if value is None:
+    accounted = set()
+    for tensor_name, tensor in sorted(tensors.items()):
+        key = tensor_name.replace(".", "_")
+        names = (key + "_to_fp16_quantized", key + "_to_fp16", key)
+        held = next((n for n in names if n in compressed_weights or n in plain), None)
+        if held is None:
             continue
-        found += 1
-        weight = tensor.detach().numpy().astype(np.float16)
-        expected = coreml_compress.quantize_like_package(weight, compression)
-        expected = weight if expected is None else expected
-        value = np.asarray(value)
+        accounted.add(held)
+        found += tensor.ndim >= 2
+        value = np.asarray(compressed_weights.get(held, plain.get(held)))
+        expected = tensor.detach().numpy().astype(np.float16)
+        if tensor_name in parameters and tensor.ndim == 2:  # a weight matrix: compressed
+            quantized = coreml_compress.quantize_like_package(expected, compression)
+            expected = expected if quantized is None else quantized
         changed += int(expected.size) if expected.shape != value.shape else int((expected != value).sum())
-    report.check(name, report_lib.ALL, "weights_matrices_found", found, "==", len(matrices))
-    report.check(name, report_lib.ALL, "weights_elements_changed", changed, "==", 0)
+    for bias in sorted(mil_executor.linear_biases(program) & (set(plain) - accounted)):
+        accounted.add(bias)
+        changed += int(np.count_nonzero(plain[bias]))
+    unaccounted = sorted(set(plain) - accounted)
+    report.check(name, all_, "weights_matrices_found", found, "==", matrices)
+    report.check(name, all_, "weights_elements_changed", changed, "==", 0)
+    report.check(name, all_, "weights_consts_unaccounted", sum(plain[n].size for n in unaccounted), "==", 0)
+    report.note(name, all_, "weights_consts_unaccounted_names", unaccounted[:3])
     compressed, total = mil_executor.compression_share(program)
-    report.note(name, report_lib.ALL, "weights_compressed_share", compressed / total if total else 0.0)
-    report.note(name, report_lib.ALL, "weights_compressed_elements", compressed)
-    report.note(name, report_lib.ALL, "weights_elements", total)
+    report.note(name, all_, "weights_compressed_share", compressed / total if total else 0.0)
+    report.note(name, all_, "weights_compressed_elements", compressed)
+    report.note(name, all_, "weights_elements", total)
 
 
 def check_stateful_interface(report, contract, path: str, model, name: str = COREML_STATEFUL) -> None:
