@@ -783,6 +783,10 @@ CONTENT_CATCHERS = {
 # Gated checks of report.json that no fault above trips, and the test that shows each one failing.
 _SPEC_TEST = "//verify:coreml_spec_test (test_contract_mismatches_are_reported)"
 SHOWN_ELSEWHERE = {
+    **{
+        check: "//tests:gate_power (test_content_faults_are_caught_by_the_content_checks)"
+        for check in ("weights_tensors_mismatched", "weights_consts_unaccounted")
+    },
     "sha256_matches_contract": "//verify:verify_contracts_test (test_a_broken_torchscript_fails_the_gates)",
     "sampled_canonical_rate": "//verify:verify_contracts_test "
     "(test_sampled_replies_below_the_bound_fail_the_gates) and //pipeline:sampled_behaviour_test "
