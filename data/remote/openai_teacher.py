@@ -52,6 +52,7 @@ line, a message or the dataset.
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import threading
 import urllib.parse
@@ -312,16 +313,18 @@ class OpenAITeacher:
                 f"the reply has {len(positions)} tokens before its end, more than --max_reply_tokens="
                 f"{self.sampling.max_tokens} (eos included) allows"
             )
-        greedy = self.sampling.mode == "greedy"
-        ids, topk_ids, topk_logprobs, tails, unmapped = [], [], [], [], 0
-        try:
+        with self._vocabulary(first, what):
             ids = [student_targets.chosen_id(p, self._token_map, i) for i, p in enumerate(positions)]
-            ids.append(self.tokenizer.eos_id)
-            if end is None:
-                end = self._probe(prompt, completion.text, positions, what, accepted)
-            for index, position in enumerate([*positions, end]):
-                if greedy:
-                    student_targets.check_greedy(position, index)
+        ids.append(self.tokenizer.eos_id)
+        if end is None:
+            end = self._probe(prompt, completion.text, positions, what, accepted)
+        positions.append(end)
+        if self.sampling.mode == "greedy":
+            for index, position in enumerate(positions):
+                student_targets.check_greedy(position, index)
+        topk_ids, topk_logprobs, tails, unmapped = [], [], [], 0
+        with self._vocabulary(first, what):
+            for index, position in enumerate(positions):
                 row_ids, logprobs, tail, missing = student_targets.row(
                     position, self._token_map, self.topk, self.requested, index, strict=first
                 )
@@ -331,13 +334,19 @@ class OpenAITeacher:
                 unmapped += missing
             if first:
                 self._check_encoding(ids[:-1])
-        except student_targets.TargetError as error:
-            if first:
-                raise InputError(self._vocabulary_message(what, str(error))) from None
-            raise
         with self._count_lock:
             self.unmapped += unmapped
         return source.Reply(ids, topk_ids, topk_logprobs, tails)
+
+    @contextlib.contextmanager
+    def _vocabulary(self, first: bool, what: str):
+        """On the first reply a token the student cannot name is the vocabulary handshake failing."""
+        try:
+            yield
+        except student_targets.Unnamed as error:
+            if first:
+                raise InputError(self._vocabulary_message(what, str(error))) from None
+            raise
 
     def _check_encoding(self, mapped: list[int]) -> None:
         """The student writes the reply's text with exactly the ids its tokens map to. The text is
@@ -347,7 +356,7 @@ class OpenAITeacher:
         if encoded != mapped:
             at = next((i for i, (a, b) in enumerate(zip(encoded, mapped, strict=False)) if a != b), None)
             at = min(len(encoded), len(mapped)) if at is None else at
-            raise student_targets.TargetError(
+            raise student_targets.Unnamed(
                 f"the reply {text[:60]!r} maps to student ids {mapped[:12]}, but the student tokenizer "
                 f"writes it as {encoded[:12]} (they part at token {at})"
             )

@@ -271,10 +271,11 @@ def test_a_server_that_does_not_decode_greedily_is_refused(tok, prompts, tmp_pat
         return doc
 
     with fake_openai.Server(fake_openai.ScriptedTeacher(tok, edit=edit)) as server:
-        with pytest.raises(
-            InputError, match=r"position 2: the server chose .* so it did not decode greedily"
-        ):
+        with pytest.raises(InputError) as error:
             run(server.url, tok, prompts, tmp_path / "cache")
+    message = str(error.value)  # the first reply's, and a record's problem, not the vocabulary's
+    assert message.startswith(f"{server.url}: record {prompts[0].id} ")
+    assert "position 2: the server chose" in message and "so it did not decode greedily" in message
 
 
 def test_chat_without_the_end_position_asks_for_completions_or_sequence(tok, prompts, tmp_path):

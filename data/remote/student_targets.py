@@ -60,6 +60,11 @@ class TargetError(Exception):
     """What is wrong with a position, for a message that names the prompt."""
 
 
+class Unnamed(TargetError):
+    """A teacher token the student has no id for: on the first reply, the vocabulary handshake
+    failing (data/remote/openai_teacher.py)."""
+
+
 def show(token: response_shapes.Token) -> str:
     """A token for a message: its text, and its bytes when the text does not show them."""
     if token.raw == token.text.encode("utf-8", "surrogatepass"):
@@ -68,17 +73,17 @@ def show(token: response_shapes.Token) -> str:
 
 
 def chosen_id(position: response_shapes.Position, token_map: TokenMap, index: int) -> int:
-    """The student id of a reply token (not the end): TargetError if the student has no such token."""
+    """The student id of a reply token (not the end): Unnamed if the student has no such token."""
     token = position.token
     if token_map.is_end(token):
-        raise TargetError(
+        raise Unnamed(
             f"reply position {index}: the server's token {show(token)} writes no text, yet the reply goes on "
             "(a server that reports tokens as text writes half a character so); the student cannot tell "
             "which bytes it stands for"
         )
     student = token_map(token)
     if student is None:
-        raise TargetError(
+        raise Unnamed(
             f"reply position {index}: the token {show(token)} is no single token of the student tokenizer"
         )
     return student
@@ -106,7 +111,7 @@ def row(
 ) -> tuple[list[int], list[float], float, int]:
     """(ids, log-probabilities, tail, unmapped): the position's top-k list in student ids, and how
     many of the server's alternatives had no student token (their mass stays in the tail). strict:
-    any such alternative is a TargetError (the vocabulary handshake)."""
+    any such alternative is Unnamed (the vocabulary handshake)."""
     listed = sorted(position.top, key=lambda t: -t.logprob)[:requested]
     if not listed:
         raise TargetError(f"reply position {index}: the server lists no alternatives (top_logprobs is empty)")
@@ -116,7 +121,7 @@ def row(
         student = token_map(token)
         if student is None:
             if strict:
-                raise TargetError(
+                raise Unnamed(
                     f"reply position {index}: the alternative {show(token)} is no single token of the "
                     "student tokenizer"
                 )
