@@ -29,8 +29,8 @@ from common.errors import InputError
 from conversion import gguf_quant
 from verify import gguf_reference
 
-# The GGUF type of each element encoding this check compares, and its bytes per element (scalar
-# types) or per block (quantized).
+# The unquantized GGUF types and the NumPy dtype each stores its values in (the quantized ones are
+# gguf_reference's).
 _SCALAR = {"F32": np.float32, "F16": np.float16}
 _FILE_TYPE_KEY = "general.file_type"
 
