@@ -8,9 +8,10 @@ What is asked. Greedy: temperature 0. Sampled: the stated temperature, top_p, to
 seed per record (sha256 of --sample_seed and the record id, 31 bits), so a record's reply does not
 depend on the order the requests run in. Both send llama.cpp's own sampler fields at their neutral
 values (repeat_penalty 1; sampled, min_p 0): llama-cpp-python's server defaults to a repeat penalty
-of 1.1 and a min_p of 0.05, which would bend "greedy" and the stated sampling. llama-server,
-llama-cpp-python, vLLM and Ollama accept these fields; a server that refuses unknown fields answers
-HTTP 400 naming one, and the run stops with that message. max_tokens is --max_reply_tokens.
+of 1.1 and a min_p of 0.05, which would bend "greedy" and the stated sampling. llama.cpp's
+llama-server reads them too; vLLM and Ollama pass over fields they do not know; a server that
+refuses unknown fields answers HTTP 400 naming one, and the run stops with that message. max_tokens
+is --max_reply_tokens.
 --kd=logits asks for log-probabilities: `logprobs: n` (completions) or `logprobs: true,
 top_logprobs: n` (chat), n = student_targets.requested_alternatives(--topk), echo false.
 
@@ -41,7 +42,9 @@ encoded with the student tokenizer, + eos, and the lists are empty.
 
 A capture that survives the network: every accepted response is kept in --cache_dir
 (data/remote/response_cache.py), so a rerun sends nothing and a run killed at any point resumes
-where it stopped and writes the same bytes; requests are retried on 429, 5xx, broken connections
+where it stopped and writes the same bytes (given a server that answers a request the same way
+whatever came before it: llama-cpp-python's needs one token per batch, data/remote/local_server.py);
+requests are retried on 429, 5xx, broken connections
 and timeouts (data/remote/http_retry.py); --concurrency requests run at once and replies are
 yielded in prompt order; a progress line every few seconds (data/remote/progress.py). A response
 that cannot be used is an InputError naming the record and its question: no log-probabilities under
