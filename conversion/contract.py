@@ -39,7 +39,7 @@ from conversion import gates as gates_lib
 from training.config import DEFAULT_LENGTHS, MAX_SEQ_LEN, MAX_VOCAB_SIZE, MODEL_TYPE
 
 FORMAT = "m8b-contract"
-VERSION = 2  # 2: "gates" (bounds from floors) replaced fixed "tolerances"
+VERSION = 3  # 2: "gates" (bounds from floors) replaced fixed "tolerances"; 3: bounds per length, "quality"
 MODEL_NAME = "magic-8-ball"
 DEFAULT_LENGTH = DEFAULT_LENGTHS[1]  # the length TorchScript is traced at
 INPUT_NAME = "input_ids"

@@ -53,7 +53,7 @@ def test_fields_follow_the_design():
     assert values["default_length"] == 128
     assert values["inputs"] == [{"name": "input_ids", "dtype": "int32", "shape": [1, "T"]}]
     assert values["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [1, "T", 512]}]
-    assert values["version"] == 2
+    assert values["version"] == 3
     assert values["gates"]["backends"] == {
         "coreml": "fp16",
         "coreml_fp32": "f32",
@@ -121,6 +121,26 @@ def test_lengths_are_sorted():
         ),
         ({"gates": _gates_edit(lambda g: g["bounds"]["f32"].pop("replay"))}, "bounds.f32"),
         ({"gates": _gates_edit(lambda g: g["backends"].update(extra="bf16"))}, "backends.extra"),
+        # Every lossy backend keeps its quality bounds, with its own reference, at every length.
+        ({"gates": _gates_edit(lambda g: g["quality"].pop("gguf_q4_0"))}, "lossy backends"),
+        (
+            {"gates": _gates_edit(lambda g: g["quality"]["gguf_q4_0"].update(reference="ref_q8_0"))},
+            "reference",
+        ),
+        (
+            {"gates": _gates_edit(lambda g: g["quality"]["coreml_int4"]["bounds"].pop("T128"))},
+            "coreml_int4.bounds",
+        ),
+        (
+            {
+                "gates": _gates_edit(
+                    lambda g: g["quality"]["coreml_int8"]["bounds"]["T64"]["kl_mean"].update(bound=1.0)
+                )
+            },
+            "T64.kl_mean.bound",
+        ),
+        ({"gates": _gates_edit(lambda g: g["methods"].pop("ref_int8"))}, "ref_int8"),
+        ({"gates": _gates_edit(lambda g: g.pop("quality"))}, "quality"),
     ],
 )
 def test_make_contract_validates(kwargs, field):

@@ -5,15 +5,27 @@
       "backends": {"torchscript": "f32", "coreml": "fp16", "gguf": "f32", "gguf_kv_f16": "kv_f16"},
       "methods":  {"f32": "float64 eager vs float32 eager", ...},
       "bounds":   {"f32": {"T64": {"kl_max": {"floor": 1.05e-12, "factor": 4.0, "bound": 4.2e-12},
-                                   ...}, ..., "replay": {...}, "decode": {...}}, ...}
+                                   ...}, ..., "replay": {...}, "decode": {...}}, ...},
+      "quality":  {"gguf_q4_0": {"reference": "ref_q4_0",
+                                 "bounds": {"T64": {"kl_mean": {"floor": ..., "factor": ...,
+                                                                "bound": ..., "why": ...}, ...},
+                                            ..., "replay": {...}}}, ...}
     }
 
-Every backend named here must be verified at every contract length (pipeline/gates_test.py fails
-otherwise), against the bounds of its precision; "decode" bounds the multi-step decode parity of a
-KV-cache artifact (verify/decode_parity.py). A bound is its floor (measured by
-verify/floors.py on the same model and inputs) times its factor; a factor above FACTOR_LIMIT needs
-a "why". The floors file is written by //verify:measure_floors and read here, when the export step
-writes the contract.
+Every backend named here must be verified at every contract length (missing_checks below, which
+pipeline/gates_test.py and pipeline/e2e.py apply), against the bounds of its precision; "decode"
+bounds the multi-step decode parity of a KV-cache artifact (verify/decode_parity.py). A bound is its
+floor (measured by verify/floors.py on the same model and inputs) times its factor; a factor above
+FACTOR_LIMIT needs a "why". Every scope has its own floors: each contract length its own, measured
+on that length's rows only (verify/floors.py says why nothing is pooled across lengths). The floors
+file is written by //verify:measure_floors and read here, when the export step writes the contract.
+
+Quality bounds ("quality"): a lossy artifact (its precision in REFERENCES) is also held to an
+independent reference quantization of the same checkpoint (verify/floors.py): its KL and top-1
+disagreement against fp32 eager, at every length and over the replay, at most the reference's times
+QUALITY_FACTORS. Its own emulation (the "bounds") computes with the exporter's plan and quantizer,
+so a regression there would move the floor and the artifact together; the reference, written apart
+from the format's definition, does not move.
 
 The GGUF bounds (f32 and kv_f16) hold for llama.cpp through ggml's CPU backend: the only one our
 llama-cpp-python build has, on Linux and on macOS alike (third_party/python/llama_cpp_minimal.cmake
@@ -28,7 +40,7 @@ from common.errors import InputError
 
 FACTOR_LIMIT = 4.0
 FLOORS_FORMAT = "m8b-floors"
-FLOORS_VERSION = 1
+FLOORS_VERSION = 2  # 2: floors per length (nothing pooled across lengths), and the lossy references
 METRICS = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreement", "rms_dp")
 REPLAY = "replay"
 DECODE = "decode"  # multi-step decoding through a KV cache (verify/decode_parity.py)
@@ -57,6 +69,31 @@ DEFAULT_BACKENDS = {
     "coreml_stateful": "fp16",
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
+# The extremes a length's bound is pooled for: the largest logit difference and the largest KL over
+# one length's rows are single worst positions, and which length holds the worst one differs
+# between the artifact and its emulation (on the default student the f32 GGUF's largest KL at T256
+# came to about five times the T256 floor, and under three times the T128 one). So each length's
+# bound for these is FACTOR x the largest of the lengths' floors ("pooled_floor"), beside the
+# floor measured at that length ("floor"). Means, RMS values and top-1 disagreement stay per
+# length: a mean over 128 positions bounds nothing about one over 1,024, and a count of one
+# position at T64 is 8 at T512.
+POOLED = ("max_abs_diff", "kl_max")
+_GATES_KEYS = ("backends", "bounds", "inputs", "methods", "quality")
+# Each lossy precision -> its independent reference (verify/floors.py: ggml's Q8_0 and Q4_0 through
+# verify/gguf_reference.py, Core ML's int8 and int4 through verify/coreml_reference.py). A reference
+# is measured at every length and over the replay; it bounds no KV cache, so it has no decode scope.
+REFERENCES = {"w_q8_0": "ref_q8_0", "w_q4_0": "ref_q4_0", "int8": "ref_int8", "int4": "ref_int4"}
+REFERENCE_PRECISIONS = tuple(sorted(REFERENCES.values()))
+QUALITY_METRICS = ("kl_mean", "top1_disagreement")
+# Why these factors, tighter than FACTOR_LIMIT: an artifact that follows the format and the plan
+# holds exactly its reference's weights, so the two differ only in how the runtime computes, far
+# below the quantization noise (on the default student every lossy artifact's KL was within 3% of
+# its reference's). A wrong type for one tensor (a Q8_0 file with one matrix in Q4_0, an int8
+# package with one matrix in int4) moves the KL many times over (//tests:gate_power). Top-1
+# disagreement counts positions, and where quantized logits nearly tie a few flip either way, so its
+# factor is wider.
+QUALITY_FACTORS = {"kl_mean": 1.25, "top1_disagreement": 2.0}
+QUALITY_WHY = "the artifact holds its reference's weights; only the runtime's arithmetic differs"
 
 
 def round4(value: float) -> float:
@@ -65,28 +102,64 @@ def round4(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def scope_names(lengths) -> list[str]:
-    return [f"T{length}" for length in lengths] + [REPLAY, DECODE]
+def scope_names(lengths, decode: bool = True) -> list[str]:
+    return [f"T{length}" for length in lengths] + [REPLAY] + ([DECODE] if decode else [])
+
+
+def _bound(floor: float, factor: float, pooled: float | None = None) -> dict:
+    """{floor, factor, bound}; with `pooled` (an extreme's largest floor over the lengths) the bound
+    is that x factor, and the entry keeps this scope's own floor beside it."""
+    if pooled is None:
+        return {"floor": floor, "factor": factor, "bound": round4(floor * factor)}
+    return {"floor": floor, "pooled_floor": pooled, "factor": factor, "bound": round4(pooled * factor)}
+
+
+def pooled_floors(scopes: dict) -> dict[str, float]:
+    """{metric: largest floor over the length scopes ("T<length>")} for each POOLED metric."""
+    lengths = [metrics for where, metrics in scopes.items() if where.startswith("T")]
+    return {metric: max(metrics[metric] for metrics in lengths) for metric in POOLED} if lengths else {}
 
 
 def make_gates(floors: dict, backends: dict, factor: float = FACTOR_LIMIT) -> dict:
-    """Gates from a validated floors document: every floor of every backend's precision x factor."""
+    """Gates from a validated floors document: every floor of every backend's precision x factor,
+    and every lossy backend's quality bounds (its reference's floors x QUALITY_FACTORS)."""
     bounds = {}
     for precision in sorted(set(backends.values())):
         if precision not in floors["floors"]:
             raise InputError(f"floors: no floors for precision {precision!r} (backends {backends})")
+        scopes = floors["floors"][precision]
+        pooled = pooled_floors(scopes)
         bounds[precision] = {
             where: {
-                metric: {"floor": floor, "factor": factor, "bound": round4(floor * factor)}
+                metric: _bound(floor, factor, pooled.get(metric) if where.startswith("T") else None)
                 for metric, floor in sorted(metrics.items())
             }
-            for where, metrics in sorted(floors["floors"][precision].items())
+            for where, metrics in sorted(scopes.items())
         }
+    quality = {}
+    for backend, precision in sorted(backends.items()):
+        reference = REFERENCES.get(precision)
+        if reference is None:
+            continue
+        if reference not in floors["floors"]:
+            raise InputError(f"floors: no floors for {reference!r}, the reference of {backend} ({precision})")
+        quality[backend] = {
+            "reference": reference,
+            "bounds": {
+                where: {
+                    metric: {**_bound(metrics[metric], QUALITY_FACTORS[metric]), "why": QUALITY_WHY}
+                    for metric in QUALITY_METRICS
+                }
+                for where, metrics in sorted(floors["floors"][reference].items())
+            },
+        }
+    precisions = sorted({*bounds, *(entry["reference"] for entry in quality.values())})
     return {
         "inputs": dict(floors["inputs"]),
         "backends": dict(sorted(backends.items())),
-        "methods": {p: floors["methods"][p] for p in sorted(bounds)},
+        "methods": {p: floors["methods"][p] for p in precisions},
         "bounds": bounds,
+        "quality": quality,
     }
 
 
@@ -115,19 +188,19 @@ def _check_inputs(inputs, where: str) -> None:
             )
 
 
-def _check_scopes(scopes, lengths, where: str, check_leaf) -> None:
-    expected = scope_names(lengths)
+def _check_scopes(scopes, lengths, where: str, check_leaf, decode: bool = True, metrics=METRICS) -> None:
+    expected = scope_names(lengths, decode)
     if not isinstance(scopes, dict) or sorted(scopes) != sorted(expected):
         got = sorted(scopes) if isinstance(scopes, dict) else scopes
         raise InputError(
-            f"{where}: scopes {got}, expected one per contract length, {REPLAY!r} and {DECODE!r}: {expected}"
+            f"{where}: scopes {got}, expected one per contract length and {expected[len(lengths) :]}"
         )
     for name in expected:
-        metrics = scopes[name]
-        if not isinstance(metrics, dict) or sorted(metrics) != sorted(METRICS):
-            raise InputError(f"{where}.{name}: must hold exactly the metrics {', '.join(METRICS)}")
-        for metric in METRICS:
-            check_leaf(metrics[metric], f"{where}.{name}.{metric}")
+        values = scopes[name]
+        if not isinstance(values, dict) or sorted(values) != sorted(metrics):
+            raise InputError(f"{where}.{name}: must hold exactly the metrics {', '.join(metrics)}")
+        for metric in metrics:
+            check_leaf(values[metric], f"{where}.{name}.{metric}")
 
 
 def validate_floors(doc, lengths, where: str) -> dict:
@@ -140,7 +213,7 @@ def validate_floors(doc, lengths, where: str) -> dict:
     if doc["format"] != FLOORS_FORMAT or doc["version"] != FLOORS_VERSION:
         raise InputError(
             f"{where}: format/version {doc['format']!r}/{doc['version']!r}, "
-            f"expected {FLOORS_FORMAT!r}/{FLOORS_VERSION}"
+            f"expected {FLOORS_FORMAT!r}/{FLOORS_VERSION}; re-run measure_floors"
         )
     if doc["lengths"] != list(lengths):
         raise InputError(
@@ -151,22 +224,24 @@ def validate_floors(doc, lengths, where: str) -> dict:
     floors = doc["floors"]
     if not isinstance(floors, dict) or not floors or not isinstance(doc["methods"], dict):
         raise InputError(f"{where}: floors and methods must be non-empty objects keyed by precision")
+
+    def leaf(value, at):
+        if not _positive_number(value):
+            raise InputError(f"{at}: a floor must be a positive finite number, got {value!r}")
+
     for precision, scopes in floors.items():
         if not isinstance(doc["methods"].get(precision), str):
             raise InputError(f"{where}.methods.{precision}: missing; say how this floor was measured")
-
-        def leaf(value, at):
-            if not _positive_number(value):
-                raise InputError(f"{at}: a floor must be a positive finite number, got {value!r}")
-
-        _check_scopes(scopes, lengths, f"{where}.floors.{precision}", leaf)
+        decode = precision not in REFERENCE_PRECISIONS
+        _check_scopes(scopes, lengths, f"{where}.floors.{precision}", leaf, decode)
     return doc
 
 
 def validate_gates(gates, lengths, where: str) -> None:
-    """InputError naming the field for any bound without a floor, or bound/floor above the limit."""
-    if not isinstance(gates, dict) or sorted(gates) != ["backends", "bounds", "inputs", "methods"]:
-        raise InputError(f"{where}: must be an object with exactly backends, bounds, inputs, methods")
+    """InputError naming the field for any bound without a floor, or bound/floor above the limit, or
+    a lossy backend without its quality bounds."""
+    if not isinstance(gates, dict) or sorted(gates) != list(_GATES_KEYS):
+        raise InputError(f"{where}: must be an object with exactly {', '.join(_GATES_KEYS)}")
     _check_inputs(gates["inputs"], where)
     backends, bounds, methods = gates["backends"], gates["bounds"], gates["methods"]
     if not isinstance(backends, dict) or not backends:
@@ -180,13 +255,52 @@ def validate_gates(gates, lengths, where: str) -> None:
         if not isinstance(methods.get(precision), str):
             raise InputError(f"{where}.methods.{precision}: missing; say how the floor was measured")
         _check_scopes(scopes, lengths, f"{where}.bounds.{precision}", _check_bound)
+        _check_pooling(scopes, f"{where}.bounds.{precision}")
+    _check_quality(gates["quality"], backends, methods, lengths, f"{where}.quality")
+
+
+def _check_pooling(scopes: dict, where: str) -> None:
+    """Exactly the POOLED metrics of the length scopes carry a pooled_floor, the largest of their
+    floors over the lengths (POOLED says why)."""
+    floors = {where: {m: e["floor"] for m, e in metrics.items()} for where, metrics in scopes.items()}
+    largest = pooled_floors(floors)
+    for name, metrics in scopes.items():
+        for metric, entry in metrics.items():
+            expected = largest.get(metric) if name.startswith("T") else None
+            if entry.get("pooled_floor") != expected:
+                raise InputError(
+                    f"{where}.{name}.{metric}.pooled_floor: {entry.get('pooled_floor')!r}, expected "
+                    f"{expected!r} (the extremes' largest floor over the lengths, nothing else)"
+                )
+
+
+def _check_quality(quality, backends: dict, methods: dict, lengths, where: str) -> None:
+    if not isinstance(quality, dict):
+        raise InputError(f"{where}: must be an object keyed by backend")
+    lossy = sorted(b for b, p in backends.items() if p in REFERENCES)
+    if sorted(quality) != lossy:
+        raise InputError(
+            f"{where}: bounds for {sorted(quality)}, expected exactly the lossy backends {lossy}: "
+            "each is held to its independent reference"
+        )
+    for backend in lossy:
+        entry, reference = quality[backend], REFERENCES[backends[backend]]
+        if not isinstance(entry, dict) or sorted(entry) != ["bounds", "reference"]:
+            raise InputError(f"{where}.{backend}: must be an object with exactly bounds, reference")
+        if entry["reference"] != reference:
+            raise InputError(f"{where}.{backend}.reference: {entry['reference']!r}, expected {reference!r}")
+        if not isinstance(methods.get(reference), str):
+            raise InputError(f"{where}.{backend}: methods.{reference} missing; say how it was measured")
+        _check_scopes(
+            entry["bounds"], lengths, f"{where}.{backend}.bounds", _check_bound, False, QUALITY_METRICS
+        )
 
 
 def _check_bound(entry, at: str) -> None:
     if (
         not isinstance(entry, dict)
         or not set(_BOUND_KEYS) <= set(entry)
-        or not set(entry) <= {*_BOUND_KEYS, "why"}
+        or not set(entry) <= {*_BOUND_KEYS, "why", "pooled_floor"}
     ):
         raise InputError(
             f"{at}: must be {{floor, factor, bound}} (and a 'why' for a factor above {FACTOR_LIMIT:g})"
@@ -199,9 +313,12 @@ def _check_bound(entry, at: str) -> None:
             f"{at}.factor: {entry['factor']} is above the limit {FACTOR_LIMIT:g}; "
             "lower it or say why in 'why'"
         )
-    if not math.isclose(entry["bound"], entry["floor"] * entry["factor"], rel_tol=1e-3):
+    base = entry.get("pooled_floor", entry["floor"])
+    if not _positive_number(base) or base < entry["floor"]:
+        raise InputError(f"{at}.pooled_floor: must be at least the floor {entry['floor']}, got {base!r}")
+    if not math.isclose(entry["bound"], base * entry["factor"], rel_tol=1e-3):
         raise InputError(
-            f"{at}.bound: {entry['bound']} is not floor x factor ({entry['floor']} x {entry['factor']}); "
+            f"{at}.bound: {entry['bound']} is not floor x factor ({base} x {entry['factor']}); "
             "bounds come from floors, re-run the export step"
         )
 
@@ -219,7 +336,161 @@ def entry_for(gates: dict, backend: str, where: str, metric: str) -> dict:
     return gates["bounds"][gates["backends"][backend]][where][metric]
 
 
+def quality_for(gates: dict, backend: str) -> dict | None:
+    """{scope: {metric: {floor, factor, bound, why}}}: the backend's quality bounds, None if it has none."""
+    entry = gates["quality"].get(backend)
+    return entry["bounds"] if entry else None
+
+
 def near_tie_margin(gates: dict, backend: str) -> float:
     """Twice the backend's largest max_abs bound: an error of d per logit flips an argmax only where
-    the top two logits are closer than 2d, so a flip at a wider margin is a real disagreement."""
+    the top two logits are closer than 2d, so a flip at a wider margin is a real disagreement. With
+    every scope's max_abs bound at most half this margin, such a flip also fails that scope's
+    max_abs_diff: the checks that count flips outside a near tie are implied by the numeric gates
+    (verification records them as information, IMPLIED)."""
     return 2.0 * max(metrics["max_abs_diff"] for metrics in bounds_for(gates, backend).values())
+
+
+# --- Completeness: every check the contract implies, per artifact ---------------------------------
+# What verification must record for each backend the contract names (verify/verification.py runs
+# them). Written here, apart from the code that runs them, so a check that stops running is missed
+# by missing_checks and the verdict turns false (pipeline/gates_test.py, pipeline/e2e.py). GATE
+# entries must carry a verdict; NOTE entries are information (implied by another gate, or a fact)
+# and must carry a value.
+GATE, NOTE = "gate", "note"
+QUALITY_CHECKS = tuple(f"quality_{metric}" for metric in QUALITY_METRICS)
+FLOOR_RATIO_CHECK = "kl_mean_floor_ratio"  # a lossy artifact much quieter than its emulation fails
+SAMPLED_BACKENDS = ("torchscript", "torchscript_decoder", "gguf", "gguf_kv_f16")
+KV_CACHE_BACKENDS = ("torchscript_decoder", "coreml_stateful")
+GGUF_FILE_BACKENDS = ("gguf", "gguf_f16", "gguf_q8_0", "gguf_q4_0")  # gguf_kv_f16 runs gguf's file
+COREML_BACKENDS = ("coreml", "coreml_fp32", "coreml_int8", "coreml_int4")
+COMPRESSED_BACKENDS = ("coreml_int8", "coreml_int4")
+AGREEMENT_BACKENDS = ("gguf_q8_0", "gguf_q4_0", "coreml_int8", "coreml_int4")
+# Backends whose runtime hands back whatever dtype the artifact computes in: output_dtype gates
+# them. The Core ML executor and llama.cpp return float32 whatever the artifact holds (the package's
+# declared output type is gated by its spec checks), so there output_dtype is a note.
+DTYPE_GATED_BACKENDS = ("torchscript", "torchscript_decoder")
+COREML_SPEC_CHECKS = tuple(
+    "spec_" + name
+    for name in (
+        "input_names",
+        "input_dtype",
+        "input_enumerated_shapes",
+        "input_default_shape",
+        "contract_lengths_supported",
+        "other_lengths_unsupported",
+        "output_names",
+        "output_dtype",
+        "output_shape_not_frozen",
+        "program_output_length_dynamic",
+    )
+)
+COMPRESSION_SPEC_CHECKS = (
+    "spec_deployment_target",
+    "spec_compression_metadata",
+    "spec_compressed_weight_ops",
+)
+STATEFUL_SPEC_CHECKS = tuple(
+    "spec_" + name
+    for name in (
+        "deployment_target",
+        "state_names",
+        "state_shapes",
+        "state_dtypes",
+        "input_names",
+        "input_dtypes",
+        "input_shapes",
+        "output_names",
+        "output_dtypes",
+        "state_metadata",
+    )
+)
+# A failed check that stands for others it kept from running: (scope kind, name) -> covered checks.
+_IN_PLACE_OF = {
+    "runs": "length",  # the artifact could not run at that length
+    "output_shape": "length",  # the metrics need the contract's shape
+    "behaviour": "replay",  # the artifact could not run a replayed question
+    "decode": "decode",  # the artifact could not decode
+    "behaviour_agreement_decisive": "agreement",
+}
+
+
+def expected_checks(backend: str, lengths, pinned: bool = False) -> dict[str, dict[str, str]]:
+    """{scope: {check: GATE or NOTE}} that a report must hold for `backend` (pinned: the contract
+    pins the artifact's sha256). Unknown backends get the checks every artifact gets."""
+    precision = DEFAULT_BACKENDS.get(backend)
+    lossy = precision in REFERENCES
+    per_length = {"output_shape": GATE, "output_dtype": GATE if backend in DTYPE_GATED_BACKENDS else NOTE}
+    per_length.update({metric: GATE for metric in METRICS})
+    if lossy:
+        per_length.update({name: GATE for name in (*QUALITY_CHECKS, FLOOR_RATIO_CHECK)})
+    whole = {f"replay_{metric}": GATE for metric in METRICS}
+    whole.update(behaviour_mismatches=NOTE, near_tie_margin=NOTE)
+    if lossy:
+        whole.update({f"replay_{name}": GATE for name in QUALITY_CHECKS})
+    if backend in KV_CACHE_BACKENDS:
+        whole.update({f"decode_{metric}": GATE for metric in METRICS}, decode_token_mismatches=NOTE)
+    if backend in SAMPLED_BACKENDS:
+        whole["sampled_canonical_rate"] = GATE
+    if backend in GGUF_FILE_BACKENDS:
+        whole.update(
+            tokenizer_mismatches=GATE, weights_tensors_mismatched=GATE, weights_elements_changed=GATE
+        )
+    if backend in COREML_BACKENDS:
+        whole.update({name: GATE for name in COREML_SPEC_CHECKS})
+        whole.update(weights_matrices_found=GATE, weights_elements_changed=GATE)
+    if backend in COMPRESSED_BACKENDS:
+        whole.update({name: GATE for name in COMPRESSION_SPEC_CHECKS}, weights_consts_unaccounted=GATE)
+        whole["weights_consts_unaccounted"] = GATE  # verification.check_coreml_compressed
+    if backend == "coreml_stateful":
+        whole.update({name: GATE for name in STATEFUL_SPEC_CHECKS})
+        whole.update(weights_matrices_found=GATE, weights_elements_changed=GATE)
+    if backend in AGREEMENT_BACKENDS:
+        whole.update(behaviour_agreement=NOTE, behaviour_agreement_decisive=NOTE)
+    if pinned:
+        whole["sha256_matches_contract"] = GATE
+    return {**{f"T{length}": dict(per_length) for length in lengths}, "all": whole}
+
+
+def _kind(scope: str, check: str) -> str:
+    if scope != "all":
+        return "length"
+    if check.startswith("decode_"):
+        return "decode"
+    if check.startswith("replay_") or check == "behaviour_mismatches":
+        return "replay"
+    if check.startswith("behaviour_agreement"):
+        return "agreement"
+    return check
+
+
+def missing_checks(report: dict, contract: dict) -> list[str]:
+    """One line, "<artifact> <scope>: no <check>, ...", for every check the contract implies
+    (expected_checks) that the report does not show as run: a gate without a verdict, a note
+    without a value. A check that failed in place of others (it could not run them: _IN_PLACE_OF)
+    stands for them."""
+    results = report.get("results", {})
+    missing = []
+    for backend in sorted(contract["gates"]["backends"]):
+        scopes = results.get(backend)
+        if scopes is None:
+            missing.append(f"{backend}: not verified at all")
+            continue
+        pinned = backend in contract.get("artifacts", {})
+        for scope, checks in expected_checks(backend, contract["lengths"], pinned).items():
+            recorded = scopes.get(scope, {})
+            covered = {
+                _IN_PLACE_OF[name]
+                for name, entry in recorded.items()
+                if name in _IN_PLACE_OF and entry.get("ok") is False
+            }
+            absent = []
+            for check, kind in checks.items():
+                entry = recorded.get(check, {})
+                if _kind(scope, check) in covered or "error" in entry:
+                    continue
+                if ("ok" not in entry) if kind == GATE else ("value" not in entry):
+                    absent.append(check)
+            if absent:
+                missing.append(f"{backend} {scope}: no {', '.join(absent)}")
+    return missing

@@ -18,12 +18,20 @@ def floors_doc(lengths, checkpoint_sha256: str = "0" * 64, floor: float = PLACEH
         "checkpoint_sha256": checkpoint_sha256,
         "lengths": lengths,
         "inputs": {"seed": 0, "text_sequences": 4, "behaviour_questions": 4, "max_new_tokens": 8},
-        "methods": {p: "placeholder (test)" for p in sorted(set(gates_lib.DEFAULT_BACKENDS.values()))},
+        "methods": {p: "placeholder (test)" for p in _precisions()},
         "floors": {
-            p: {where: dict(metrics) for where in gates_lib.scope_names(lengths)}
-            for p in sorted(set(gates_lib.DEFAULT_BACKENDS.values()))
+            p: {
+                where: dict(metrics)
+                for where in gates_lib.scope_names(lengths, p not in gates_lib.REFERENCE_PRECISIONS)
+            }
+            for p in _precisions()
         },
     }
+
+
+def _precisions() -> list[str]:
+    """Every precision the default backends compute in, and the references of the lossy ones."""
+    return sorted({*gates_lib.DEFAULT_BACKENDS.values(), *gates_lib.REFERENCE_PRECISIONS})
 
 
 def gates(lengths=(64, 128, 256), backends=None) -> dict:

@@ -404,6 +404,7 @@ def student_chain(
         args = ["$(rootpath :%sreport.json)" % pre, "$(rootpath :%scontract.json)" % pre],
         data = [":" + pre + "report.json", ":" + pre + "contract.json"],
         python_version = "PY3",
+        deps = ["//conversion:gates"],
     )
     agreement = teacher_gguf != None and teacher_agreement != False
     if agreement:
@@ -487,6 +488,7 @@ def e2e_binary(name, report, artifacts, dist_subdir = ""):
             "//common:cli",
             "//common:digest",
             "//common:errors",
+            "//conversion:gates",
             "@pip//:absl_py",
         ],
     )

@@ -4,7 +4,9 @@ Bazel builds every stage before this runs (they are its data), so a warm cache m
 seconds. It prints one row per artifact (stage, file, size, sha256 prefix, gate), copies the
 artifacts to dist/ in the workspace (or --out_dir), names the HTML report (report.html), and exits
 1 when a gate failed, after printing the failed checks (the full check table is in report.json and
-report.html, not on the terminal).
+report.html, not on the terminal). gates_ok also needs every check the contract implies to be in
+the report (conversion/gates.py, missing_checks, as pipeline/gates_test.py applies it; the contract
+is the artifact whose sha256 the report names): what is missing is printed.
 """
 
 import json
@@ -15,6 +17,7 @@ from absl import flags
 
 from common import atomic, cli, digest
 from common.errors import InputError
+from conversion import gates as gates_lib
 
 FLAGS = flags.FLAGS
 # Failed checks printed at most when a gate fails; every check is in report.json and report.html.
@@ -97,6 +100,19 @@ def copy_artifact(path: str, out_dir: str) -> None:
             shutil.copyfileobj(source, handle)
 
 
+def missing_checks(report: dict, described: dict[str, dict]) -> list[str]:
+    """What the contract implies and the report lacks (gates_lib.missing_checks). The contract is
+    the artifact (path -> digest.describe facts) whose sha256 the report names."""
+    contract = next(
+        (path for path, facts in described.items() if facts["sha256"] == report.get("contract_sha256")),
+        None,
+    )
+    if contract is None:
+        return [f"the contract the report names ({report.get('contract_sha256')}) is not among the artifacts"]
+    with open(contract, encoding="utf-8") as handle:
+        return gates_lib.missing_checks(report, json.load(handle))
+
+
 def main(argv: list[str]) -> None:
     cli.require_flag(FLAGS.report, "report")
     with open(FLAGS.report, encoding="utf-8") as handle:
@@ -108,16 +124,18 @@ def main(argv: list[str]) -> None:
     out_dir = FLAGS.out_dir or default_out_dir()
     os.makedirs(out_dir, exist_ok=True)
     rows = [("stage", "artifact", "size", "sha256", "gate")]
+    described = {}
     for spec in FLAGS.artifact:
         stage, gate, path = parse_artifact(spec)
         verdict = "-" if gate == "-" else ("PASS" if gates.get(gate) else "FAIL")
-        facts = digest.describe(path)
+        facts = described[path] = digest.describe(path)
         rows.append((stage, os.path.basename(path), human_size(facts["size"]), facts["sha256"][:12], verdict))
         copy_artifact(path, out_dir)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    ok = bool(report.get("gates_ok"))
+    missing = missing_checks(report, described)
+    ok = bool(report.get("gates_ok")) and not missing
     lengths = sorted(
         {
             int(scope[1:])
@@ -128,6 +146,8 @@ def main(argv: list[str]) -> None:
     )
     if not ok:
         print_failures(report["results"])
+    for line in missing:
+        print(f"NOT VERIFIED {line}")
     print(f"\ngates_ok: {str(ok).lower()}   lengths checked: {lengths}   artifacts copied to {out_dir}")
     pages = [path for _, _, path in map(parse_artifact, FLAGS.artifact) if path.endswith(".html")]
     for page in pages:

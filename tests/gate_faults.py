@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from conversion import coreml, coreml_stateful, gguf_export, kv_decoder, torchscript
+from conversion import aoti_decoder, coreml, coreml_stateful, gguf_export, kv_decoder, torchscript
 from training import model as model_lib
 from verify import (
     coreml_stateful_steps,
@@ -193,35 +193,6 @@ def _cm_frozen(shipped):
     return _coreml_backend(mil_executor.load_mlpackage(path), path)
 
 
-def _cm_range_dim(shipped):
-    """A package converted with a RangeDim (1..max) instead of the contract's enumerated lengths: it
-    claims lengths the contract does not. The spec check reads the faulted package; the NumPy
-    executor, which runs only enumerated shapes, runs the shipped program's numerics."""
-    import coremltools as ct
-
-    contract = shipped.inputs.contract
-    traced = torchscript.trace(shipped.model, contract.default_length)
-    length = ct.RangeDim(1, max(contract.lengths), default=contract.default_length)
-    mlmodel = ct.convert(
-        traced,
-        inputs=[ct.TensorType(name=contract.inputs[0].name, shape=(1, length), dtype=np.int32)],
-        outputs=[ct.TensorType(name=contract.outputs[0].name, dtype=np.float32)],
-        convert_to="mlprogram",
-        minimum_deployment_target=coreml.DEPLOYMENT_TARGET,
-        compute_precision=coreml.PRECISIONS["fp16"],
-    )
-    path = os.path.join(shipped.tmp, "range.mlpackage")
-    shutil.rmtree(path, ignore_errors=True)
-    coreml.save_mlpackage(mlmodel, path)
-    program = mil_executor.load_mlpackage(shipped.inputs.paths.mlpackage)
-    return verification.Backend(
-        "coreml",
-        path,
-        lambda ids: mil_executor.run(program, ids),
-        lambda report, contract, model: verification.check_coreml_interface(report, contract, path),
-    )
-
-
 def _cm_renamed(shipped):
     """A converter upgrade that names the weight consts differently (the weight check must not pass
     by finding nothing to compare)."""
@@ -230,13 +201,6 @@ def _cm_renamed(shipped):
         if op.op_type == "const" and op.outputs[0].name.endswith("_weight_to_fp16"):
             op.outputs[0].name = op.outputs[0].name.replace("_weight_to_fp16", "_w_fp16")
     return _coreml_backend(program, shipped.inputs.paths.mlpackage)
-
-
-def _cm_fp16_logits(shipped):
-    """float16 logits, as a package converted without the float32 output type returns them."""
-    program = mil_executor.load_mlpackage(shipped.inputs.paths.mlpackage)
-    backend = _coreml_backend(program, shipped.inputs.paths.mlpackage)
-    return dataclasses.replace(backend, forward=lambda ids: mil_executor.run(program, ids).astype(np.float16))
 
 
 def _ts_drops_last_position(shipped):
@@ -501,6 +465,49 @@ def _decoder_with(steps: type) -> Callable[[Shipped], verification.Backend]:
     return inject
 
 
+# --- AOTInductor decoder: cache faults ---------------------------------------------------------
+# The same three mistakes, made by a runtime driving the shipped magic-8-ball.decode.pt2 through
+# its cache (conversion/aoti_decoder.py, AOTISteps): the cache tensors are the caller's, updated in
+# place by the package, so a runtime's mistake is in what it hands over.
+
+
+class _AotiOffByOnePosition(aoti_decoder.AOTISteps):
+    """Each decoded token is written and positioned one slot too far."""
+
+    def decode(self, token):
+        logits = self.forward([token], self.pos + 1)[0, -1]
+        self.pos += 1
+        return logits
+
+
+class _AotiStaleEntry(aoti_decoder.AOTISteps):
+    """A decoded token's keys and values never stay in the last layer's cache."""
+
+    def decode(self, token):
+        keys, values = self.keys[-1].clone(), self.values[-1].clone()
+        logits = super().decode(token)
+        self.keys[-1].copy_(keys)  # in place: the package is handed these very tensors
+        self.values[-1].copy_(values)
+        return logits
+
+
+class _AotiNotReset(aoti_decoder.AOTISteps):
+    """A new sequence is written after the previous one instead of from position 0."""
+
+    def prefill(self, prompt_ids):
+        return self._advance(prompt_ids)
+
+
+def _aoti_decoder_with(steps: type) -> Callable[[Shipped], verification.Backend]:
+    def inject(shipped: Shipped) -> verification.Backend:
+        paths = shipped.inputs.paths
+        return verification.aoti_backend(
+            paths.aoti_decoder, shipped.inputs.contract, paths.metadata, steps=steps
+        )
+
+    return inject
+
+
 # --- Stateful Core ML package: cache faults ----------------------------------------------------
 # The shipped stateful package through the MIL executor, driven by a step function with the
 # mistake a runtime could make. Its prefill (every length, the replay) is right, so only the
@@ -547,6 +554,20 @@ def _stateful_with(steps: type) -> Callable[[Shipped], verification.Backend]:
     return inject
 
 
+# The Core ML int8/int4 variants' byte-level faults: only the exact weight and spec checks see
+# them, so //tests:gate_power runs them through the artifact's own checks alone
+# (gate_power.run_content_faults), seconds each instead of a whole executor verification.
+COMPRESSED_FAULTS = (
+    Fault(
+        "scale_block_corrupted",
+        f"one scale of {WEIGHT[1]} x {SCALE} (an int8 channel, an int4 block)",
+        {"coreml_int8": _int8_scale, "coreml_int4": _int4_scale},
+    ),
+    Fault("zero_point_shifted", f"one int8 zero point of {WEIGHT[1]} + 1", {"coreml_int8": _int8_zero_point}),
+    Fault("int4_value_flipped", f"one 4-bit value of {WEIGHT[1]} +- 1", {"coreml_int4": _int4_value}),
+    Fault("int8_shipped_as_int4", "the int8 package under the int4 name", {"coreml_int4": _int4_is_int8}),
+)
+
 FAULTS = (
     Fault(
         "scale_0.3%",
@@ -569,23 +590,13 @@ FAULTS = (
     Fault("frozen_length", "RoPE slice frozen by int(T)", {"torchscript": _ts_frozen, "coreml": _cm_frozen}),
     Fault("token_ids_swapped", "two vocabulary entries swapped", {"gguf": _gg_swap_ids}),
     Fault("flair_byte", "one byte of a flair token", {"gguf": _gg_flair_byte}),
-    Fault("range_dim", "RangeDim instead of enumerated lengths", {"coreml": _cm_range_dim}),
     Fault("weight_consts_renamed", "Core ML weight consts under other names", {"coreml": _cm_renamed}),
-    Fault("fp16_logits", "logits returned as float16", {"coreml": _cm_fp16_logits}),
     Fault("last_position_dropped", "logits for T-1 positions", {"torchscript": _ts_drops_last_position}),
     Fault(
         "scale_block_x16",
         f"the f16 scale of {SCALE_BLOCK[0]}'s first block x {SCALE_BLOCK[1]:g}",
         {"gguf_q8_0": _gg_scale_block("Q8_0"), "gguf_q4_0": _gg_scale_block("Q4_0")},
     ),
-    Fault(
-        "scale_block_corrupted",
-        f"one scale of {WEIGHT[1]} x {SCALE} (an int8 channel, an int4 block)",
-        {"coreml_int8": _int8_scale, "coreml_int4": _int4_scale},
-    ),
-    Fault("zero_point_shifted", f"one int8 zero point of {WEIGHT[1]} + 1", {"coreml_int8": _int8_zero_point}),
-    Fault("int4_value_flipped", f"one 4-bit value of {WEIGHT[1]} +- 1", {"coreml_int4": _int4_value}),
-    Fault("int8_shipped_as_int4", "the int8 package under the int4 name", {"coreml_int4": _int4_is_int8}),
     Fault(
         "cache_off_by_one",
         "decoded tokens one cache slot (and position) late",
@@ -600,6 +611,21 @@ FAULTS = (
         "cache_not_reset",
         "a new sequence continues the previous one's cache",
         {"torchscript_decoder": _decoder_with(_NotReset)},
+    ),
+    Fault(
+        "aoti_cache_off_by_one",
+        "the AOTInductor decoder's decoded tokens one cache slot (and position) late",
+        {"aoti_decoder": _aoti_decoder_with(_AotiOffByOnePosition)},
+    ),
+    Fault(
+        "aoti_cache_stale_entry",
+        "the AOTInductor decoder's decoded tokens' entries lost from the last layer's cache",
+        {"aoti_decoder": _aoti_decoder_with(_AotiStaleEntry)},
+    ),
+    Fault(
+        "aoti_cache_not_reset",
+        "a new sequence continues the previous one's cache in the AOTInductor decoder",
+        {"aoti_decoder": _aoti_decoder_with(_AotiNotReset)},
     ),
     Fault(
         "state_off_by_one",

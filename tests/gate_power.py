@@ -38,9 +38,51 @@ def run_faults(ship: gate_faults.Shipped, faults=gate_faults.FAULTS) -> list[Row
     for fault in faults:
         for artifact, inject in fault.inject.items():
             backend = inject(ship)
-            report = verification.verify(ship.model, ship.inputs, [backend])
+            # The greedy agreement is information only (verify/greedy_agreement.py), and a faulted
+            # variant's replies would all be regenerated: skipped here.
+            report = verification.verify(ship.model, ship.inputs, [backend], agreement=False)
             rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
     return rows
+
+
+def run_length_faults(ship: gate_faults.Shipped, faults) -> list[Row]:
+    """Each fault through the per-length output checks alone (verification.check_outputs, as
+    verify calls it), for faults whose point is a per-length check (a quality bound, the floor
+    ratio): seconds each, where a whole verification of a Core ML variant takes minutes."""
+    from verify import floors
+    from verify import inputs as inputs_lib
+
+    inputs = ship.inputs
+    contract, settings = inputs.contract, inputs.settings
+    rows_by_length = inputs_lib.numeric_rows(
+        contract.lengths, contract.vocab_size, inputs.tokenizer, inputs.heldout, settings
+    )
+    eager = floors.torch_forward(ship.model.eval())
+    refs = {length: [eager(row) for row in rows_by_length[length]] for length in contract.lengths}
+    rows = []
+    for fault in faults:
+        for artifact, inject in fault.inject.items():
+            backend = inject(ship)
+            report = report_lib.Report(contract.model_name, "")
+            verification.check_outputs(report, backend, contract, rows_by_length, refs, inputs.paths)
+            rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
+    return rows
+
+
+def tripped(rows: list[Row]) -> set[tuple[str, str]]:
+    """(artifact, check) of every check some fault on that artifact failed."""
+    return {(row.artifact, caught.split(" ", 1)[1]) for row in rows for caught in row.caught_by}
+
+
+def gated(report: dict) -> set[tuple[str, str]]:
+    """(artifact, check) of every gated check (one with a verdict) of a report.json."""
+    return {
+        (artifact, name)
+        for artifact, scopes in report["results"].items()
+        for checks in scopes.values()
+        for name, entry in checks.items()
+        if "ok" in entry
+    }
 
 
 def run_content_faults(ship: gate_faults.Shipped, faults=gate_faults.CONTENT_FAULTS) -> list[Row]:
@@ -72,5 +114,5 @@ def table(rows: list[Row]) -> str:
             else:
                 extra = len(row.caught_by) - 3
                 text = ", ".join(row.caught_by[:3]) + (f" (+{extra} more)" if extra > 0 else "")
-            lines.append(f"{fault:<20} {artifact:<12} {text}")
+            lines.append(f"{fault:<22} {artifact:<20} {text}")
     return "\n".join(lines)

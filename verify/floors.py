@@ -41,10 +41,24 @@ multi-step decode parity (verify/decode_parity.py), eager's and the emulation's 
 its own KV cache along the same sequences (held-out questions with eager's replies, the rows of the
 longest length fed one token per call), so a KV-cache artifact is bounded by the same floors.
 
-A count metric (top-1 disagreement) is never floored below its resolution, one position: an
-emulation that happens to flip nothing does not make a single near-tie flip a failure. The
-extremes (max abs, max KL) of a short row are noisy, so the floors of the length rows are pooled:
-each metric's floor is its largest value over the contract lengths.
+Floors per length: every contract length gets its own floors, measured on that length's rows
+only, for every metric, and the report shows each length's own. Means, RMS values and top-1
+disagreement are bounded per length: a mean over 128 positions says nothing about one over 1,024,
+and taking the largest over the lengths let a floor measured at one length bound another (a top-1
+floor of 1/128 from T64 allowed 32 flips of 1,024 at T512). Only the extremes (max abs, max KL),
+single worst positions, are bounded by their largest floor over the lengths (conversion/gates.py,
+POOLED, says why).
+
+A count metric (top-1 disagreement) is never floored below its resolution at that length, one
+position of the rows compared there (1 / (rows x T)): an emulation that happens to flip nothing
+does not make a single near-tie flip a failure.
+
+Independent references (REFERENCES): each lossy variant's weights are also quantized by code
+written from the format's definition, not by the exporter's (verify/gguf_reference.py for ggml's
+Q8_0 and Q4_0, verify/coreml_reference.py for Core ML's int8 and int4), with the variant's plan
+(which tensor gets which type) stated here. The reference's KL and top-1 disagreement bound the
+variant's own (conversion/gates.py, quality bounds): a regression in the exporter's plan moves the
+emulation's floor along with the artifact, but not the reference.
 """
 
 import copy
@@ -54,6 +68,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from conversion import gates as gates_lib
 from verify import parity
 
 FACTOR = 4.0
@@ -70,10 +85,31 @@ METHODS = {
     "through Q8_0 blocks, vs float32 eager",
     "int8": "float16 eager with the Core ML int8 package's weight matrices (per channel), vs float32 eager",
     "int4": "float16 eager with the Core ML int4 package's weight matrices (blocks of 32), vs float32 eager",
+    "ref_q8_0": "float64 eager, weight matrices quantized to Q8_0 by an independent NumPy reference of "
+    "ggml's format (verify/gguf_reference.py), projection inputs through Q8_0 blocks, vs float32 eager",
+    "ref_q4_0": "float64 eager, weight matrices quantized to Q4_0 (the output projection Q8_0) by an "
+    "independent NumPy reference of ggml's formats (verify/gguf_reference.py), projection inputs "
+    "through Q8_0 blocks, vs float32 eager",
+    "ref_int8": "float16 eager, weight matrices quantized int8 linear symmetric per output channel by an "
+    "independent NumPy reference (verify/coreml_reference.py), vs float32 eager",
+    "ref_int4": "float16 eager, weight matrices quantized int4 linear symmetric per block of 32 by an "
+    "independent NumPy reference (verify/coreml_reference.py), vs float32 eager",
 }
 COMPRESSED = ("int8", "int4")  # precisions whose weights are quantized (conversion/coreml_compress.py)
 # The GGUF variant each quantized-weight precision emulates (conversion/gguf_quant.DTYPES).
 QUANTIZED_GGUF = {"w_q8_0": "Q8_0", "w_q4_0": "Q4_0"}
+# Each lossy precision's independent reference (module docstring): conversion/gates.py REFERENCES.
+REFERENCES = gates_lib.REFERENCES
+# The references' plans, stated from the formats, not read from the exporters. GGUF: the type of
+# every weight matrix (1-D tensors stay f32 and are not quantized) by checkpoint name; llama.cpp's
+# quantizer stores the output projection of a Q4_0 file one step up, and for rows shorter than 256
+# values that step is Q8_0. Core ML: every weight matrix compressed (its RoPE tables are buffers,
+# not weights, and stay float16).
+_REFERENCE_GGUF_PLAN = {
+    "ref_q8_0": ("Q8_0", {}),
+    "ref_q4_0": ("Q4_0", {"lm_head.weight": "Q8_0"}),
+}
+_REFERENCE_COREML = {"ref_int8": "int8", "ref_int4": "int4"}
 
 
 def scope(length: int) -> str:
@@ -175,6 +211,10 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         return twin
     if precision in COMPRESSED:
         return _with_compressed_weights(twin.half(), precision)
+    if precision in _REFERENCE_GGUF_PLAN:
+        return _gguf_reference(twin, *_REFERENCE_GGUF_PLAN[precision])
+    if precision in _REFERENCE_COREML:
+        return _coreml_reference(twin.half(), _REFERENCE_COREML[precision])
     if precision == "w_f16":
         with torch.no_grad():
             for weight in twin.parameters():
@@ -203,6 +243,49 @@ def _with_compressed_weights(model: torch.nn.Module, compression: str) -> torch.
     return model
 
 
+def _through_reference_q8_0(module, inputs):
+    """_round_input_through_q8_0 with the independent reference's Q8_0 blocks."""
+    del module
+    from verify import gguf_reference
+
+    x = inputs[0]
+    values = np.ascontiguousarray(x.detach().to(torch.float32).numpy())
+    rounded = gguf_reference.dequantize(gguf_reference.quantize_q8_0(values)).reshape(values.shape)
+    return (torch.from_numpy(rounded).to(x.dtype),)
+
+
+def _gguf_reference(twin: torch.nn.Module, matrix_type: str, overrides: dict) -> torch.nn.Module:
+    """The reference of a quantized GGUF (module docstring): float64, every weight matrix through
+    the independent reference's blocks of its planned type, projection inputs through Q8_0."""
+    from verify import gguf_reference
+
+    if twin.cfg.tie_embeddings:  # a GGUF file stores the output projection as a tensor of its own
+        twin.lm_head.weight = torch.nn.Parameter(twin.embed.weight.detach().clone())
+    with torch.no_grad():
+        for name, weight in twin.named_parameters():
+            if weight.ndim == 2:
+                values = np.ascontiguousarray(weight.detach().to(torch.float32).numpy())
+                blocks = gguf_reference.QUANTIZERS[overrides.get(name, matrix_type)](values)
+                weight.copy_(torch.from_numpy(gguf_reference.dequantize(blocks).reshape(values.shape)))
+    twin = twin.double()
+    for module in twin.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(_through_reference_q8_0)
+    return twin
+
+
+def _coreml_reference(model: torch.nn.Module, compression: str) -> torch.nn.Module:
+    """The reference of a compressed Core ML variant: float16, every weight matrix as
+    verify/coreml_reference.py quantizes it."""
+    from verify import coreml_reference
+
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.ndim == 2:
+                weight.copy_(torch.from_numpy(coreml_reference.quantize(weight.numpy(), compression)))
+    return model
+
+
 def _floored(comparison: parity.Comparison) -> dict[str, float]:
     values = comparison.gated()
     values["top1_disagreement"] = max(values["top1_disagreement"], 1.0 / comparison.positions)
@@ -210,32 +293,37 @@ def _floored(comparison: parity.Comparison) -> dict[str, float]:
 
 
 def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisions) -> dict:
-    """{precision: {scope: {metric: floor}}} for the rows of each length, the behaviour replay and
-    multi-step decoding (the decode parity's sequences, through each emulation's KV cache)."""
+    """{precision: {scope: {metric: floor}}} for the rows of each length (each its own floors), the
+    behaviour replay and multi-step decoding (the decode parity's sequences, through each
+    emulation's KV cache). A reference precision (REFERENCES' values) bounds no KV-cache artifact,
+    so it has no decode scope."""
     from verify import decode_parity
 
     eager = torch_forward(model.eval())
     lengths = sorted(rows_by_length)
-    seqs, _ = decode_parity.sequences(prompts, continuations, rows_by_length[lengths[-1]])
-    decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
+    refs = {
+        length: np.concatenate([eager(row) for row in rows_by_length[length]], axis=1) for length in lengths
+    }
+    decode_refs = None
     out = {}
     for precision in precisions:
         emulated = emulation(model, precision)
         twin = torch_forward(emulated)
-        per_length = []
+        scopes = {}
         for length in lengths:
-            refs = np.concatenate([eager(row) for row in rows_by_length[length]], axis=1)
             got = np.concatenate([twin(row) for row in rows_by_length[length]], axis=1)
-            per_length.append(_floored(parity.compare_logits(refs, got)))
-        pooled = {metric: max(values[metric] for values in per_length) for metric in per_length[0]}
-        scopes = {scope(length): dict(pooled) for length in lengths}
+            scopes[scope(length)] = _floored(parity.compare_logits(refs[length], got))
         replay = parity.behaviour_check(eager, twin, prompts, continuations, lengths, pad_id, 0.0)
         if replay.comparison is None:
             raise ValueError(
                 "the behaviour replay compared no positions; give questions that fit the lengths"
             )
         scopes[REPLAY] = _floored(replay.comparison)
-        decoded = np.concatenate(decode_parity.forced_logits(emulated, seqs))
-        scopes[DECODE] = _floored(parity.compare_logits(decode_refs[None], decoded[None]))
+        if precision not in gates_lib.REFERENCE_PRECISIONS:
+            if decode_refs is None:
+                seqs, _ = decode_parity.sequences(prompts, continuations, rows_by_length[lengths[-1]])
+                decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
+            decoded = np.concatenate(decode_parity.forced_logits(emulated, seqs))
+            scopes[DECODE] = _floored(parity.compare_logits(decode_refs[None], decoded[None]))
         out[precision] = scopes
     return out

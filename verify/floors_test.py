@@ -59,3 +59,79 @@ def test_q4_0_sits_further_from_eager_than_q8_0(model):
 def test_every_quantized_precision_has_a_method():
     assert set(floors.QUANTIZED_GGUF) <= set(floors.METHODS)
     assert set(floors.QUANTIZED_GGUF.values()) == set(gguf_quant.QUANTIZED)
+
+
+def _inputs(tokenizer, model, lengths=(16, 32)):
+    from verify import inputs as inputs_lib
+
+    settings = inputs_lib.Settings(text_sequences=6, behaviour_questions=4, max_new_tokens=6)
+    heldout = sorted(generate.generate(n=40, seed=0, heldout_fraction=0.5, topk=4)[2], key=lambda r: r.id)
+    heldout = [r for r in heldout if r.split == "heldout"]
+    rows = inputs_lib.numeric_rows(lengths, model.cfg.vocab_size, tokenizer, heldout, settings)
+    prompts = inputs_lib.replay_prompts(tokenizer, heldout, settings)
+    return rows, prompts, inputs_lib.replay_continuations(model, tokenizer, prompts, settings)
+
+
+def test_each_length_has_the_floors_of_its_own_rows(model, tokenizer):
+    """No pooling across lengths: each scope's floors are the emulation's metrics on that length's
+    rows alone, and top-1 disagreement is floored at one position of that length."""
+    rows, prompts, continuations = _inputs(tokenizer, model)
+    measured = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["fp16"])["fp16"]
+    eager, twin = floors.torch_forward(model), floors.torch_forward(floors.emulation(model, "fp16"))
+    for length, length_rows in rows.items():
+        comparison = parity.compare_logits(
+            np.concatenate([eager(row) for row in length_rows], axis=1),
+            np.concatenate([twin(row) for row in length_rows], axis=1),
+        )
+        expected = comparison.gated()
+        expected["top1_disagreement"] = max(expected["top1_disagreement"], 1 / (len(length_rows) * length))
+        assert measured[floors.scope(length)] == pytest.approx(expected, rel=1e-12)
+    assert measured["T16"]["top1_disagreement"] >= 1 / 32 > measured["T32"]["top1_disagreement"] / 2
+    assert measured["T16"] != measured["T32"]
+    assert sorted(measured) == ["T16", "T32", floors.DECODE, floors.REPLAY]
+
+
+def test_a_reference_has_no_decode_scope(model, tokenizer):
+    rows, prompts, continuations = _inputs(tokenizer, model, lengths=(32,))
+    measured = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["ref_int8"])
+    assert sorted(measured["ref_int8"]) == ["T32", floors.REPLAY]
+
+
+@pytest.mark.parametrize("reference", ["ref_q8_0", "ref_q4_0"])
+def test_a_gguf_reference_holds_the_formats_blocks_with_its_own_plan(model, reference):
+    """Every matrix through verify/gguf_reference.py's blocks of the type its plan states (Q4_0's
+    output projection Q8_0), float64; today that is exactly what the exporter's emulation holds."""
+    from verify import gguf_reference
+
+    twin = floors.emulation(model, reference)
+    emulated = dict(
+        floors.emulation(model, {"ref_q8_0": "w_q8_0", "ref_q4_0": "w_q4_0"}[reference]).named_parameters()
+    )
+    for name, weight in twin.named_parameters():
+        assert weight.dtype == torch.float64
+        if weight.ndim < 2:
+            continue
+        qtype = "Q8_0" if reference == "ref_q8_0" or name == "lm_head.weight" else "Q4_0"
+        values = dict(model.named_parameters())[name].detach().numpy()
+        expected = gguf_reference.dequantize(gguf_reference.QUANTIZERS[qtype](values)).reshape(values.shape)
+        np.testing.assert_array_equal(weight.detach().numpy(), expected.astype(np.float64))
+        np.testing.assert_array_equal(weight.detach().numpy(), emulated[name].detach().numpy())
+
+
+@pytest.mark.parametrize("compression", ["int8", "int4"])
+def test_a_coreml_reference_holds_the_independent_quantizers_weights(model, compression):
+    from verify import coreml_reference
+
+    twin = floors.emulation(model, "ref_" + compression)
+    for name, weight in twin.named_parameters():
+        original = dict(model.named_parameters())[name].detach().numpy().astype(np.float16)
+        assert weight.dtype == torch.float16
+        expected = coreml_reference.quantize(original, compression) if weight.ndim == 2 else original
+        np.testing.assert_array_equal(weight.detach().numpy(), expected)
+
+
+def test_every_lossy_precision_has_a_measured_reference():
+    from conversion import gates as gates_lib
+
+    assert set(gates_lib.REFERENCES) == {*floors.QUANTIZED_GGUF, *floors.COMPRESSED}
+    assert set(gates_lib.REFERENCE_PRECISIONS) <= set(floors.METHODS)

@@ -1,10 +1,11 @@
-"""Greedy behaviour agreement on scripted backends: replies, near ties, and the gate in a report."""
+"""Greedy behaviour agreement on scripted backends: replies, near ties, and why it is information."""
 
 import types
 
 import numpy as np
 import pytest
 
+from conversion import gates as gates_lib
 from data import generate, teacher
 from verify import greedy_agreement, verification
 from verify import report as report_lib
@@ -81,29 +82,35 @@ def test_a_disagreement_at_a_near_tie_is_counted_apart(tokenizer):
     assert (clear.near_tie_disagreements, clear.decisive_rate) == (0, 0.0)
 
 
-def test_greedy_replies_below_the_target_fail_the_gate(tokenizer):
-    """The gated check in a report: Q8_0 below MIN_AGREEMENT fails it; Q4_0 only reports it."""
+def test_a_decisive_disagreement_is_information_and_fails_the_replay_max_abs_gate(tokenizer):
+    """behaviour_agreement_decisive is a note implied by replay_max_abs_diff: a reply that parts
+    outside a near tie makes the behaviour replay's largest logit error exceed half the near-tie
+    margin, so the replay's max_abs gate fails in the same report."""
     prompt = [tokenizer.bos_id, *tokenizer.encode("Q: Will it rain?\nA:")]
     eager, other = answer_ids(tokenizer, 0), answer_ids(tokenizer, 19)
-    bounds = {"T16": {"max_abs_diff": {"bound": 1e-3}}, "T32": {"max_abs_diff": {"bound": 1e-3}}}
+    entry = {"floor": 2.5e-4, "factor": 4.0, "bound": 1e-3}
+    scopes = {
+        where: {metric: dict(entry) for metric in gates_lib.METRICS} for where in ("T16", "T32", "replay")
+    }
     contract = types.SimpleNamespace(
         lengths=LENGTHS,
-        gates={
-            "backends": {"gguf_q8_0": "w_q8_0", "gguf_q4_0": "w_q4_0"},
-            "bounds": {"w_q8_0": bounds, "w_q4_0": bounds},
-        },
+        gates={"backends": {"gguf_q8_0": "w_q8_0"}, "bounds": {"w_q8_0": scopes}, "quality": {}},
     )
     settings = types.SimpleNamespace(max_new_tokens=32)
     paths = verification.Paths("c", "w", "m", "t", "d")
     eager_forward = scripted(tokenizer, prompt, eager)
-    for name, gated in (("gguf_q8_0", True), ("gguf_q4_0", False)):
-        report = report_lib.Report("m", "0" * 64)
-        backend = verification.Backend(name, "x.gguf", scripted(tokenizer, prompt, other))
-        verification.check_greedy_agreement(
-            report, backend, eager_forward, [prompt], [eager], contract, tokenizer, settings, paths
-        )
-        entry = report.results[name][report_lib.ALL]["behaviour_agreement_decisive"]
-        if gated:
-            assert entry["ok"] is False and not report.gates_ok
-        assert ("ok" in entry) is gated and entry["value"] == 0.0
-        assert report.results[name][report_lib.ALL]["behaviour_agreement"]["value"] == 0.0
+    report = report_lib.Report("m", "0" * 64)
+    backend = verification.Backend("gguf_q8_0", "x.gguf", scripted(tokenizer, prompt, other))
+    verification.check_behaviour(
+        report, backend, eager_forward, contract, [prompt], [eager], tokenizer.pad_id, paths
+    )
+    verification.check_greedy_agreement(
+        report, backend, eager_forward, [prompt], [eager], contract, tokenizer, settings, paths
+    )
+    checks = report.results["gguf_q8_0"][report_lib.ALL]
+    assert checks["behaviour_agreement_decisive"] == {"value": 0.0, "implied_by": "replay_max_abs_diff"}
+    assert checks["behaviour_mismatches"]["implied_by"] == "replay_max_abs_diff"
+    assert checks["behaviour_mismatches"]["value"] > 0
+    assert checks["replay_max_abs_diff"]["ok"] is False and not report.gates_ok
+    margin = gates_lib.near_tie_margin(contract.gates, "gguf_q8_0")
+    assert checks["replay_max_abs_diff"]["value"] >= margin / 2

@@ -13,7 +13,14 @@
 the facts a user picks a variant by.
 
 Scopes are "T<length>" for checks at one contract length and "all" for whole-artifact checks.
-A note is a measured value without a bound (near ties, agreement): it never gates.
+A note is a measured value without a bound (near ties, agreement): it never gates. A note with
+"implied_by" is a check another gate already decides (it could fail only where that one fails, e.g.
+an argmax flip outside a near tie, which needs a logit error above the max_abs bound): it is
+recorded as information, with the check or the reason that makes it so.
+
+A gated check derived from a floor carries the floor measured for that very scope ("floor": each
+contract length has its own), and for an extreme pooled over the lengths the largest of them, which
+its bound comes from ("pooled_floor", conversion/gates.py POOLED).
 
 The report is byte-deterministic (same artifacts and inputs -> same bytes): no timings (they go to
 the log), no paths, sorted keys, and measured floats rounded to 4 significant digits, so last-bit
@@ -71,12 +78,22 @@ class Report:
         return checks
 
     def check(
-        self, artifact: str, where: str, name: str, value, op: str, bound, ok: bool | None = None, floor=None
+        self,
+        artifact: str,
+        where: str,
+        name: str,
+        value,
+        op: str,
+        bound,
+        ok: bool | None = None,
+        floor=None,
+        pooled_floor=None,
     ) -> bool:
         """Records `value op bound` (op one of <=, >=, ==) and returns the verdict.
 
-        `floor`: the measured floor the bound was derived from (conversion/gates.py), shown beside
-        the value and the bound.
+        `floor`: the floor measured for this scope (conversion/gates.py), shown beside the value and
+        the bound. `pooled_floor`: for an extreme pooled over the lengths, the largest floor over
+        them, which the bound is derived from (conversion/gates.py, POOLED).
 
         `ok` overrides the comparison for checks whose verdict is more than `op` (e.g. a spec check
         that accepts "unspecified" or "fixed" depending on the input); `op` then documents intent.
@@ -88,6 +105,8 @@ class Report:
         entry = {"value": _rounded(value), "op": op, "bound": _rounded(bound), "ok": bool(ok)}
         if floor is not None:
             entry["floor"] = _rounded(floor)
+        if pooled_floor is not None:
+            entry["pooled_floor"] = _rounded(pooled_floor)
         self._slot(artifact, where, name)[name] = entry
         return ok
 
@@ -95,8 +114,13 @@ class Report:
         """A check that could not run (the artifact raised): recorded as failed, with the reason."""
         self._slot(artifact, where, name)[name] = {"error": error, "ok": False}
 
-    def note(self, artifact: str, where: str, name: str, value) -> None:
-        self._slot(artifact, where, name)[name] = {"value": _rounded(value)}
+    def note(self, artifact: str, where: str, name: str, value, implied_by: str | None = None) -> None:
+        """Information, never a verdict. implied_by: the gate (or the fact) that already decides
+        what this check would (module docstring)."""
+        entry = {"value": _rounded(value)}
+        if implied_by is not None:
+            entry["implied_by"] = implied_by
+        self._slot(artifact, where, name)[name] = entry
 
     def _checks(self):
         for artifact, scopes in self.results.items():
@@ -135,7 +159,7 @@ class Report:
                 value, bound = "error: " + entry["error"], ""
             else:
                 value = _format(entry["value"])
-                bound = f"{entry['op']} {_format(entry['bound'])}" if "op" in entry else "(note)"
+                bound = f"{entry['op']} {_format(entry['bound'])}" if "op" in entry else _note(entry)
             floor = _format(entry["floor"]) if "floor" in entry else ""
             verdict = "" if "ok" not in entry else ("ok" if entry["ok"] else "FAIL")
             rows.append((artifact, where, name, _clip(value), floor, _clip(bound), verdict))
@@ -158,6 +182,10 @@ def _summary_order(results: dict):
         return artifacts.index(artifact), length
 
     return key
+
+
+def _note(entry: dict) -> str:
+    return f"(implied by {entry['implied_by']})" if "implied_by" in entry else "(note)"
 
 
 def _clip(text: str, width: int = 44) -> str:

@@ -84,3 +84,29 @@ def test_summary_lists_every_check_and_the_verdict():
     # Per artifact: lengths ascending, then whole-artifact checks.
     coreml_scopes = [line.split()[1] for line in lines[1:-1] if line.startswith("coreml")]
     assert coreml_scopes == ["T64", "T128", "all"]
+
+
+def test_an_implied_check_is_information_named_with_its_gate():
+    report = _report()
+    report.note("gguf", "all", "behaviour_mismatches", 3, implied_by="replay_max_abs_diff")
+    assert report.gates_ok  # information: never a verdict
+    entry = report.to_dict()["results"]["gguf"]["all"]["behaviour_mismatches"]
+    assert entry == {"value": 3, "implied_by": "replay_max_abs_diff"}
+    line = next(line for line in report.summary().splitlines() if "behaviour_mismatches" in line)
+    assert "(implied by replay_max_abs_diff)" in line
+
+
+def test_each_scope_carries_its_own_floor():
+    report = report_lib.Report("magic-8-ball", "00" * 32)
+    report.check("coreml", "T64", "top1_disagreement", 0.0, "<=", 0.03125, floor=1 / 128)
+    report.check("coreml", "T256", "top1_disagreement", 0.0, "<=", 0.0078125, floor=1 / 512)
+    results = report.to_dict()["results"]["coreml"]
+    assert results["T64"]["top1_disagreement"]["floor"] == 0.007812
+    assert results["T256"]["top1_disagreement"]["floor"] == 0.001953
+
+
+def test_a_pooled_extreme_shows_its_own_floor_and_the_pooled_one():
+    report = report_lib.Report("magic-8-ball", "00" * 32)
+    report.check("gguf", "T64", "kl_max", 1e-11, "<=", 3.5e-11, floor=4.2e-12, pooled_floor=8.77e-12)
+    entry = report.to_dict()["results"]["gguf"]["T64"]["kl_max"]
+    assert (entry["floor"], entry["pooled_floor"]) == (4.2e-12, 8.77e-12)

@@ -7,13 +7,16 @@ output shape and dtype the contract gives, then the distribution metrics of veri
 (max and RMS logit error, mean and max KL, top-1 disagreement, RMS dp), each against its bound,
 a floor measured on the same model and inputs times a stated factor (conversion/gates.py). The
 behaviour replay (eager's greedy replies to held-out questions, one artifact forward each) adds the
-same metrics over every replayed position, and every argmax flip outside a near tie fails.
+same metrics over every replayed position; its argmax flips outside a near tie are counted as
+information implied by the replay's max_abs gate (IMPLIED), and the near-tie margin is recorded.
+A lossy artifact is also held to its independent reference's KL and top-1 disagreement (quality
+bounds, conversion/gates.py) and must not sit far below its own emulation's KL (_check_floor_ratio).
 Core ML also gets its interface checked from the spec; GGUF must tokenize every dataset string
 exactly as our tokenizer does. Through the backends `ask` and Ollama run (TorchScript, GGUF with
 either KV cache), `ask`'s sampled replies with its default sampler, five seeds per question, must be
 canonical (verify/sampled_behaviour.py). The quantized variants (verify/greedy_agreement.py,
 MEASURED) also answer every held-out question greedily themselves: the share whose canonical answer
-is eager's is gated where the product sets a target (Q8_0: 99%) and reported as measured otherwise.
+is eager's is reported (information: a decisive disagreement already fails the replay's max_abs).
 A KV-cache artifact (the TorchScript decoder) also decodes token by token through its own cache,
 whole replies and up to the longest contract length, against eager's KV cache: identical tokens and
 every step's logits within the "decode" bounds (verify/decode_parity.py).
@@ -60,6 +63,20 @@ FLAGS_OF = {
     COREML_INT8: "mlpackage_int8",
     COREML_INT4: "mlpackage_int4",
     COREML_STATEFUL: "mlpackage_stateful",
+}
+# The checks that count argmax flips outside a near tie are implied by the max_abs gate of their
+# scope (conversion/gates.py, near_tie_margin): recorded as information with the gate that decides.
+IMPLIED = {"replay": "replay_max_abs_diff", "decode": "decode_max_abs_diff"}
+# Backends whose runtime returns float32 logits whatever the artifact computes in (the Core ML
+# executor casts, llama.cpp's API is float32): output_dtype cannot fail there, so it is information,
+# and the Core ML package's declared output type is gated by its spec check.
+OUTPUT_DTYPE_IMPLIED_BY = {
+    **{name: "spec_output_dtype" for name in (COREML, COREML_FP32, COREML_INT8, COREML_INT4)},
+    COREML_STATEFUL: "spec_output_dtypes",
+    **{
+        name: "llama.cpp's logits API (float32)"
+        for name in (GGUF, GGUF_KV_F16, GGUF_F16, GGUF_Q8_0, GGUF_Q4_0)
+    },
 }
 # The Paths fields that name GGUF files (read and checked alike).
 GGUF_FIELDS = ("gguf", "gguf_f16", "gguf_q8_0", "gguf_q4_0")
@@ -491,7 +508,10 @@ def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract,
         )
     if result.comparison is None:
         return
-    report.check(backend.name, all_, "decode_token_mismatches", len(result.token_mismatches), "==", 0)
+    # The step where a reply parts is compared, so a parting outside a near tie fails decode_max_abs_diff.
+    report.note(
+        backend.name, all_, "decode_token_mismatches", len(result.token_mismatches), IMPLIED["decode"]
+    )
     _check_metrics(report, backend.name, all_, gates_lib.DECODE, result.comparison, contract.gates, "decode_")
     report.note(backend.name, all_, "decode_sequences", result.sequences)
     report.note(backend.name, all_, "decode_steps", result.comparison.positions)
@@ -531,7 +551,10 @@ def check_outputs(report, backend: Backend, contract, rows_by_length, refs_by_le
         dtypes = sorted({str(out.dtype) for out in outs})
         expected_shape = list(contract.output_shape(length))
         report.check(backend.name, where, "output_shape", [list(s) for s in shapes], "==", [expected_shape])
-        report.check(backend.name, where, "output_dtype", dtypes, "==", [contract.outputs[0].dtype])
+        if backend.name in OUTPUT_DTYPE_IMPLIED_BY:
+            report.note(backend.name, where, "output_dtype", dtypes, OUTPUT_DTYPE_IMPLIED_BY[backend.name])
+        else:
+            report.check(backend.name, where, "output_dtype", dtypes, "==", [contract.outputs[0].dtype])
         if shapes != [tuple(expected_shape)]:
             continue
         comparison = parity.compare_logits(
@@ -540,6 +563,8 @@ def check_outputs(report, backend: Backend, contract, rows_by_length, refs_by_le
             gates_lib.near_tie_margin(gates, backend.name),
         )
         _check_metrics(report, backend.name, where, where, comparison, gates)
+        _check_quality(report, backend.name, where, where, comparison, gates)
+        _check_floor_ratio(report, backend.name, where, comparison, gates)
         report.note(backend.name, where, "top1_agreement_decisive", comparison.top1_agreement)
         report.note(backend.name, where, "near_tie_positions", comparison.near_ties)
         logging.info(
@@ -560,7 +585,45 @@ def _check_metrics(
 ) -> None:
     for metric, value in comparison.gated().items():
         entry = gates_lib.entry_for(gates, backend, bounds_scope, metric)
-        report.check(backend, where, prefix + metric, value, "<=", entry["bound"], floor=entry["floor"])
+        report.check(
+            backend,
+            where,
+            prefix + metric,
+            value,
+            "<=",
+            entry["bound"],
+            floor=entry["floor"],
+            pooled_floor=entry.get("pooled_floor"),
+        )
+
+
+def _check_quality(
+    report, backend: str, where: str, bounds_scope: str, comparison, gates, prefix: str = ""
+) -> None:
+    """A lossy backend's KL and top-1 disagreement against its independent reference's, times the
+    quality factor (conversion/gates.py, quality bounds). The floor shown is the reference's."""
+    bounds = gates_lib.quality_for(gates, backend)
+    if bounds is None:
+        return
+    values = comparison.gated()
+    for metric, entry in bounds[bounds_scope].items():
+        name = f"{prefix}quality_{metric}"
+        report.check(backend, where, name, values[metric], "<=", entry["bound"], floor=entry["floor"])
+
+
+def _check_floor_ratio(report, backend: str, where: str, comparison, gates) -> None:
+    """A lossy backend's mean KL over its emulation's floor at this length, at least 1/FACTOR_LIMIT.
+
+    The artifact and its emulation hold the same weights, so their KLs are of one size; an artifact
+    far quieter than its emulation is not what the emulation models (a finer variant shipped under
+    a coarser one's name: the Q8_0 file as Q4_0, the fp16 package as int8), and the bounds derived
+    from that emulation are too loose to mean anything for it. Gated: the opposite of the upper
+    bounds, which such an artifact passes."""
+    if gates_lib.quality_for(gates, backend) is None:
+        return
+    floor = gates_lib.entry_for(gates, backend, where, "kl_mean")["floor"]
+    ratio = comparison.kl_mean / floor
+    report.check(backend, where, gates_lib.FLOOR_RATIO_CHECK, ratio, ">=", 1.0 / gates_lib.FACTOR_LIMIT)
 
 
 def check_behaviour(
@@ -581,11 +644,14 @@ def check_behaviour(
         return
     all_ = report_lib.ALL
     report.note(backend.name, all_, "behaviour_questions", result.questions)
-    report.check(backend.name, all_, "behaviour_mismatches", len(result.mismatches), "==", 0)
+    # A flip outside a near tie needs a logit error of half the margin, at least the replay's
+    # max_abs bound (conversion/gates.py, near_tie_margin): that gate decides it.
+    report.note(backend.name, all_, "behaviour_mismatches", len(result.mismatches), IMPLIED["replay"])
     if result.comparison is None:
         report.fail(backend.name, all_, "behaviour", "no replayed position fits the contract lengths")
         return
     _check_metrics(report, backend.name, all_, gates_lib.REPLAY, result.comparison, contract.gates, "replay_")
+    _check_quality(report, backend.name, all_, gates_lib.REPLAY, result.comparison, contract.gates, "replay_")
     report.note(backend.name, all_, "behaviour_positions", result.positions)
     report.note(backend.name, all_, "behaviour_near_tie_flips", result.near_tie_flips)
     for mismatch in result.mismatches[:5]:
@@ -626,8 +692,8 @@ def check_greedy_agreement(
     report, backend: Backend, eager, prompts, eager_replies, contract, tokenizer, settings, paths
 ):
     """The backend's own greedy replies against eager's canonical answers (verify/greedy_agreement.py):
-    the share that agree is reported; where the product sets a target (MIN_AGREEMENT) the share
-    among questions that do not part at a near tie is gated against it."""
+    the share that agree, and the share among questions that do not part at a near tie, both
+    information (greedy_agreement.MEASURED says why)."""
     from verify import greedy_agreement
 
     all_ = report_lib.ALL
@@ -646,12 +712,11 @@ def check_greedy_agreement(
     except Exception as error:  # the artifact failed to run on a question
         report.fail(backend.name, all_, "behaviour_agreement_decisive", first_line(error, paths))
         return
-    target = greedy_agreement.MIN_AGREEMENT.get(backend.name)
     report.note(backend.name, all_, "behaviour_agreement", result.rate)
-    if target is None:
-        report.note(backend.name, all_, "behaviour_agreement_decisive", result.decisive_rate)
-    else:
-        report.check(backend.name, all_, "behaviour_agreement_decisive", result.decisive_rate, ">=", target)
+    # A decisive disagreement parts where the replay sees the same logits flip outside a near tie
+    # (verify/greedy_agreement.py): the replay's max_abs gate fails first, so the product target
+    # (MIN_AGREEMENT) is implied by the numeric gates and recorded as information.
+    report.note(backend.name, all_, "behaviour_agreement_decisive", result.decisive_rate, IMPLIED["replay"])
     report.note(backend.name, all_, "behaviour_agreement_questions", result.questions)
     report.note(backend.name, all_, "behaviour_agreement_near_ties", result.near_tie_disagreements)
     report.note(
@@ -725,11 +790,17 @@ def check_sampled(
 
 
 def verify(
-    model, inputs: Inputs, backends: list[Backend], sampled_min_canonical_rate: float | None = None
+    model,
+    inputs: Inputs,
+    backends: list[Backend],
+    sampled_min_canonical_rate: float | None = None,
+    agreement: bool = True,
 ) -> report_lib.Report:
     """Runs every check of every backend against fp32 eager `model`; returns the report.
 
-    sampled_min_canonical_rate: the sampled-behaviour bound (default: the product target)."""
+    sampled_min_canonical_rate: the sampled-behaviour bound (default: the product target).
+    agreement: measure the greedy behaviour agreement (information only, and the slowest part for
+    a faulted Core ML variant, whose every reply is regenerated: //tests:gate_power skips it)."""
     from training import sampling
     from verify import floors, greedy_agreement
 
@@ -767,6 +838,8 @@ def verify(
         decode_inputs = (seqs, eager_tokens, decode_parity.forced_logits(model, seqs))
     for backend in backends:
         began = time.monotonic()
+        margin = gates_lib.near_tie_margin(contract.gates, backend.name)
+        report.note(backend.name, report_lib.ALL, "near_tie_margin", margin)
         if backend.interface_check:
             backend.interface_check(report, contract, model)
         if backend.name in COREML_COMPRESSED:  # the executor is slow: reuse the replay's forwards
@@ -775,7 +848,7 @@ def verify(
             )
         check_outputs(report, backend, contract, rows, refs, paths)
         check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
-        if backend.name in greedy_agreement.MEASURED:
+        if agreement and backend.name in greedy_agreement.MEASURED:
             check_greedy_agreement(
                 report, backend, eager, prompts, continuations, contract, tokenizer, settings, paths
             )

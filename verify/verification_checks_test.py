@@ -1,0 +1,57 @@
+"""verify/verification.py's per-length output checks under every artifact's name.
+
+The output shape and dtype checks are the same code for every artifact; what differs is whether
+the artifact's runtime can hand back another dtype at all (the Core ML executor and llama.cpp
+return float32 whatever the artifact computes in: there output_dtype is information, and the
+package's declared type is gated by its spec). //tests:gate_power names these tests for the
+(artifact, output_shape) and (artifact, output_dtype) pairs no fault of its own trips.
+"""
+
+import numpy as np
+import pytest
+
+from conversion import gates as gates_lib
+from conversion import gates_testing
+from verify import report as report_lib
+from verify import verification
+
+LENGTHS = (16, 32)
+VOCAB = 512
+
+
+class _Contract:
+    lengths = LENGTHS
+    gates = gates_testing.gates(LENGTHS)
+    outputs = (type("Spec", (), {"dtype": "float32"})(),)
+
+    @staticmethod
+    def output_shape(length):
+        return (1, length, VOCAB)
+
+
+def _check(name: str, forward) -> dict:
+    rows = {length: [np.zeros((1, length), dtype=np.int32)] for length in LENGTHS}
+    refs = {length: [np.zeros((1, length, VOCAB), dtype=np.float32)] for length in LENGTHS}
+    report = report_lib.Report("m", "0" * 64)
+    backend = verification.Backend(name, "artifact", forward)
+    verification.check_outputs(report, backend, _Contract, rows, refs, verification.Paths("c", "w", "m", "t", "d"))
+    return report.results[name]
+
+
+@pytest.mark.parametrize("name", sorted(gates_lib.DEFAULT_BACKENDS))
+def test_logits_for_one_position_too_few_fail_output_shape(name):
+    results = _check(name, lambda ids: np.zeros((1, ids.shape[1] - 1, VOCAB), dtype=np.float32))
+    for length in LENGTHS:
+        assert results[f"T{length}"]["output_shape"]["ok"] is False
+        assert "max_abs_diff" not in results[f"T{length}"]  # no metrics on the wrong shape
+
+
+@pytest.mark.parametrize("name", sorted(gates_lib.DEFAULT_BACKENDS))
+def test_float16_logits_fail_output_dtype_where_the_runtime_can_return_them(name):
+    results = _check(name, lambda ids: np.zeros((1, ids.shape[1], VOCAB), dtype=np.float16))
+    entry = results["T16"]["output_dtype"]
+    assert entry["value"] == ["float16"]
+    if name in gates_lib.DTYPE_GATED_BACKENDS:
+        assert entry["ok"] is False
+    else:
+        assert "ok" not in entry and entry["implied_by"] == verification.OUTPUT_DTYPE_IMPLIED_BY[name]
