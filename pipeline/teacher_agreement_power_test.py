@@ -39,8 +39,9 @@ def compared():
 def test_the_gates_teacher_rows_are_the_captured_soft_targets(compared):
     """The teacher the gate runs gives, at every held-out reply position, the log-probabilities the
     capture stored for its top-k ids (rounded there to 6 decimals; llama.cpp in f32 both times, a
-    prompt at once here and a token per call there), with the captured token on top: the gate
-    compares the student with the very distributions it was distilled from, position for position."""
+    prompt at once here and a token per call there), with the list's first id on top: the gate
+    compares the student with the very distributions it was distilled from, position for position.
+    (The reply's own token need not be the top one: from_wide's replies are sampled.)"""
     import numpy as np
 
     from data import dataset
@@ -52,7 +53,7 @@ def test_the_gates_teacher_rows_are_the_captured_soft_targets(compared):
     for record in heldout:
         for position, (ids, logprobs) in enumerate(zip(record.topk_ids, record.topk_logprobs, strict=True)):
             worst = max(worst, float(np.abs(teacher[row + position, ids] - np.asarray(logprobs)).max()))
-            assert int(teacher[row + position].argmax()) == ids[0] == record.completion_ids[position]
+            assert int(teacher[row + position].argmax()) == ids[0]
         row += len(record.completion_ids)
     assert row == replies.positions
     print(f"\nlargest difference from the captured top-k log-probabilities: {worst:.3g}")
