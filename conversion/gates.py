@@ -441,7 +441,6 @@ def expected_checks(backend: str, lengths, pinned: bool = False) -> dict[str, di
         whole.update(weights_matrices_found=GATE, weights_elements_changed=GATE)
     if backend in COMPRESSED_BACKENDS:
         whole.update({name: GATE for name in COMPRESSION_SPEC_CHECKS}, weights_consts_unaccounted=GATE)
-        whole["weights_consts_unaccounted"] = GATE  # verification.check_coreml_compressed
     if backend == "coreml_stateful":
         whole.update({name: GATE for name in STATEFUL_SPEC_CHECKS})
         whole.update(weights_matrices_found=GATE, weights_elements_changed=GATE)
