@@ -313,7 +313,9 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
         for length in lengths:
             got = np.concatenate([twin(row) for row in rows_by_length[length]], axis=1)
             scopes[scope(length)] = _floored(parity.compare_logits(refs[length], got))
-        replay = parity.behaviour_check(eager, twin, prompts, continuations, lengths, pad_id, 0.0)
+        replay = parity.behaviour_check(
+            eager, twin, prompts, continuations, lengths, pad_id, 0.0, artifact_batch=64
+        )
         if replay.comparison is None:
             raise ValueError(
                 "the behaviour replay compared no positions; give questions that fit the lengths"

@@ -183,12 +183,15 @@ def behaviour_check(
     pad_id: int,
     near_tie_margin: float,
     eager_batch: int = 64,
+    artifact_batch: int = 1,
 ) -> BehaviourResult:
     """Argmax agreement with eager on eager's own greedy continuations, one artifact forward each.
 
-    eager_forward may take a batch [B, T]; artifact_forward gets [1, T] (the contract's shape).
-    A sequence longer than the longest length is cut there (continuation positions past it are
-    not checked).
+    eager_forward may take a batch [B, T]; artifact_forward gets [1, T] (the contract's shape),
+    or up to artifact_batch rows of one length at once when it takes a batch (an eager emulation,
+    verify/floors.py: its rows come out bit for bit as one at a time, and one forward per row was
+    most of the floors' time). A sequence longer than the longest length is cut there
+    (continuation positions past it are not checked).
     """
     if len(prompts_ids) != len(continuations):
         raise ValueError(f"{len(prompts_ids)} prompts but {len(continuations)} continuations")
@@ -218,21 +221,33 @@ def behaviour_check(
                 first, count = item[3], item[4]
                 eager_logits[item[0]] = out[row, first : first + count]
 
+    elapsed = 0.0
+    artifact_logits: dict[int, np.ndarray] = {}
+    # Rows of one length in items' order, artifact_batch at a time (1: each row alone).
+    runs = [[item] for item in items] if artifact_batch <= 1 else []
+    if artifact_batch > 1:
+        for _, group in sorted(by_length.items()):
+            runs.extend(
+                group[start : start + artifact_batch] for start in range(0, len(group), artifact_batch)
+            )
+    for run in runs:
+        batch = np.concatenate([pad_row(item[2], item[1], pad_id) for item in run])
+        began = time.monotonic()
+        got_logits = np.asarray(artifact_forward(batch))
+        elapsed += time.monotonic() - began
+        if got_logits.ndim != 3 or got_logits.shape[:2] != batch.shape:
+            raise ValueError(f"artifact logits shape {got_logits.shape} for input {batch.shape}")
+        for row, item in enumerate(run):
+            artifact_logits[item[0]] = got_logits[row, item[3] : item[3] + item[4]]
+
     positions = agreed = near_ties = near_flips = 0
     mismatches = []
-    elapsed = 0.0
     refs, gots = [], []
-    for q, length, sequence, first, count in items:
-        row = pad_row(sequence, length, pad_id)
-        began = time.monotonic()
-        got_logits = np.asarray(artifact_forward(row))
-        elapsed += time.monotonic() - began
-        if got_logits.ndim != 3 or got_logits.shape[:2] != (1, length):
-            raise ValueError(f"artifact logits shape {got_logits.shape} for input {row.shape}")
+    for q, _, _, _, count in items:
         ref = eager_logits[q]
         expected = ref.argmax(-1)
         refs.append(ref)
-        gots.append(got_logits[0, first : first + count])
+        gots.append(artifact_logits[q])
         got = gots[-1].argmax(-1)
         margins = _margins(ref)
         tie = margins < near_tie_margin

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,24 @@ def test_artifact_gets_one_forward_per_question_at_the_smallest_length():
     shapes.clear()
     parity.behaviour_check(eager, artifact, [[1, 2]], [[3, 4]], LENGTHS, PAD, 0.1)
     assert shapes == [(1, 8)]
+
+
+def test_a_batching_artifact_gets_rows_of_one_length_and_gives_the_same_result():
+    eager, other = causal_model(), causal_model(seed=1)
+    conts = continuations(eager)
+    conts[2] = conts[2] + [0] * 6
+    shapes = []
+
+    def artifact(ids):
+        shapes.append(ids.shape)
+        return other(ids)
+
+    one = parity.behaviour_check(eager, other, PROMPTS, conts, LENGTHS, PAD, 0.1)
+    batched = parity.behaviour_check(eager, artifact, PROMPTS, conts, LENGTHS, PAD, 0.1, artifact_batch=2)
+    # Lengths 16, 8, 16, 16 (PROMPTS' order): the 8 alone, the three 16s two at a time.
+    assert shapes == [(1, 8), (2, 16), (1, 16)]
+    assert dataclasses.replace(batched, seconds=0.0) == dataclasses.replace(one, seconds=0.0)
+    assert batched.mismatches  # the other model's flips are found in batches too
 
 
 def test_broken_artifact_fails():
