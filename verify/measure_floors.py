@@ -4,9 +4,12 @@
         --dataset=kd.jsonl --lengths=64,128,256 --out=floors.json
 
 For each precision an artifact computes in (f32, fp16, f16 weights, f16 KV cache, the Q8_0 and
-Q4_0 GGUF weights: verify/floors.py METHODS), its emulation in eager PyTorch
-is compared with fp32 eager on exactly the inputs verification uses (verify/inputs.py): the rows of
-every length and the behaviour replay. The export step turns the floors into the contract's bounds.
+Q4_0 GGUF weights, the Core ML int8 and int4 weights: verify/floors.py METHODS), its emulation in
+eager PyTorch is compared with fp32 eager on exactly the inputs verification uses
+(verify/inputs.py): each length's rows (each length its own floors), the behaviour replay, and the
+decode parity's steps. The independent references of the lossy variants (ref_*) are measured the
+same way, at every length and over the replay. The export step turns the floors into the
+contract's bounds.
 Floats are kept to 4 significant digits, so the file is the same on machines whose BLAS differ in
 the last bits. Bad input exits 2 before torch is imported, and nothing is written.
 """
