@@ -99,6 +99,13 @@ def inductor_options(threads: int, isa: str, compiler: str) -> dict:
         "aot_inductor.enable_line_tables": False,
         "aot_inductor.precompile_headers": False,
         "aot_inductor.model_name_for_generated_files": MODEL_FILES,
+        # Matrix products through Inductor's C++ GEMM template, not ATen's mm: a decode step's
+        # products are one row each, where the call into ATen and BLAS costs about as much as the
+        # arithmetic (13% less time per step, measured). With the template as the only backend each
+        # product has one candidate, so nothing is benchmarked: the choice cannot depend on the
+        # build machine's load (two compiles gave the same bytes, //conversion:aoti_decoder_test).
+        "max_autotune": True,
+        "max_autotune_gemm_backends": "CPP",
     }
 
 

@@ -49,6 +49,7 @@ from training.model import Student
 TOLERANCE = 1e-4  # largest logit difference to eager the export accepts, as conversion/kv_decoder.py
 ISA, THREADS = "avx2", 1  # what the pipeline compiles for (conversion/aoti_compile.py, ISAS)
 _EXAMPLE_LENGTH, _EXAMPLE_POS = 3, 2  # exported at these; S is dynamic, pos a tensor
+MODEL_NAME = "model"  # the package's one model (data/aotinductor/model/)
 COMPILE_TIMEOUT = 1800  # seconds; a compile on a busy 2-core machine took minutes, not an hour
 
 
@@ -161,6 +162,9 @@ def compile_package(program, threads: int = THREADS, isa: str = ISA) -> tuple[by
         torch.export.save(program, paths["program.pt2"])
         env = dict(
             os.environ,
+            # A pipeline action's environment has no PATH (pipeline/defs.bzl sets its env), and gcc
+            # finds its linker through PATH: the system's default directories then.
+            PATH=os.environ.get("PATH") or os.defpath,
             PYTHONPATH=os.pathsep.join((_repository_root(), _torch_site())),
             TORCHINDUCTOR_CACHE_DIR=cache,
             TMPDIR=tmp,
@@ -181,10 +185,10 @@ def compile_package(program, threads: int = THREADS, isa: str = ISA) -> tuple[by
             command, env=env, cwd=tmp, capture_output=True, text=True, timeout=COMPILE_TIMEOUT, check=False
         )
         if result.returncode != 0:
-            lines = [line for line in result.stderr.splitlines() if line.strip()]
-            raise InputError(
-                f"AOTInductor compile failed (exit {result.returncode}): {lines[-1] if lines else ''}"[:600]
-            )
+            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            # The compiler's own "error:" line says more than the last line ("compilation terminated").
+            first = next((line for line in lines if "error:" in line), lines[-1] if lines else "")
+            raise InputError(f"AOTInductor compile failed (exit {result.returncode}): {first}"[:600])
         with open(paths["decoder.pt2"], "rb") as handle:
             package = handle.read()
         with open(paths["build.json"], encoding="utf-8") as handle:
@@ -208,13 +212,20 @@ def runtime_blocker(build: dict) -> str | None:
 
 
 def load(path: str, so_sha256: str):
-    """The package's runner, after pt2_archive.check_aoti_file (layout, the .so's sha256) passed;
-    InputError if it is refused or torch cannot load it."""
+    """The package's loader (torch._C._aoti.AOTIModelPackageLoader), after pt2_archive.check_aoti_file
+    (layout, the .so's sha256) passed; InputError if it is refused or torch cannot load it.
+
+    The loader itself, not torch._inductor.aoti_load_package: that first asks Inductor which vector
+    ISA this machine has, by compiling a test program through torch.utils.cpp_extension (which
+    imports setuptools, absent from Bazel's runfiles, and needs a C++ compiler on a machine that
+    only runs the package), merely to warn on a mismatch. runtime_blocker() is that check, from the
+    contract's record and torch's CPU capability."""
     from conversion import pt2_archive
 
     pt2_archive.check_aoti_file(path, so_sha256)
     try:
-        return torch._inductor.aoti_load_package(path)
+        # run_single_threaded: one caller thread at a time (AOTISteps), so no runner pool or locks.
+        return torch._C._aoti.AOTIModelPackageLoader(path, MODEL_NAME, True, 1, -1)
     except RuntimeError as error:
         raise InputError(
             f"{path}: AOTInductor cannot load it ({str(error).splitlines()[0][:200]}); "
@@ -223,28 +234,39 @@ def load(path: str, so_sha256: str):
 
 
 class AOTISteps(Steps):
-    """training.decode.Steps through the package (or an eager Decoder: `runner(*inputs)`), the cache
+    """training.decode.Steps through the package (load()'s loader, or an eager Decoder), the cache
     owned here and handed to every call."""
 
     def __init__(self, runner, cfg):
         self.interface = Interface.of(cfg)
-        loader = getattr(runner, "loader", None)
-        if loader is not None:
-            # The loader's own run, not the runner's __call__: that parses the call spec from JSON and
-            # flattens the inputs again on every call, a share of a decode step.
-            self._run = loader.run
+        if isinstance(runner, torch._C._aoti.AOTIModelPackageLoader):
+            # The loader's run over the flat inputs, not AOTICompiledModel.__call__: that parses the
+            # call spec from JSON and flattens the inputs again on every call, a share of a step.
+            self._run = runner.run
         else:
-            self._run = lambda inputs: [runner(inputs[0], inputs[1], *self._split(inputs[2:]))]
-        self.keys, self.values = self.interface.empty_cache()
+            self._run = lambda inputs: self._eager(runner, inputs)
+        # Tuples: the package writes into these very tensors, which the decode inputs below hold.
+        keys, values = self.interface.empty_cache()
+        self.keys, self.values = tuple(keys), tuple(values)
         self.pos = 0
-        # A decode step's inputs, made once and rewritten in place through NumPy views.
+        # A decode step's inputs, made once and rewritten in place through NumPy views; checked once,
+        # here: only their values change between calls.
         self._token, self._at = torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
         self._token_view, self._at_view = self._token.numpy(), self._at.numpy()
         self._decode_inputs = [self._token, self._at, *self.keys, *self.values]
+        self.check_inputs(self._decode_inputs)
 
-    def _split(self, caches):
+    def _eager(self, decoder, inputs):
         n = self.interface.n_layers
-        return list(caches[:n]), list(caches[n:])
+        with torch.inference_mode():
+            return [decoder(inputs[0], inputs[1], list(inputs[2 : 2 + n]), list(inputs[2 + n :]))]
+
+    def _check_range(self, length: int, start: int) -> None:
+        if not 1 <= length or start < 0 or start + length > self.interface.max_seq_len:
+            raise InputError(
+                f"sequence: {start + length} tokens; the decoder's cache holds at most "
+                f"{self.interface.max_seq_len} (max_seq_len)"
+            )
 
     def check_inputs(self, inputs: Sequence[torch.Tensor]) -> None:
         """InputError unless `inputs` are exactly what the package was compiled for: it checks none."""
@@ -258,12 +280,7 @@ class AOTISteps(Steps):
             )
         if pos.dtype != torch.int64 or tuple(pos.shape) != (1,):
             raise InputError(f"decoder pos: {pos.dtype} {tuple(pos.shape)}, expected int64 [1]")
-        length, start = ids.shape[1], int(pos[0])
-        if not 1 <= length or start < 0 or start + length > interface.max_seq_len:
-            raise InputError(
-                f"sequence: {start + length} tokens; the decoder's cache holds at most "
-                f"{interface.max_seq_len} (max_seq_len)"
-            )
+        self._check_range(ids.shape[1], int(pos[0]))
         for cache in inputs[2:]:
             if (
                 cache.dtype != torch.float32
@@ -276,25 +293,22 @@ class AOTISteps(Steps):
                 )
 
     def forward(self, ids: Sequence[int], pos: int) -> torch.Tensor:
-        """Logits [1, S, V] for ids at positions pos.., against the cache."""
-        if len(ids) == 1 and 0 <= pos:
+        """Logits [1, S, V] for ids at positions pos.., against the cache. Before the call, S and pos
+        are checked against the cache, and the inputs made for it against the interface (check_inputs;
+        a decode step's own inputs were checked when this object was made)."""
+        self._check_range(len(ids), pos)
+        if len(ids) == 1:
             self._token_view[0, 0], self._at_view[0] = ids[0], pos
-            inputs = self._decode_inputs
-        else:
-            inputs = [
-                torch.tensor([list(ids)], dtype=torch.int32),
-                torch.tensor([pos]),
-                *self.keys,
-                *self.values,
-            ]
+            return self._run(self._decode_inputs)[0]
+        inputs = [torch.tensor([list(ids)], dtype=torch.int32), torch.tensor([pos]), *self.keys, *self.values]
         self.check_inputs(inputs)
-        with torch.inference_mode():
-            return self._run(inputs)[0]
+        return self._run(inputs)[0]
 
     def _advance(self, ids: Sequence[int]) -> torch.Tensor:
-        logits = self.forward(ids, self.pos)[0, -1]
+        logits = self.forward(ids, self.pos)
         self.pos += len(ids)
-        return logits
+        # One token: its row without Python indexing's general path (a view, [V]).
+        return logits.view(-1) if len(ids) == 1 else logits[0, -1]
 
     def prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
         self.pos = 0  # a new sequence: slots at or after pos are never read before they are written

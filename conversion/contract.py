@@ -62,6 +62,12 @@ _FIELDS = (
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ARTIFACT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# "compiled" (optional): for an artifact holding machine code (the AOTInductor decoder,
+# conversion/aoti_decoder.py), what its compile baked in and the sha256 of its shared object, which
+# the loaders check before the file is opened (conversion/pt2_archive.py). Written only when such an
+# artifact is, so contracts without one keep their bytes.
+COMPILED = "compiled"
+COMPILED_KEYS = ("compiler", "isa", "machine", "march", "so_sha256", "threads", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +95,19 @@ class Contract:
     outputs: tuple[TensorSpec, ...]
     artifacts: dict  # name -> sha256 hex; read-only by convention (the dataclass is frozen)
     gates: dict  # see conversion/gates.py
+    compiled: dict = dataclasses.field(default_factory=dict)  # artifact -> COMPILED_KEYS
 
     def input_shape(self, length: int) -> tuple[int, ...]:
         return self.inputs[0].concrete(length)
 
     def output_shape(self, length: int) -> tuple[int, ...]:
         return self.outputs[0].concrete(length)
+
+    def with_compiled(self, name: str, build: dict) -> "Contract":
+        """A new contract that also records how artifact `name` was compiled (COMPILED_KEYS)."""
+        compiled = dict(self.compiled)
+        compiled[name] = dict(sorted(build.items()))
+        return _validated(dataclasses.replace(self, compiled=compiled), "contract")
 
     def with_artifact(self, name: str, sha256: str) -> "Contract":
         """A new contract that also pins artifact `name` to `sha256` (a saved file is never edited)."""
@@ -116,6 +129,7 @@ class Contract:
             "outputs": [spec.to_dict() for spec in self.outputs],
             "artifacts": dict(sorted(self.artifacts.items())),
             "gates": self.gates,
+            **({COMPILED: dict(sorted(self.compiled.items()))} if self.compiled else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -209,7 +223,7 @@ def load_contract(path: str) -> Contract:
 def from_dict(values, where: str = "contract") -> Contract:
     if not isinstance(values, dict):
         raise InputError(f"{where}: a contract must be a JSON object")
-    unknown = sorted(set(values) - set(_FIELDS))
+    unknown = sorted(set(values) - {*_FIELDS, COMPILED})
     if unknown:
         raise InputError(f"{where}: {unknown[0]}: unknown field; expected only {', '.join(_FIELDS)}")
     for field in _FIELDS:
@@ -230,6 +244,7 @@ def from_dict(values, where: str = "contract") -> Contract:
         outputs=_specs(values["outputs"], where, "outputs"),
         artifacts=values["artifacts"],
         gates=values["gates"],
+        compiled=values.get(COMPILED, {}),
     )
     return _validated(contract, where)
 
@@ -305,4 +320,24 @@ def _validated(c: Contract, where: str) -> Contract:
         if not isinstance(sha, str) or not _SHA256.match(sha):
             raise InputError(f"{where}: artifacts.{name}: must be 64 lowercase hex digits")
     gates_lib.validate_gates(c.gates, c.lengths, f"{where}: gates")
+    _check_compiled(c, where)
     return c
+
+
+def _check_compiled(c: Contract, where: str) -> None:
+    if not isinstance(c.compiled, dict):
+        raise InputError(f"{where}: {COMPILED}: must be an object of artifact -> build")
+    for name, build in c.compiled.items():
+        at = f"{where}: {COMPILED}.{name}"
+        if name not in c.artifacts:
+            raise InputError(f"{at}: the contract pins no artifact {name!r}")
+        if not isinstance(build, dict) or sorted(build) != sorted(COMPILED_KEYS):
+            raise InputError(f"{at}: must be an object with exactly {', '.join(COMPILED_KEYS)}")
+        if not isinstance(build["so_sha256"], str) or not _SHA256.match(build["so_sha256"]):
+            raise InputError(f"{at}.so_sha256: must be 64 lowercase hex digits")
+        if not _is_int(build["threads"]) or not 1 <= build["threads"] <= 1024:
+            raise InputError(f"{at}.threads: must be an integer in 1..1024, got {build['threads']!r}")
+        for key in ("compiler", "isa", "machine", "march", "torch"):
+            value = build[key]
+            if not isinstance(value, str) or not 0 < len(value) <= 200 or not value.isprintable():
+                raise InputError(f"{at}.{key}: must be a short printable string")

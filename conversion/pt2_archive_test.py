@@ -8,7 +8,6 @@ marker file); through our loaders the marker never appears.
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +17,7 @@ import torch
 
 from common import child_python
 from common.errors import InputError
-from conversion import aoti_decoder, export_program, pt2_archive, pt2_files
+from conversion import aoti_decoder, export_program, pt2_archive, pt2_files, pt2_testing
 from training.model import ModelConfig, Student, init_weights
 
 torch.set_num_threads(1)
@@ -199,65 +198,36 @@ def test_zip_level_tricks_are_refused(program_records, tmp_path):
 
 # --- AOTInductor packages ----------------------------------------------------------------------
 
-_CONSTRUCTOR = r"""
-#include <stdio.h>
-#include <stdlib.h>
-__attribute__((constructor)) static void loaded(void) {
-  FILE *f = fopen(getenv("M8B_MARKER"), "w");
-  if (f) fclose(f);
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def hostile_so(tmp_path_factory) -> bytes:
     """A shared object whose initialiser creates $M8B_MARKER: what a crafted package could ship."""
-    directory = tmp_path_factory.mktemp("so")
-    source, target = directory / "loaded.c", directory / "loaded.so"
-    source.write_text(_CONSTRUCTOR)
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    assert compiler, "a C compiler is needed (the AOTInductor stage needs one too)"
-    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(target), str(source)], check=True)
-    return target.read_bytes()
+    return pt2_testing.hostile_so(str(tmp_path_factory.mktemp("so")))
 
 
-def _package(so: bytes, **replace) -> list[tuple[str, bytes]]:
-    metadata = json.dumps(
-        {"AOTI_DEVICE_KEY": "cpu", "AOTI_PLATFORM": "linux", "AOTI_MACHINE": "x86_64"}
-    ).encode()
-    records = {
-        "archive_format": b"pt2",
-        "archive_version": b"0",
-        "byteorder": b"little",
-        ".data/version": b"6\n",
-        ".data/serialization_id": b"0" * 40,
-        pt2_archive.AOTI_SO: so,
-        "data/aotinductor/model/decoder.wrapper.cpp": b"// wrapper",
-        "data/aotinductor/model/decoder.kernel.cpp": b"// kernels",
-        "data/aotinductor/model/decoder.wrapper_metadata.json": metadata,
-        "data/aotinductor/model/decoder.kernel_metadata.json": metadata,
-    }
-    records.update(replace)
-    return [("archive/" + name, data) for name, data in sorted(records.items()) if data is not None]
+def _package_file(path, so, compress=zipfile.ZIP_STORED, **replace) -> str:
+    return pt2_testing.write_zip(str(path), pt2_testing.package_records(so, **replace), compress)
+
+
+def _own_pin(path) -> str:
+    with open(path, "rb") as handle:
+        return pt2_archive.so_sha256(handle.read())
 
 
 def test_a_package_with_another_shared_object_is_refused_and_its_code_never_runs(
     hostile_so, tmp_path, monkeypatch
 ):
     marker = tmp_path / "dlopened"
-    monkeypatch.setenv("M8B_MARKER", str(marker))
-    path = _zip(tmp_path / "hostile.decode.pt2", _package(hostile_so))
+    monkeypatch.setenv(pt2_testing.MARKER, str(marker))
+    path = _package_file(tmp_path / "hostile.decode.pt2", hostile_so)
     pinned = "ab" * 32  # the contract's pin: the shipped .so, not this one
     with pytest.raises(InputError, match="but the contract pins"):
         aoti_decoder.load(path, pinned)
     assert not marker.exists()
     # The same layout with the matching pin passes the check: only the pin stood in the way.
-    pt2_archive.check_aoti_file(path, pt2_archive.so_sha256(open(path, "rb").read()))
+    pt2_archive.check_aoti_file(path, _own_pin(path))
     # Control: torch's loader dlopens it, and the initialiser runs.
-    _child_load(
-        "import sys, torch\ntry:\n torch._inductor.aoti_load_package(sys.argv[1])\nexcept Exception:\n pass",
-        path,
-    )
+    _child_load(pt2_testing.LOAD_IN_CHILD, path)
     assert marker.exists()
 
 
@@ -274,12 +244,12 @@ def test_a_package_with_another_shared_object_is_refused_and_its_code_never_runs
     ],
 )
 def test_a_package_the_compile_never_writes_is_refused(hostile_so, tmp_path, replace, message):
-    path = _zip(tmp_path / "odd.decode.pt2", _package(hostile_so, **replace))
+    path = _package_file(tmp_path / "odd.decode.pt2", hostile_so, **replace)
     with pytest.raises(InputError, match=message):
-        pt2_archive.check_aoti_file(path, pt2_archive.so_sha256(open(path, "rb").read()))
+        pt2_archive.check_aoti_file(path, _own_pin(path))
 
 
 def test_a_compressed_package_is_refused(hostile_so, tmp_path):
-    path = _zip(tmp_path / "deflated.decode.pt2", _package(hostile_so), zipfile.ZIP_DEFLATED)
+    path = _package_file(tmp_path / "deflated.decode.pt2", hostile_so, zipfile.ZIP_DEFLATED)
     with pytest.raises(InputError, match="compressed"):
-        pt2_archive.check_aoti_file(path, pt2_archive.so_sha256(open(path, "rb").read()))
+        pt2_archive.check_aoti_file(path, _own_pin(path))
