@@ -60,7 +60,7 @@ def test_fields_follow_the_design():
         "coreml_int4": "int4",
         "coreml_int8": "int8",
         "coreml_stateful": "fp16",
-        "gguf": "f32",
+        "gguf": "ggml_f32",
         "gguf_f16": "w_f16",
         "gguf_kv_f16": "kv_f16",
         "gguf_q4_0": "w_q4_0",

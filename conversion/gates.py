@@ -2,7 +2,7 @@
 
     "gates": {
       "inputs":   {"seed": 0, "text_sequences": 40, "behaviour_questions": 200, "max_new_tokens": 32},
-      "backends": {"torchscript": "f32", "coreml": "fp16", "gguf": "f32", "gguf_kv_f16": "kv_f16"},
+      "backends": {"torchscript": "f32", "coreml": "fp16", "gguf": "ggml_f32", "gguf_kv_f16": "kv_f16"},
       "methods":  {"f32": "float64 eager vs float32 eager", ...},
       "bounds":   {"f32": {"T64": {"kl_max": {"floor": 1.05e-12, "factor": 4.0, "bound": 4.2e-12},
                                    ...}, ..., "replay": {...}, "decode": {...}}, ...},
@@ -56,7 +56,7 @@ DEFAULT_BACKENDS = {
     "torchscript_decoder": "f32",
     "coreml": "fp16",
     "coreml_fp32": "f32",
-    "gguf": "f32",
+    "gguf": "ggml_f32",  # f32 with llama.cpp's RoPE (verify/floors.py)
     "gguf_kv_f16": "kv_f16",
     "gguf_f16": "w_f16",
     "gguf_q8_0": "w_q8_0",

@@ -4,33 +4,43 @@ path sees it (//tests:gate_power).
 A check that fails on one artifact proves nothing for another: every artifact has bounds of its
 own, and a fault that the f32 artifacts' bounds catch sits inside the wide bounds of a 4-bit one.
 So //tests:gate_power holds every gated (artifact, check) pair of the shipped report.json to a fault
-on that very artifact (here or in tests/gate_faults.py), or to the test SHOWN_ELSEWHERE names.
+on that very artifact (here or in tests/gate_faults.py), or to the test SHOWN_ELSEWHERE names. Each
+fault runs through as much of verification as it needs (tests/gate_power.py):
 
+ARTIFACT_FAULTS, a whole verification each:
   norm_eps_x10           the RMSNorm epsilon x10 (a configuration mistake), in every artifact that
-                         had no numeric fault: the fp32 Core ML package, the stateful package and the
-                         int8 variant (the epsilon const), the f16 and Q8_0 GGUFs and the f32 GGUF run
-                         with the f16 KV cache (the file's metadata), the TorchScript decoder
-                         (re-exported from a student with that epsilon, so its file is another one).
+                         had no numeric fault: the fp32 Core ML package, the int8 variant and the
+                         stateful package (the epsilon const; the stateful package's prefill path,
+                         its decode being what gate_faults' cache faults trip), the f16 and Q8_0
+                         GGUFs and the f32 GGUF run with the f16 KV cache (the file's metadata), the
+                         TorchScript decoder and the torch.export program (re-exported from a student
+                         with that epsilon, so each is another file than the contract pins).
   output_rows_shifted    the output projection's rows one place down (a vocabulary entry inserted
                          before the rest): the only fault here large enough for the 4-bit variants'
-                         top-1 bounds, whose floors are 10% and more of all positions.
+                         top-1 bounds, whose floors are a tenth of all positions and more.
+  flair_row_zeroed       the output row of one flair token zeroed (a vocabulary entry's weights lost
+                         in export): the sampled replies of the backends `ask` and Ollama run stop
+                         being canonical (the f32 GGUF with either KV cache, the TorchScript decoder).
+LENGTH_FAULTS, the per-length output checks only (their point is a per-length check):
   plan_wrong_type        the exporter's plan picking the wrong type for one tensor: the Q8_0 GGUF with
                          its output projection in Q4_0, the int4 package with its token embedding
                          quantized per tensor (one scale) instead of per block of 32. The quality
                          bounds catch these (conversion/gates.py): the independent reference keeps
-                         the format's plan when the exporter's moves, and with it the emulation's
-                         floor.
+                         the format's plan when the exporter's moves, and the emulation's floor with it.
   finer_variant_shipped  a finer variant under a coarser one's name (the f16 GGUF as Q8_0, the Q8_0
-                         GGUF as Q4_0, the fp16 package as int8): every upper bound passes; the
-                         floor ratio (kl_mean_floor_ratio) fails, the artifact far quieter than the
-                         emulation it is held to.
-  flair_byte, token_ids_swapped on the f16 KV cache run: its sampled replies.
-  fp16_output_declared   a real package converted with fp16 logits declared (spec_output_dtype; the
-                         executor's float32 cast hides the dtype from output_dtype, as a runtime
-                         hands back what the spec declares).
+                         GGUF as Q4_0, the fp16 package as int8, the int8 package as int4): every
+                         upper bound passes; the floor ratio (kl_mean_floor_ratio) fails, the
+                         artifact far quieter than the emulation it is held to.
+CHECK_FAULTS, the artifact's own checks only (spec, exact weights, tokenizer):
+  gate_faults.COMPRESSED_FAULTS (one int8/int4 scale, zero point or 4-bit value; int8 as int4),
+  fp16_output_declared (a real package converted with fp16 logits declared: the executor's float32
+  cast hides the dtype from output_dtype, as a runtime hands back what the spec declares), a weight
+  x1.003 and the weight consts renamed in the packages without such a fault, two vocabulary entries
+  swapped in every GGUF file, another variant's file under the f32 and f16 names, and one edit of a
+  copy of each Core ML package's spec per spec check (SPEC_EDITS, COMPRESSION_EDITS, STATEFUL_EDITS).
 
-The RangeDim package is not a row here: a real one is refused before any report
-(test_a_range_dim_package_is_refused_before_any_report).
+The RangeDim package is not a row: a real one is refused before any report
+(gate_power_test, test_a_range_dim_package_is_refused_before_any_report).
 """
 
 import copy
@@ -40,6 +50,7 @@ import shutil
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from conversion import coreml, gguf_export, gguf_quant, kv_decoder, torchscript
 from conversion import gates as gates_lib
@@ -464,12 +475,27 @@ def _gg_weight_scaled(backend: str):
     return inject
 
 
-def _kv_f16_token_fault(fault: Callable) -> Callable[[Shipped], verification.Backend]:
-    """gate_faults' tokenizer fault on the f32 GGUF, run with the f16 KV cache (gguf_kv_f16)."""
+def _flair_token(shipped: Shipped) -> int:
+    """The id of the last token of a canonical reply with the sparkles flair: the token that ends
+    a quarter of the canonical answers."""
+    from data import teacher
+
+    answer = next(a for a in range(len(teacher.ANSWERS)) if teacher.flair(a) == "\u2728")
+    return shipped.inputs.tokenizer.encode(teacher.completion_text(answer))[-1]
+
+
+def _gg_flair_row_zeroed(backend: str):
+    """The f32 GGUF with the flair token's row of the output projection zeroed: replies that end
+    with that flair take another token, and the sampled replies stop being canonical."""
 
     def inject(shipped: Shipped) -> verification.Backend:
-        backend = fault(shipped)
-        return verification.gguf_backend("gguf_kv_f16", backend.path, shipped.inputs)
+        token = _flair_token(shipped)
+
+        def change(reader):
+            tensor = next(t for t in reader.tensors if t.name == OUTPUT[2])
+            tensor.data.reshape(int(tensor.shape[-1]), -1)[token] = 0
+
+        return _gguf_copy_edit(shipped, backend, shipped.inputs.paths.gguf, "flair_row", change)
 
     return inject
 
@@ -477,18 +503,51 @@ def _kv_f16_token_fault(fault: Callable) -> Callable[[Shipped], verification.Bac
 # --- TorchScript decoder --------------------------------------------------------------------------
 
 
-def _decoder_eps(shipped: Shipped) -> verification.Backend:
-    """The decoder exported (kv_decoder.export, checked against its own eager model) from the
-    student with every RMSNorm epsilon x10: another file than the one the contract pins."""
+def _eps_student(shipped: Shipped):
+    """The shipped student with every RMSNorm epsilon x EPS_FACTOR, in eval mode."""
     student = copy.deepcopy(shipped.model)
     for module in student.modules():
         if hasattr(module, "eps"):
             module.eps *= EPS_FACTOR
-    module = kv_decoder.export(student.eval(), list(shipped.inputs.contract.lengths))
-    path = os.path.join(shipped.tmp, "eps.decode.pt")
+    return student.eval()
+
+
+def _decoder_from(shipped: Shipped, student, tag: str) -> verification.Backend:
+    """The decoder exported from `student` as the export step does, written to its own file."""
+    module = kv_decoder.export(student, list(shipped.inputs.contract.lengths))
+    path = os.path.join(shipped.tmp, f"{tag}.decode.pt")
     with open(path, "wb") as handle:
         handle.write(torchscript.to_bytes(module))  # as export_pytorch writes it
     return verification.decoder_backend(path, torchscript.load(path), shipped.inputs.paths.metadata)
+
+
+def _decoder_flair_row_zeroed(shipped: Shipped) -> verification.Backend:
+    student = copy.deepcopy(shipped.model).eval()
+    with torch.no_grad():
+        student.lm_head.weight[_flair_token(shipped)] = 0.0
+    return _decoder_from(shipped, student, "flair_row")
+
+
+def _torch_export_eps(shipped: Shipped) -> verification.Backend:
+    """The torch.export program exported (conversion/export_program.py) from the student with every
+    RMSNorm epsilon x10, written and loaded as the export step and verification do."""
+    from conversion import export_program
+
+    contract, student = shipped.inputs.contract, _eps_student(shipped)
+    program = export_program.export(
+        student, list(contract.lengths), student.cfg.max_seq_len, contract.default_length
+    )
+    path = os.path.join(shipped.tmp, "eps.pt2")
+    with open(path, "wb") as handle:
+        handle.write(export_program.to_bytes(program))
+    forward = export_program.numpy_forward(export_program.load(path))
+    return verification.Backend("torch_export", path, forward)
+
+
+def _decoder_eps(shipped: Shipped) -> verification.Backend:
+    """The decoder exported (kv_decoder.export, checked against its own eager model) from the
+    student with every RMSNorm epsilon x10: another file than the one the contract pins."""
+    return _decoder_from(shipped, _eps_student(shipped), "eps")
 
 
 ARTIFACT_FAULTS = (
@@ -503,6 +562,7 @@ ARTIFACT_FAULTS = (
             "gguf_q8_0": _gg_eps("gguf_q8_0", "gguf_q8_0"),
             "gguf_kv_f16": _gg_eps("gguf_kv_f16", "gguf"),
             "torchscript_decoder": _decoder_eps,
+            "torch_export": _torch_export_eps,
         },
     ),
     Fault(
@@ -511,9 +571,13 @@ ARTIFACT_FAULTS = (
         {"gguf_q4_0": _gg_rows_shifted, "coreml_int4": _int4_rows_shifted},
     ),
     Fault(
-        "token_ids_swapped",
-        "two vocabulary entries swapped",
-        {"gguf_kv_f16": _kv_f16_token_fault(gate_faults._gg_swap_ids)},
+        "flair_row_zeroed",
+        "the output row of one flair token zeroed (a vocabulary entry's weights lost in export)",
+        {
+            "gguf": _gg_flair_row_zeroed("gguf"),
+            "gguf_kv_f16": _gg_flair_row_zeroed("gguf_kv_f16"),
+            "torchscript_decoder": _decoder_flair_row_zeroed,
+        },
     ),
 )
 # Faults whose point is a per-length check (a quality bound, the floor ratio): run through the

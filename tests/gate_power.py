@@ -29,6 +29,15 @@ def failed_checks(report, artifact: str) -> tuple[str, ...]:
 
 
 def shipped(paths: verification.Paths, tmp: str) -> gate_faults.Shipped:
+    """The shipped artifacts the contract names (a configuration without an artifact leaves its
+    file out), checked and loaded as verify_contracts does."""
+    from conversion import contract as contract_lib
+
+    named = {
+        verification.FLAGS_OF[name] for name in contract_lib.load_contract(paths.contract).gates["backends"]
+    }
+    unnamed = {field for field in verification.FLAGS_OF.values() if field not in named}
+    paths = dataclasses.replace(paths, **{field: None for field in unnamed})
     inputs = verification.check_inputs(paths)
     return gate_faults.Shipped(inputs, verification.load_model(inputs), tmp)
 
@@ -37,6 +46,8 @@ def run_faults(ship: gate_faults.Shipped, faults=gate_faults.FAULTS) -> list[Row
     rows = []
     for fault in faults:
         for artifact, inject in fault.inject.items():
+            if artifact not in ship.inputs.contract.gates["backends"]:
+                continue  # not verified in this configuration: nothing to prove
             backend = inject(ship)
             # The greedy agreement is information only (verify/greedy_agreement.py), and a faulted
             # variant's replies would all be regenerated: skipped here.

@@ -7,7 +7,8 @@ run on the same model and the same inputs the artifacts are checked on (verify/i
 compared with fp32 eager by the same metrics (verify/parity.py, compare_logits).
 
   f32     the model in float64 against float32 eager: the reordering noise that any second f32
-          implementation (TorchScript, llama.cpp on f32 weights with an f32 KV cache) carries.
+          implementation (TorchScript, Core ML in fp32) carries.
+  ggml_f32  f32, with RoPE as llama.cpp computes it: the f32 GGUF with an f32 KV cache.
   fp16    the model in float16, weights and activations: Core ML's fp16 compute.
   w_f16   float32 eager with every weight matrix in float16 and every matmul input rounded to
           float16: llama.cpp on an f16 GGUF (ggml converts the f32 operand of a matmul with f16
@@ -28,6 +29,13 @@ compared with fp32 eager by the same metrics (verify/parity.py, compare_logits).
           by its own code (conversion/coreml_compress.quantize_like_package), so the emulation
           computes with exactly the package's weights; verification checks the package holds
           them, element for element.
+
+llama.cpp's RoPE. ggml does not read a table: its CPU rope computes each angle in float32, the
+first of a head's pairs as the position and each next one as the previous times base^(-2/d), then
+cosf and sinf of it. The angle's rounding grows with the position; at T512 on the wide
+configuration it alone accounts for the f32 GGUF's largest logit error (about 1.3e-4, over seven
+times the f32 floor, which tables in float64 leave out). Every llama.cpp precision (LLAMA_CPP)
+computes with those tables (ggml_rope_tables), so its floor holds that error and nothing more.
 
 Why a factor of 4: an artifact and its emulation round in different places, so the artifact's
 error is of the floor's order but not equal to it; on the default student every artifact measured
@@ -76,6 +84,7 @@ REPLAY = "replay"  # the scope of the behaviour replay's metrics, beside "T<leng
 DECODE = "decode"  # the scope of multi-step decode parity (verify/decode_parity.py)
 METHODS = {
     "f32": "float64 eager vs float32 eager",
+    "ggml_f32": "float64 eager with RoPE as llama.cpp's ggml computes it (float32 angles), vs float32 eager",
     "fp16": "float16 eager (weights and activations) vs float32 eager",
     "kv_f16": "float32 eager, attention with Q, K, V and softmax weights in float16, vs float32 eager",
     "w_f16": "float32 eager, weight matrices and matmul inputs in float16, vs float32 eager",
@@ -95,6 +104,8 @@ METHODS = {
     "ref_int4": "float16 eager, weight matrices quantized int4 linear symmetric per block of 32 by an "
     "independent NumPy reference (verify/coreml_reference.py), vs float32 eager",
 }
+# The precisions of llama.cpp's artifacts: their RoPE is ggml's (module docstring).
+LLAMA_CPP = ("ggml_f32", "kv_f16", "w_f16", "w_q8_0", "w_q4_0", "ref_q8_0", "ref_q4_0")
 COMPRESSED = ("int8", "int4")  # precisions whose weights are quantized (conversion/coreml_compress.py)
 # The GGUF variant each quantized-weight precision emulates (conversion/gguf_quant.DTYPES).
 QUANTIZED_GGUF = {"w_q8_0": "Q8_0", "w_q4_0": "Q4_0"}
@@ -192,13 +203,38 @@ def _as_gguf_weights(twin: torch.nn.Module, variant: str) -> None:
             weight.copy_(torch.from_numpy(stored))
 
 
+def ggml_rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, signed sin) [max_seq_len, head_dim] float32 in training/model.py Rotary's layout, from
+    the angles as ggml's CPU rope computes them (module docstring, llama.cpp's RoPE)."""
+    half = head_dim // 2
+    scale = np.float32(np.float32(theta) ** np.float32(-2.0 / head_dim))
+    angles = np.empty((max_seq_len, half), dtype=np.float32)
+    angles[:, 0] = np.arange(max_seq_len, dtype=np.float32)
+    for i in range(1, half):  # theta *= theta_scale, one float32 product per pair, as ggml does
+        angles[:, i] = angles[:, i - 1] * scale
+    cos, sin = np.cos(angles), np.sin(angles)
+    return np.concatenate([cos, cos], axis=1), np.concatenate([-sin, sin], axis=1)
+
+
+def _with_ggml_rope(twin: torch.nn.Module) -> torch.nn.Module:
+    """`twin` with its RoPE tables replaced by ggml's (LLAMA_CPP precisions)."""
+    cfg = twin.cfg
+    cos, sin = ggml_rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    with torch.no_grad():
+        twin.rotary.cos.copy_(torch.from_numpy(cos))
+        twin.rotary.sin.copy_(torch.from_numpy(sin))
+    return twin
+
+
 def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """A copy of `model` that computes the way an artifact of `precision` does (module docstring)."""
     if precision not in METHODS:
         raise ValueError(f"precision {precision!r}; expected one of {sorted(METHODS)}")
     twin = copy.deepcopy(model)
     twin.eval()
-    if precision == "f32":
+    if precision in LLAMA_CPP:
+        _with_ggml_rope(twin)
+    if precision in ("f32", "ggml_f32"):
         return twin.double()
     if precision == "fp16":
         return twin.half()

@@ -135,3 +135,28 @@ def test_every_lossy_precision_has_a_measured_reference():
 
     assert set(gates_lib.REFERENCES) == {*floors.QUANTIZED_GGUF, *floors.COMPRESSED}
     assert set(gates_lib.REFERENCE_PRECISIONS) <= set(floors.METHODS)
+
+
+def test_llama_cpp_precisions_compute_rope_as_ggml_does(model):
+    """ggml's float32 angles: the first pair's angle is the position itself, each next one the
+    previous times base^(-2/d) in float32; the tables differ from float64 ones by rounding that
+    grows with the position, and every llama.cpp precision computes with them."""
+    cfg = model.cfg
+    cos, sin = floors.ggml_rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    half = cfg.head_dim // 2
+    position = cfg.max_seq_len - 1
+    assert cos[position, 0] == np.cos(np.float32(position)) and sin[position, half] == np.sin(
+        np.float32(position)
+    )
+    assert sin[position, 0] == -sin[position, half] and cos[position, 1] == cos[position, half + 1]
+    exact = model.rotary.cos.numpy()
+    assert 0 < np.abs(cos - exact).max() < 1e-3
+    assert (
+        np.abs(cos - exact)[: cfg.max_seq_len // 8].max() < np.abs(cos - exact)[-cfg.max_seq_len // 8 :].max()
+    )
+    for precision in floors.LLAMA_CPP:
+        twin = floors.emulation(model, precision)
+        twin = getattr(twin, "model", twin)  # kv_f16 wraps the model
+        np.testing.assert_array_equal(twin.rotary.cos.numpy().astype(np.float32), cos)
+        np.testing.assert_array_equal(twin.rotary.sin.numpy().astype(np.float32), sin)
+    assert np.array_equal(floors.emulation(model, "f32").rotary.cos.numpy(), exact.astype(np.float64))
