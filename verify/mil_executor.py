@@ -88,9 +88,11 @@ def _load_program(spec, weights_dir: str):
     return _milproto_load.load(spec, spec.specificationVersion, file_weights_dir=weights_dir)
 
 
-def _set_value(var, value: np.ndarray) -> None:
-    if _types.is_tensor(var.sym_type):
-        var._sym_type = _types.tensor(var.dtype, value.shape)
+def _set_value(var, value: np.ndarray, info: tuple | None = None) -> None:
+    """info: the var's (is a tensor, builtin dtype), as _var_info gives them, to save the lookups."""
+    is_tensor, dtype = info[:2] if info is not None else (_types.is_tensor(var.sym_type), var.dtype)
+    if is_tensor:
+        var._sym_type = _types.tensor(dtype, value.shape)
     elif value.ndim == 0:
         value = value[()]  # scalars are NumPy scalars in coremltools, not 0-d arrays
     var._sym_val = _Value(value)
@@ -105,6 +107,16 @@ def _declared_shape(var) -> tuple | None:
 
 def _np_dtype(var) -> np.dtype:
     return np.dtype(_types.nptype_from_builtin(var.dtype))
+
+
+def _var_info(program, var) -> tuple:
+    """(is a tensor, builtin dtype, NumPy dtype) of an op's output var, looked up once per program:
+    an evaluate() runs every op again, and coremltools' type queries were a third of its time. A
+    var's dtype never changes (evaluate() only replaces its shape)."""
+    info = program.var_info.get(id(var))
+    if info is None:
+        info = program.var_info[id(var)] = (_types.is_tensor(var.sym_type), var.dtype, _np_dtype(var))
+    return info
 
 
 # Overrides: op_type -> function(op) -> value or tuple of values. Each says why the stock
@@ -299,6 +311,13 @@ class Program:
     # Declared states (iOS18 stateful programs): name -> (shape, dtype). Empty for a stateless one.
     state_specs: dict[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
     bounds: Bounds = LIMITS  # what load_mlpackage held the shapes to; make_state checks again
+    # id(constexpr op) -> the _Value objects of its const inputs when it last ran. A constexpr op
+    # depends on consts only, and a const changes only through set_const (a new _Value), so while
+    # every input is still the same object its output var still holds the decompressed weights:
+    # the runtime decompresses once at load, and so does evaluate() (it was a third of an int4
+    # forward).
+    materialized_from: dict[int, tuple] = dataclasses.field(default_factory=dict, repr=False)
+    var_info: dict[int, tuple] = dataclasses.field(default_factory=dict, repr=False)  # _var_info
 
     @property
     def op_types(self) -> list[str]:
@@ -458,9 +477,10 @@ def _evaluate_op(program: Program, op) -> None:
             "add an override in verify/mil_executor.py"
         )
     for var, value in zip(op.outputs, results, strict=True):
-        value = np.asarray(value).astype(_np_dtype(var), copy=False)
+        info = _var_info(program, var)
+        value = np.asarray(value).astype(info[2], copy=False)
         _check_declared(program, op, var, value)
-        _set_value(var, value)
+        _set_value(var, value, info)
 
 
 def _check_state(program: Program, state: State | None) -> None:
@@ -520,8 +540,17 @@ def evaluate(
             raise InputError(f"{program.path}: input {name!r} dtype {value.dtype}, expected {expected}")
         _set_value(var, value.astype(_np_dtype(var)))
     for op in function.operations:
-        if op.op_type != "const":  # const values were loaded with the program
+        if op.op_type == "const":  # const values were loaded with the program
+            continue
+        if op.op_type in CONSTEXPR_OPS:
+            sources = tuple(var._sym_val for var in op.inputs.values())
+            held = program.materialized_from.get(id(op))
+            if held is not None and all(a is b for a, b in zip(held, sources, strict=True)):
+                continue
             _evaluate_op(program, op)
+            program.materialized_from[id(op)] = sources
+            continue
+        _evaluate_op(program, op)
     values = {var.name: var.val for var in function.outputs}
     for name in program.state_specs:
         state.values[name] = np.asarray(function.inputs[name].val)
@@ -558,7 +587,9 @@ def consts(program: Program) -> dict[str, np.ndarray]:
 
 
 def set_const(program: Program, name: str, value: np.ndarray) -> None:
-    """Replaces one const's value (same shape and dtype), for fault injection (//tests:gate_power)."""
+    """Replaces one const's value (same shape and dtype), for fault injection (//tests:gate_power).
+    The only way to change a const: evaluate() re-decompresses a weight when a const it is made
+    from was replaced (Program.materialized_from), not when an array was changed in place."""
     for op in program.function.operations:
         if op.op_type == "const" and op.outputs[0].name == name:
             old = np.asarray(op.outputs[0].val)

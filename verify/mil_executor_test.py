@@ -341,6 +341,31 @@ def test_constexpr_blockwise_shift_scale_matches_numpy(tmp_path):
         np.testing.assert_allclose(got, x @ weight.T, rtol=1e-5, atol=1e-5)
 
 
+def test_a_replaced_const_is_decompressed_again_on_the_next_call(tmp_path):
+    """evaluate() decompresses a weight once and reuses it until set_const replaces a const it is
+    made from (fault injection, //tests:gate_power): then the next call sees the new weight."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(-8, 8, (4, 8)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.1, (4, 2)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol(), 8))], opset_version=ct.target.iOS18)
+    def prog(x):
+        w = mb.constexpr_blockwise_shift_scale(data=data, scale=scale, name="w")
+        return mb.linear(x=x, weight=w, name="y")
+
+    program = _program_of(prog, str(tmp_path / "replaced.mlpackage"), OP_LENGTHS, ct.target.iOS18)
+    x = rng.standard_normal((1, OP_LENGTHS[0], 8)).astype(np.float32)
+    first = mil_executor.evaluate(program, {"x": x})["y"]
+    np.testing.assert_array_equal(mil_executor.evaluate(program, {"x": x})["y"], first)
+    name = mil_executor.compressed_input(program, "w", "scale")
+    doubled = np.asarray(mil_executor.consts(program)[name]) * 2
+    mil_executor.set_const(program, name, doubled)
+    weight = data.astype(np.float32) * np.repeat(doubled.astype(np.float32), 4, axis=1)
+    got = mil_executor.evaluate(program, {"x": x})["y"]
+    np.testing.assert_allclose(got, x @ weight.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, 2 * first, rtol=1e-5, atol=1e-5)
+
+
 def test_scaled_dot_product_attention_matches_torch(tmp_path):
     """iOS18 programs fuse attention; the student's int4 variant runs it with a causal mask."""
     module = Fn(lambda x: F.scaled_dot_product_attention(x, x * 0.5, x + 1.0, is_causal=True))
