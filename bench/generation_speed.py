@@ -15,6 +15,18 @@ and, with the KV cache, each other GGUF variant the pipeline ships (f16, Q8_0, Q
 conversion/gguf_quant.py), each against the f32 file in the same trials. measure_long_context()
 runs the two TorchScript ways again after prompts that fill the context to within the new tokens
 of its end, where full recompute costs the most.
+
+measure_kv_decoders() (called by measure()) puts every KV-cache decoder side by side, taking turns
+prompt by prompt, at 1 and at 2 threads (torch's intra-op threads; llama.cpp's n_threads):
+  llama.cpp kv       the baseline, as above
+  AOTInductor kv     the AOTInductor decoder (conversion/aoti_decoder.py, the shipped
+                     magic-8-ball.decode.pt2's code, compiled here as the export step compiles it,
+                     for one thread: the pipeline's actions run with one), through AOTISteps as
+                     `ask` runs it
+  torchscript kv     the TorchScript decoder, as above
+  eager kv           the eager Student with its growing KV cache (training/decode.py, CachedSteps)
+and the compile's wall time (export and the C++ build in a child process, what the torchscript
+stage adds for the package).
 """
 
 import os
@@ -27,8 +39,9 @@ from absl import logging
 
 from bench.table import Row
 from common.errors import InputError
-from conversion import gguf_export, kv_decoder
+from conversion import aoti_decoder, gguf_export, kv_decoder, pt2_archive
 from data import prompt as prompt_lib
+from training import decode
 from verify import gguf_check
 
 QUESTIONS = [
@@ -47,6 +60,20 @@ TORCHSCRIPT_KV_VS_LLAMA = "generation: TorchScript (KV cache), vs llama.cpp (KV 
 LLAMA_FULL = "generation: llama.cpp (full recompute)"
 LLAMA_KV = "generation: llama.cpp (KV cache)"
 VARIANTS = ("f16", "Q8_0", "Q4_0")  # beside the f32 file of LLAMA_KV
+
+
+AOTI_COMPILE = "compile: AOTInductor decoder (export + C++ build, the torchscript stage's share)"
+KV_DECODERS = {
+    "llama": "llama.cpp (KV cache)",
+    "aoti": "AOTInductor decoder (KV cache)",
+    "torchscript": "TorchScript decoder (KV cache)",
+    "eager": "eager PyTorch (KV cache)",
+}
+THREAD_COUNTS = (1, 2)
+
+
+def kv_row(method: str, threads: int) -> str:
+    return f"decode: {KV_DECODERS[method]}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def variant_row(variant: str) -> str:
@@ -183,7 +210,7 @@ def measure(
         raise AssertionError("the TorchScript decoder's greedy replies differ from full recompute's")
     rates = _rates(methods, inputs, new_tokens, repeats)
     logging.info("generation: %d prompts x %d new tokens, %d thread(s)", len(inputs), new_tokens, threads)
-    return [
+    return measure_kv_decoders(model, tokenizer, prompts, new_tokens, repeats) + [
         Row(TORCHSCRIPT, "tokens/s", tuple(rates[TORCHSCRIPT])),
         Row(TORCHSCRIPT_KV, "tokens/s", tuple(rates[TORCHSCRIPT_KV]), TORCHSCRIPT),
         Row(TORCHSCRIPT_KV_VS_LLAMA, "tokens/s", tuple(rates[TORCHSCRIPT_KV]), LLAMA_KV),
@@ -191,3 +218,76 @@ def measure(
         Row(LLAMA_KV, "tokens/s", tuple(rates[LLAMA_KV]), TORCHSCRIPT),
         *(Row(variant_row(v), "tokens/s", tuple(rates[variant_row(v)]), LLAMA_KV) for v in variants),
     ]
+
+
+def _compiled_steps(model, directory: str) -> tuple[aoti_decoder.AOTISteps, float]:
+    """(AOTISteps over the student's package, compiled and checked as export_pytorch does, the
+    compile's wall time in seconds)."""
+    began = time.monotonic()
+    package, build = aoti_decoder.compile_package(aoti_decoder.export_program(model))
+    seconds = time.monotonic() - began
+    path = os.path.join(directory, "bench.decode.pt2")
+    with open(path, "wb") as handle:
+        handle.write(package)
+    so_sha256 = pt2_archive.so_sha256(package)
+    logging.info("AOTInductor decoder compiled in %.1f s (%s)", seconds, build)
+    return aoti_decoder.AOTISteps(aoti_decoder.load(path, so_sha256), model.cfg), seconds
+
+
+def measure_kv_decoders(
+    model, tokenizer, prompts: int, new_tokens: int, repeats: int, thread_counts=THREAD_COUNTS
+) -> list[Row]:
+    """Per thread count: llama.cpp kv (baseline), the AOTInductor decoder, the TorchScript decoder
+    and eager, each against llama.cpp and the AOTInductor decoder also against the TorchScript one,
+    in new tokens/s; then the compile time."""
+    if new_tokens < 1 or repeats < 1 or not 1 <= prompts <= len(QUESTIONS):
+        raise InputError(f"new tokens and repeats must be >= 1, prompts in 1..{len(QUESTIONS)}")
+    inputs = [prompt_lib.build_model_input(tokenizer, q) for q in QUESTIONS[:prompts]]
+    if max(len(p) for p in inputs) + new_tokens > model.cfg.max_seq_len:
+        raise InputError(f"new tokens: prompts would pass {model.cfg.max_seq_len} tokens (max_seq_len)")
+    before = torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        aoti, compile_seconds = _compiled_steps(model, tmp)
+        steps = {
+            "aoti": aoti,
+            "torchscript": kv_decoder.TorchScriptSteps(kv_decoder.trace(model), model.cfg),
+            "eager": decode.CachedSteps(model),
+        }
+        path = os.path.join(tmp, "bench.gguf")
+        gguf_export.export(model, tokenizer, path, dtype="f32")
+        try:
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                # Default runtime settings (f16 KV cache), as Ollama runs the file.
+                llama = gguf_check.load_llama(path, f32_kv_cache=False, n_threads=threads)
+                methods = {
+                    kv_row("llama", threads): lambda p, llama=llama: llama_kv_greedy(llama, p, new_tokens)
+                }
+                for name, method in steps.items():
+                    methods[kv_row(name, threads)] = lambda p, m=method: torchscript_kv_greedy(
+                        m, p, new_tokens
+                    )
+                replies = {name: [run(p) for p in inputs] for name, run in methods.items()}  # and warm up
+                eager = replies[kv_row("eager", threads)]
+                for name in ("aoti", "torchscript"):
+                    same = sum(r == e for r, e in zip(replies[kv_row(name, threads)], eager, strict=True))
+                    logging.info("%s: greedy replies equal eager's on %d/%d prompts", name, same, len(inputs))
+                rates = _rates(methods, inputs, new_tokens, repeats)
+                baseline = kv_row("llama", threads)
+                rows.append(Row(baseline, "tokens/s", tuple(rates[baseline])))
+                for name in steps:
+                    rows.append(
+                        Row(kv_row(name, threads), "tokens/s", tuple(rates[kv_row(name, threads)]), baseline)
+                    )
+                rows.append(
+                    Row(
+                        kv_row("aoti", threads) + ", vs the TorchScript decoder",
+                        "tokens/s",
+                        tuple(rates[kv_row("aoti", threads)]),
+                        kv_row("torchscript", threads),
+                    )
+                )
+        finally:
+            torch.set_num_threads(before)
+    return rows + [Row(AOTI_COMPILE, "s", (compile_seconds,))]

@@ -357,12 +357,14 @@ def check_against_eager(
     return worst
 
 
-def prefill_forward(runner, cfg):
+def prefill_forward(runner, cfg, steps: type = None):
     """The package as a whole-sequence logits function: ids [1, T] (NumPy) -> logits [1, T, V]
-    (NumPy), each call a fresh cache and a prefill from position 0."""
+    (NumPy), each call a fresh cache and a prefill from position 0 (through `steps`, AOTISteps or a
+    subclass: //tests:gate_power's runtime faults)."""
+    make = steps or AOTISteps
 
     def forward(ids) -> np.ndarray:
-        steps = AOTISteps(runner, cfg)
+        steps = make(runner, cfg)
         return steps.forward(np.asarray(ids).reshape(-1).tolist(), 0).numpy()
 
     return forward

@@ -67,6 +67,8 @@ def test_fields_follow_the_design():
         "gguf_q8_0": "w_q8_0",
         "torchscript": "f32",
         "torchscript_decoder": "f32",
+        "torch_export": "f32",
+        "aoti_decoder": "f32",
     }
     entry = values["gates"]["bounds"]["fp16"]["T64"]["kl_max"]
     assert entry["bound"] == pytest.approx(entry["floor"] * entry["factor"]) and entry["factor"] <= 4

@@ -11,6 +11,13 @@ the flag it is the middle of --lengths, so any lengths work.
 The decoder is the same student with a fixed-size KV cache passed in and out (conversion/kv_decoder.py),
 checked against eager for a prefill at every length and a decode step at every position. The
 contract pins both files by sha256 ("torchscript", "torchscript_decoder").
+
+With --out_export and --out_aoti_decoder it also writes the student as a torch.export program
+(conversion/export_program.py, "torch_export") and the KV-cache decoder compiled by AOTInductor
+(conversion/aoti_decoder.py, "aoti_decoder"), each loaded back through its archive check and run
+against eager (every length; the decoder also a decode step at every position) before anything is
+written. The contract pins both files, names them for verification, and records what the decoder's
+compile baked in ("compiled": the sha256 of its shared object, vector ISA, threads, torch, compiler).
 Same inputs and flags -> byte-identical outputs. Bad input exits 2 with one line naming the problem,
 and nothing is written.
 """
@@ -62,8 +69,34 @@ flags.DEFINE_string(
     "out_decoder", None, "Output TorchScript KV-cache decoder, e.g. model.decode.pt (required)."
 )
 flags.DEFINE_string("out_contract", None, "Output contract JSON, e.g. contract.json (required).")
+flags.DEFINE_string(
+    "out_export", None, "Output torch.export program (torch.export.save), e.g. model.pt2 (optional)."
+)
+flags.DEFINE_string(
+    "out_aoti_decoder",
+    None,
+    "Output AOTInductor KV-cache decoder package, e.g. model.decode.pt2 (optional; a C++ compile, "
+    "about a minute).",
+)
+# The .pt2 artifacts -> the flag that writes each: the contract names one for verification only when
+# it is written.
+PT2_OUTPUTS = {"torch_export": "out_export", "aoti_decoder": "out_aoti_decoder"}
 
 FLAGS = flags.FLAGS
+
+
+def _verify_backends() -> list[str]:
+    """--verify_backends; by default without the .pt2 artifacts that are not written."""
+    names = list(FLAGS.verify_backends)
+    written = {name for name, flag in PT2_OUTPUTS.items() if FLAGS[flag].value}
+    if not FLAGS["verify_backends"].present:
+        names = [name for name in names if name not in PT2_OUTPUTS or name in written]
+    unwritten = sorted(set(names) & set(PT2_OUTPUTS) - written)
+    if unwritten:
+        raise InputError(
+            f"--verify_backends: {unwritten[0]} is not written; add --{PT2_OUTPUTS[unwritten[0]]}"
+        )
+    return names
 
 
 def _gates(lengths: list[int], weights_sha256: str) -> dict:
@@ -74,6 +107,7 @@ def _gates(lengths: list[int], weights_sha256: str) -> dict:
             f"--verify_backends: {unknown or 'empty'}; "
             f"choose from {', '.join(sorted(gates_lib.DEFAULT_BACKENDS))}"
         )
+    verify_backends = _verify_backends()
     try:
         with open(FLAGS.floors, "rb") as handle:
             doc = json.loads(handle.read().decode("utf-8"))
@@ -89,8 +123,61 @@ def _gates(lengths: list[int], weights_sha256: str) -> dict:
             f"--floors: {FLAGS.floors} was measured on checkpoint {doc['checkpoint_sha256'][:12]}, "
             f"not on --weights ({weights_sha256[:12]}); measure the floors of this checkpoint"
         )
-    backends = {name: gates_lib.DEFAULT_BACKENDS[name] for name in FLAGS.verify_backends}
+    backends = {name: gates_lib.DEFAULT_BACKENDS[name] for name in verify_backends}
     return gates_lib.make_gates(doc, backends)
+
+
+def _start_aoti_compile(model):
+    """The AOTInductor compile of the decoder, started in a child process (conversion/aoti_decoder.py)
+    so that the TorchScript exports run meanwhile; None without --out_aoti_decoder."""
+    if not FLAGS.out_aoti_decoder:
+        return None
+    import concurrent.futures
+
+    from conversion import aoti_decoder
+
+    program = aoti_decoder.export_program(model)
+    began = time.monotonic()
+
+    def compile_timed():
+        package, build = aoti_decoder.compile_package(program)
+        logging.info("AOTInductor compile: %.1f s (%s)", time.monotonic() - began, build)
+        return package, build
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)  # a thread that waits on the child process
+    future = pool.submit(compile_timed)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _pt2_artifacts(
+    model, lengths: list[int], default_length: int, aoti_compile
+) -> list[tuple[str, str, bytes, dict | None]]:
+    """(flag, contract name, bytes, compiled build or None) of each .pt2 output asked for, each
+    loaded back from a file through its archive check and run against eager first. aoti_compile:
+    _start_aoti_compile's future."""
+    import tempfile
+
+    from conversion import aoti_decoder, export_program, pt2_archive
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="m8b-pt2-") as tmp:
+        if FLAGS.out_export:
+            program = export_program.export(model, lengths, model.cfg.max_seq_len, default_length)
+            data = export_program.to_bytes(program)
+            path = os.path.join(tmp, "program.pt2")
+            atomic.write_bytes(path, data)
+            export_program.check_lengths_match(export_program.load(path), model, lengths)
+            out.append(("out_export", "torch_export", data, None))
+        if aoti_compile is not None:
+            package, build = aoti_compile.result()
+            build = {**build, "so_sha256": pt2_archive.so_sha256(package)}
+            path = os.path.join(tmp, "decoder.pt2")
+            atomic.write_bytes(path, package)
+            runner = aoti_decoder.load(path, build["so_sha256"])
+            aoti_decoder.check_against_eager(runner, model, lengths)
+            out.append(("out_aoti_decoder", "aoti_decoder", package, build))
+    return out
 
 
 def middle_length(lengths: list[int]) -> int:
@@ -108,6 +195,7 @@ def main(argv: list[str]) -> None:
     for name in ("weights", "metadata", "tokenizer", "floors", *outputs):
         cli.require_flag(FLAGS[name].value, name)
     start = time.monotonic()
+    outputs += tuple(flag for flag in PT2_OUTPUTS.values() if FLAGS[flag].value)
     cli.check_distinct_outputs({name: FLAGS[name].value for name in outputs})
     for name in outputs:
         cli.check_output_path(FLAGS[name].value, name)
@@ -139,12 +227,14 @@ def main(argv: list[str]) -> None:
     # ~50x slower.
     torch.set_num_threads(1)
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+    aoti_compile = _start_aoti_compile(model)  # a C++ build in a child process: first, in parallel
     module = torchscript.export(model, lengths, cfg.max_seq_len, default_length)
     data = torchscript.to_bytes(module)
     decoder = torchscript.to_bytes(kv_decoder.export(model, lengths))
     # The loaders refuse any archive that strays from what export writes: hold our own to that first.
     torchscript_archive.check_archive(io.BytesIO(data))
     torchscript_archive.check_archive(io.BytesIO(decoder))
+    pt2 = _pt2_artifacts(model, lengths, default_length, aoti_compile)
     contract = contract_lib.make_contract(
         vocab_size=model.cfg.vocab_size,
         tokenizer_sha256=tokenizer.digest,
@@ -155,11 +245,16 @@ def main(argv: list[str]) -> None:
     contract = contract.with_artifact("weights", checkpoint.sha256_file(FLAGS.weights))
     contract = contract.with_artifact("torchscript", hashlib.sha256(data).hexdigest())
     contract = contract.with_artifact("torchscript_decoder", hashlib.sha256(decoder).hexdigest())
+    for _, name, payload, build in pt2:
+        contract = contract.with_artifact(name, hashlib.sha256(payload).hexdigest())
+        if build is not None:
+            contract = contract.with_compiled(name, build)
     # Every output or none: each write is atomic, and a failed later write takes the earlier ones
     # back out.
     written = []
     try:
-        for path, payload in ((FLAGS.out_torchscript, data), (FLAGS.out_decoder, decoder)):
+        files = [(FLAGS.out_torchscript, data), (FLAGS.out_decoder, decoder)]
+        for path, payload in files + [(FLAGS[flag].value, payload) for flag, _, payload, _ in pt2]:
             atomic.write_bytes(path, payload)
             written.append(path)
         contract.save(FLAGS.out_contract)

@@ -54,6 +54,11 @@ DEFAULT_BACKENDS = {
     # The TorchScript decoder (conversion/kv_decoder.py): prefill checked like the model, and its
     # KV-cache decoding step by step against eager (verify/decode_parity.py, the "decode" scope).
     "torchscript_decoder": "f32",
+    # The torch.export program (conversion/export_program.py, magic-8-ball.pt2) and the AOTInductor
+    # KV-cache decoder (conversion/aoti_decoder.py, magic-8-ball.decode.pt2), checked as the two
+    # above; the export step names them only when it writes them (the default chain).
+    "torch_export": "f32",
+    "aoti_decoder": "f32",
     "coreml": "fp16",
     "coreml_fp32": "f32",
     "gguf": "ggml_f32",  # f32 with llama.cpp's RoPE (verify/floors.py)
@@ -360,8 +365,8 @@ def near_tie_margin(gates: dict, backend: str) -> float:
 GATE, NOTE = "gate", "note"
 QUALITY_CHECKS = tuple(f"quality_{metric}" for metric in QUALITY_METRICS)
 FLOOR_RATIO_CHECK = "kl_mean_floor_ratio"  # a lossy artifact much quieter than its emulation fails
-SAMPLED_BACKENDS = ("torchscript", "torchscript_decoder", "gguf", "gguf_kv_f16")
-KV_CACHE_BACKENDS = ("torchscript_decoder", "coreml_stateful")
+SAMPLED_BACKENDS = ("torchscript", "torchscript_decoder", "aoti_decoder", "gguf", "gguf_kv_f16")
+KV_CACHE_BACKENDS = ("torchscript_decoder", "aoti_decoder", "coreml_stateful")
 GGUF_FILE_BACKENDS = ("gguf", "gguf_f16", "gguf_q8_0", "gguf_q4_0")  # gguf_kv_f16 runs gguf's file
 COREML_BACKENDS = ("coreml", "coreml_fp32", "coreml_int8", "coreml_int4")
 COMPRESSED_BACKENDS = ("coreml_int8", "coreml_int4")
@@ -369,7 +374,7 @@ AGREEMENT_BACKENDS = ("gguf_q8_0", "gguf_q4_0", "coreml_int8", "coreml_int4")
 # Backends whose runtime hands back whatever dtype the artifact computes in: output_dtype gates
 # them. The Core ML executor and llama.cpp return float32 whatever the artifact holds (the package's
 # declared output type is gated by its spec checks), so there output_dtype is a note.
-DTYPE_GATED_BACKENDS = ("torchscript", "torchscript_decoder")
+DTYPE_GATED_BACKENDS = ("torchscript", "torchscript_decoder", "torch_export", "aoti_decoder")
 COREML_SPEC_CHECKS = tuple(
     "spec_" + name
     for name in (

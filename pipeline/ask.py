@@ -1,7 +1,13 @@
 """`bazel run //pipeline:ask -- "Will it rain tomorrow?"`: the exported model answers a question.
 
---backend=torchscript runs the TorchScript decoder (magic-8-ball.decode.pt, conversion/kv_decoder.py):
-the question runs once, then each new token is one call against its KV cache. A question that
+--backend=aoti (the default) runs the AOTInductor decoder (magic-8-ball.decode.pt2,
+conversion/aoti_decoder.py): the question runs once, then each new token is one call against its KV
+cache, compiled code throughout. Its archive is checked before it is loaded (conversion/pt2_archive.py:
+the layout, and the shared object's sha256 against the pin in --contract; a package that fails is
+bad input, exit 2, and nothing in it runs). Where a sound package cannot run (compiled for another
+machine, vector ISA or torch: the contract records which), ask says so in one warning and answers
+through the TorchScript decoder instead. --backend=torchscript runs the TorchScript decoder
+(magic-8-ball.decode.pt, conversion/kv_decoder.py) the same way. A question that
 leaves no room in the context (max_seq_len) for a reply is refused (exit 2), never truncated; a
 reply stops at the context's end. --backend=gguf runs the GGUF file through
 llama.cpp (its logits; the sampling is ours, so both backends pick alike), in the weight type
@@ -29,16 +35,30 @@ from absl import flags
 
 from common import cli
 from common.errors import InputError
-from conversion import torchscript_archive
+from conversion import contract as contract_lib
+from conversion import pt2_archive, torchscript_archive
 from data import canonical_trie, prompt
 from data.tokenizer import Tokenizer
 from training import checkpoint, sampling
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("backend", "torchscript", ["torchscript", "gguf"], "Which exported artifact answers.")
+flags.DEFINE_enum(
+    "backend",
+    "aoti",
+    ["aoti", "torchscript", "gguf"],
+    "Which exported artifact answers: the AOTInductor decoder (falling back to the TorchScript one "
+    "where it cannot run), the TorchScript decoder, or a GGUF file through llama.cpp.",
+)
 flags.DEFINE_string(
     "torchscript_decoder", None, "TorchScript KV-cache decoder artifact (set by the BUILD file)."
 )
+flags.DEFINE_string("aoti_decoder", None, "AOTInductor KV-cache decoder package (set by the BUILD file).")
+flags.DEFINE_string(
+    "contract",
+    None,
+    "contract.json of the export: pins the AOTInductor package's shared object (set by the BUILD file).",
+)
+AOTI = "aoti_decoder"  # the contract's name for the package (conversion/gates.py)
 flags.DEFINE_string("gguf", None, "GGUF artifact, f32 weights (set by the BUILD file).")
 # --variant -> the flag naming its file. A string flag, not an enum: an unknown name is an InputError
 # (exit 2) listing these.
@@ -92,6 +112,45 @@ def torchscript_steps(path: str, cfg):
     from conversion import kv_decoder, torchscript
 
     return kv_decoder.TorchScriptSteps(torchscript.load(path), cfg)
+
+
+def aoti_build(contract_path: str, metadata_path: str) -> dict:
+    """What --contract records of the package's compile (its .so's sha256, ISA, threads, torch),
+    after checking that the contract and --metadata belong to one checkpoint (the package's cache
+    shapes come from --metadata's config)."""
+    contract = contract_lib.load_contract(contract_path)
+    build = contract.compiled.get(AOTI)
+    if build is None:
+        raise InputError(
+            f"--contract: {contract_path} records no AOTInductor decoder; pass the export's contract"
+        )
+    weights = checkpoint.load_metadata(metadata_path).get("weights_sha256")
+    if contract.artifacts.get("weights") != weights:
+        raise InputError(
+            f"--metadata: {metadata_path} is for checkpoint {str(weights)[:12]}, but {contract_path} "
+            f"pins {str(contract.artifacts.get('weights'))[:12]}; pass the files of one export"
+        )
+    return build
+
+
+def aoti_steps(path: str, build: dict, cfg, fallback: str):
+    """The AOTInductor decoder as training.decode.Steps; the TorchScript decoder at `fallback`, with
+    one warning, where the package cannot run here. The archive was checked already (main)."""
+    from conversion import aoti_decoder
+
+    reason = aoti_decoder.runtime_blocker(build)
+    if reason is None:
+        try:
+            return aoti_decoder.AOTISteps(aoti_decoder.load(path, build["so_sha256"]), cfg)
+        except InputError as error:  # the archive passed its check: this machine cannot load it
+            reason = str(error)
+    cli.require_flag(fallback, "torchscript_decoder")
+    print(
+        f"warning: the AOTInductor decoder cannot run here ({reason}); answering through the "
+        "TorchScript decoder",
+        file=sys.stderr,
+    )
+    return torchscript_steps(fallback, cfg)
 
 
 def gguf_forward(path: str, max_length: int):
@@ -152,7 +211,9 @@ def main(argv: list[str]) -> None:
         return
     question = " ".join(argv[1:]).strip()
     if not question:
-        raise InputError('no question: usage: ask [--backend=torchscript|gguf] -- "Will it rain tomorrow?"')
+        raise InputError(
+            'no question: usage: ask [--backend=aoti|torchscript|gguf] -- "Will it rain tomorrow?"'
+        )
     try:
         question.encode("utf-8")
     except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
@@ -168,11 +229,20 @@ def main(argv: list[str]) -> None:
     max_length = cfg.max_seq_len
     if FLAGS.variant not in GGUF_VARIANTS:
         raise InputError(f"--variant: {FLAGS.variant!r}; choose one of {', '.join(GGUF_VARIANTS)}")
-    if FLAGS.backend == "torchscript" and FLAGS.variant != "f32":
+    if FLAGS.backend != "gguf" and FLAGS.variant != "f32":
         raise InputError(f"--variant={FLAGS.variant} names a GGUF file; use it with --backend=gguf")
-    flag = "torchscript_decoder" if FLAGS.backend == "torchscript" else GGUF_VARIANTS[FLAGS.variant]
+    flag = {"aoti": "aoti_decoder", "torchscript": "torchscript_decoder"}.get(
+        FLAGS.backend, GGUF_VARIANTS[FLAGS.variant]
+    )
     path = FLAGS[flag].value
     cli.require_flag(path, flag)
+    build = None
+    if FLAGS.backend == "aoti":
+        # Before torch: a package whose layout or shared object is not the export's is bad input,
+        # refused before anything in it is extracted or run.
+        cli.require_flag(FLAGS.contract, "contract")
+        build = aoti_build(FLAGS.contract, FLAGS.metadata)
+        pt2_archive.check_aoti_file(path, build["so_sha256"])
     ids = prompt.build_model_input(tokenizer, question)
     trie = canonical_trie.CanonicalTrie(tokenizer)
     if FLAGS.constrain and FLAGS.max_new_tokens < trie.longest:
@@ -187,7 +257,9 @@ def main(argv: list[str]) -> None:
         )
     from training import decode
 
-    if FLAGS.backend == "torchscript":
+    if FLAGS.backend == "aoti":
+        model = aoti_steps(path, build, cfg, FLAGS.torchscript_decoder)
+    elif FLAGS.backend == "torchscript":
         model = torchscript_steps(path, cfg)
     else:
         model = decode.Recompute(gguf_forward(path, max_length))

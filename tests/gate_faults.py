@@ -498,6 +498,14 @@ class _AotiNotReset(aoti_decoder.AOTISteps):
         return self._advance(prompt_ids)
 
 
+class _AotiStartsAtOne(aoti_decoder.AOTISteps):
+    """Positions counted from 1: every call, the prefill of a whole sequence included, is written and
+    rotated one slot late (and a sequence of max_seq_len tokens no longer fits)."""
+
+    def forward(self, ids, pos):
+        return super().forward(ids, pos + 1)
+
+
 def _aoti_decoder_with(steps: type) -> Callable[[Shipped], verification.Backend]:
     def inject(shipped: Shipped) -> verification.Backend:
         paths = shipped.inputs.paths
@@ -621,6 +629,11 @@ FAULTS = (
         "aoti_cache_stale_entry",
         "the AOTInductor decoder's decoded tokens' entries lost from the last layer's cache",
         {"aoti_decoder": _aoti_decoder_with(_AotiStaleEntry)},
+    ),
+    Fault(
+        "aoti_positions_from_one",
+        "the AOTInductor decoder driven with positions counted from 1",
+        {"aoti_decoder": _aoti_decoder_with(_AotiStartsAtOne)},
     ),
     Fault(
         "aoti_cache_not_reset",

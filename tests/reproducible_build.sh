@@ -1,32 +1,83 @@
 #!/usr/bin/env bash
-# Builds every pipeline artifact twice, cold, in two separate Bazel output bases, and compares the
-# sha256 of every file (a .mlpackage file by file). Exits 1 on any difference.
+# Builds pipeline artifacts twice, cold, in two separate Bazel output bases, and compares the sha256
+# of every file (a .mlpackage file by file). Exits 1 on any difference.
 #
-#   tests/reproducible_build.sh [BAZEL]        (BAZEL defaults to ./bazelw)
+#   tests/reproducible_build.sh [BAZEL] [TARGET...]
 #
-# Each cold build re-installs the locked packages and reruns the whole pipeline: several minutes.
+# BAZEL defaults to ./bazelw; TARGET defaults to //pipeline:artifacts (every artifact). The second
+# build runs in a copy of the workspace at another path, so neither the checkout's path nor the
+# output base's (the pip repository's directory, the sandbox, the compile's temporary directory)
+# may reach an artifact. A narrower check of the .pt2 files alone (the torch.export program and the
+# AOTInductor decoder, whose compile pins what docs/architecture.md, "The AOTInductor decoder",
+# lists):
+#
+#   tests/reproducible_build.sh ./bazelw //pipeline:magic-8-ball.pt2 //pipeline:magic-8-ball.decode.pt2
+#
+# When a zip archive (.pt, .pt2) differs, the records that differ are named. Each cold build
+# re-installs the locked packages and reruns the pipeline up to the targets: several minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# sha256_files
+# copy_workspace, sha256_files
 source tools/scratch/scratch.sh
-bazel=${1:-./bazelw}
+bazel=./bazelw
+if [[ $# -gt 0 && $1 != //* ]]; then
+  bazel=$1
+  shift
+fi
+targets=("$@")
+if [[ ${#targets[@]} -eq 0 ]]; then
+  targets=(//pipeline:artifacts)
+fi
 work=$(mktemp -d)
-trap 'for b in "$work"/base-*; do "$bazel" --output_base="$b" shutdown >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
+here=$PWD
+cleanup() {
+  [[ -d "$work/base-first" ]] && (cd "$here" && "$bazel" --output_base="$work/base-first" shutdown >/dev/null 2>&1 || true)
+  [[ -d "$work/base-second" ]] && (cd "$work/tree-second" && "$bazel" --output_base="$work/base-second" shutdown >/dev/null 2>&1 || true)
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
+copy_workspace "$here" "$work/tree-second"
 for run in first second; do
   base="$work/base-$run"
-  echo "== cold build $run (output base $base)"
-  "$bazel" --output_base="$base" build //pipeline:artifacts
-  bin=$("$bazel" --output_base="$base" info bazel-bin 2>/dev/null)
+  tree=$here
+  [[ $run == second ]] && tree="$work/tree-second"
+  echo "== cold build $run (workspace $tree, output base $base): ${targets[*]}"
+  (cd "$tree" && "$bazel" --output_base="$base" build "${targets[@]}")
+  bin=$(cd "$tree" && "$bazel" --output_base="$base" info bazel-bin 2>/dev/null)
   (cd "$bin/pipeline" && find kd.jsonl tokenizer.json student.* loss_history.jsonl magic-8-ball.* \
     contract.json report.json report.html Modelfile -type f 2>/dev/null | LC_ALL=C sort | while IFS= read -r f; do sha256_files "$f"; done) >"$work/$run.sha256"
+  ln -s "$bin/pipeline" "$work/out-$run"
 done
 
 echo "== sha256 of every artifact file"
 cat "$work/first.sha256"
+if [[ ! -s "$work/first.sha256" ]]; then
+  echo "no artifact files were built; nothing to compare" >&2
+  exit 1
+fi
 if diff -u "$work/first.sha256" "$work/second.sha256"; then
   echo "reproducible: $(wc -l <"$work/first.sha256") files identical across two cold builds"
 else
+  # Name the records of each differing archive that differ (torch's zips: .pt, .pt2).
+  diff "$work/first.sha256" "$work/second.sha256" | sed -n 's/^< [0-9a-f]*  //p' | while IFS= read -r f; do
+    case $f in
+      *.pt | *.pt2)
+        "${PYTHON_BIN:-python3}" - "$work/out-first/$f" "$work/out-second/$f" <<'EOF'
+import hashlib, sys, zipfile
+first, second = (zipfile.ZipFile(p) for p in sys.argv[1:3])
+names = sorted({n.split("/", 1)[-1] for z in (first, second) for n in z.namelist()})
+def digest(z, name):
+    found = [n for n in z.namelist() if n.split("/", 1)[-1] == name]
+    return hashlib.sha256(z.read(found[0])).hexdigest()[:16] if found else "absent"
+for name in names:
+    a, b = digest(first, name), digest(second, name)
+    if a != b:
+        print(f"  {sys.argv[1].rsplit('/', 1)[-1]}: record {name} differs ({a} vs {b})")
+EOF
+        ;;
+    esac
+  done
   echo "NOT reproducible: the files above differ between the two cold builds" >&2
   exit 1
 fi

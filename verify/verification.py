@@ -43,6 +43,8 @@ from verify import report as report_lib
 
 TORCHSCRIPT, COREML, COREML_FP32 = "torchscript", "coreml", "coreml_fp32"
 TORCHSCRIPT_DECODER = "torchscript_decoder"  # conversion/kv_decoder.py
+TORCH_EXPORT = "torch_export"  # conversion/export_program.py
+AOTI_DECODER = "aoti_decoder"  # conversion/aoti_decoder.py
 GGUF, GGUF_KV_F16, GGUF_F16 = "gguf", "gguf_kv_f16", "gguf_f16"
 GGUF_Q8_0, GGUF_Q4_0 = "gguf_q8_0", "gguf_q4_0"
 # The Core ML variants with compressed weights -> their compression (conversion/coreml_compress.py).
@@ -53,6 +55,8 @@ COREML_STATEFUL = "coreml_stateful"  # the KV cache as Core ML state (conversion
 FLAGS_OF = {
     TORCHSCRIPT: "torchscript",
     TORCHSCRIPT_DECODER: "torchscript_decoder",
+    TORCH_EXPORT: "torch_export",
+    AOTI_DECODER: "aoti_decoder",
     COREML: "mlpackage",
     COREML_FP32: "mlpackage_fp32",
     GGUF: "gguf",
@@ -100,6 +104,8 @@ class Paths:
     mlpackage_int8: str | None = None
     mlpackage_int4: str | None = None
     mlpackage_stateful: str | None = None
+    torch_export: str | None = None
+    aoti_decoder: str | None = None
 
     def artifact(self, backend: str) -> str | None:
         return getattr(self, FLAGS_OF[backend])
@@ -123,6 +129,8 @@ PIPELINE_FILES = {
     "mlpackage_int8": "magic-8-ball.int8.mlpackage",
     "mlpackage_int4": "magic-8-ball.int4.mlpackage",
     "mlpackage_stateful": "magic-8-ball.stateful.mlpackage",
+    "torch_export": "magic-8-ball.pt2",
+    "aoti_decoder": "magic-8-ball.decode.pt2",
 }
 
 
@@ -204,6 +212,7 @@ def check_inputs(paths: Paths) -> Inputs:
     for archive in (paths.torchscript, paths.torchscript_decoder):
         if archive:
             torchscript_archive.check_file(archive)
+    check_pt2_files(paths, contract)
     packages = (paths.mlpackage, paths.mlpackage_fp32, paths.mlpackage_int8, paths.mlpackage_int4)
     for package in (*packages, paths.mlpackage_stateful):
         if package:
@@ -435,6 +444,12 @@ def load_backends(inputs: Inputs) -> list[Backend]:
             backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
         elif name == TORCHSCRIPT_DECODER:
             backends.append(decoder_backend(path, torchscript.load(path), paths.metadata))
+        elif name == TORCH_EXPORT:
+            from conversion import export_program
+
+            backends.append(Backend(name, path, export_program.numpy_forward(export_program.load(path))))
+        elif name == AOTI_DECODER:
+            backends.append(aoti_backend(path, contract, paths.metadata))
         elif name in COREML_COMPRESSED:
             program = mil_executor.load_mlpackage(path, bounds)
             backends.append(compressed_coreml_backend(name, path, contract, program))
@@ -488,6 +503,40 @@ def decoder_backend(path: str, module, metadata: str, name: str = TORCHSCRIPT_DE
     _, cfg = checkpoint.check_metadata(metadata)
     make = steps or kv_decoder.TorchScriptSteps
     return Backend(name, path, kv_decoder.prefill_forward(module, cfg), steps=lambda: make(module, cfg))
+
+
+def check_pt2_files(paths: Paths, contract) -> None:
+    """The .pt2 archives held to what the export step writes (conversion/pt2_archive.py), the
+    AOTInductor package's shared object to the contract's pin, before anything loads them."""
+    from conversion import pt2_archive
+
+    if paths.torch_export:
+        pt2_archive.check_export_file(paths.torch_export)
+    if paths.aoti_decoder:
+        build = contract.compiled.get(AOTI_DECODER)
+        if build is None:
+            raise InputError(
+                f"--aoti_decoder: {paths.contract} records no compile of it (compiled.aoti_decoder), "
+                "so its shared object cannot be checked; pass the contract written with it"
+            )
+        pt2_archive.check_aoti_file(paths.aoti_decoder, build["so_sha256"])
+
+
+def aoti_backend(path: str, contract, metadata: str, name: str = AOTI_DECODER, steps=None) -> Backend:
+    """The AOTInductor decoder, checked as the TorchScript decoder is: its prefill as the logits
+    function, its cache as the step function (`steps`: another AOTISteps class for both, for
+    //tests:gate_power's runtime faults)."""
+    from conversion import aoti_decoder
+
+    build = contract.compiled[AOTI_DECODER]
+    blocker = aoti_decoder.runtime_blocker(build)
+    if blocker:
+        raise InputError(f"--aoti_decoder: {path} cannot run here: {blocker}; verify it where it was built")
+    _, cfg = checkpoint.check_metadata(metadata)
+    runner = aoti_decoder.load(path, build["so_sha256"])
+    make = steps or aoti_decoder.AOTISteps
+    forward = aoti_decoder.prefill_forward(runner, cfg, make)
+    return Backend(name, path, forward, steps=lambda: make(runner, cfg))
 
 
 def check_decode(report, backend: Backend, decode_inputs, eos_id: int, contract, paths: Paths) -> None:
@@ -737,7 +786,8 @@ def check_greedy_agreement(
     )
 
 
-SAMPLED_BACKENDS = (TORCHSCRIPT, TORCHSCRIPT_DECODER, GGUF, GGUF_KV_F16)  # what `ask` and Ollama run
+# What `ask` and Ollama run.
+SAMPLED_BACKENDS = (TORCHSCRIPT, TORCHSCRIPT_DECODER, AOTI_DECODER, GGUF, GGUF_KV_F16)
 
 
 def check_sampled(

@@ -51,6 +51,14 @@ flags.DEFINE_string(
     None,
     "TorchScript KV-cache decoder from the export step (conversion/kv_decoder.py).",
 )
+flags.DEFINE_string(
+    "torch_export", None, "torch.export program from the export step (conversion/export_program.py)."
+)
+flags.DEFINE_string(
+    "aoti_decoder",
+    None,
+    "AOTInductor KV-cache decoder package from the export step (conversion/aoti_decoder.py).",
+)
 flags.DEFINE_string("mlpackage", None, "Core ML .mlpackage directory.")
 flags.DEFINE_string("gguf", None, "GGUF file, checked through llama.cpp with an f32 and an f16 KV cache.")
 flags.DEFINE_string("mlpackage_fp32", None, "Core ML .mlpackage computing in fp32.")
@@ -136,6 +144,8 @@ def main(argv: list[str]) -> None:
         dataset=FLAGS.dataset,
         torchscript=FLAGS.torchscript,
         torchscript_decoder=FLAGS.torchscript_decoder,
+        torch_export=FLAGS.torch_export,
+        aoti_decoder=FLAGS.aoti_decoder,
         mlpackage=FLAGS.mlpackage,
         gguf=FLAGS.gguf,
         mlpackage_fp32=FLAGS.mlpackage_fp32,
