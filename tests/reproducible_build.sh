@@ -4,10 +4,10 @@
 #
 #   tests/reproducible_build.sh [BAZEL] [TARGET...]
 #
-# BAZEL defaults to ./bazelw; TARGET defaults to //pipeline:artifacts (every artifact). The second
-# build runs in a copy of the workspace at another path, so neither the checkout's path nor the
-# output base's (the pip repository's directory, the sandbox, the compile's temporary directory)
-# may reach an artifact. A narrower check of the .pt2 files alone (the torch.export program and the
+# BAZEL defaults to ./bazelw; TARGET defaults to //pipeline:artifacts (every artifact). Each build
+# runs in its own copy of the workspace, at two different paths, so neither the checkout's path nor
+# the output base's (the pip repository's directory, the sandbox, the compile's temporary
+# directory) may reach an artifact, and the workspace's own bazel-* links are left alone. A narrower check of the .pt2 files alone (the torch.export program and the
 # AOTInductor decoder, whose compile pins what docs/architecture.md, "The AOTInductor decoder",
 # lists):
 #
@@ -30,18 +30,25 @@ if [[ ${#targets[@]} -eq 0 ]]; then
 fi
 work=$(mktemp -d)
 here=$PWD
+tree_of() {  # the workspace copy of build $1 (the second one directory deeper: another path length)
+  if [[ $1 == first ]]; then echo "$work/tree-first"; else echo "$work/tree-second/checkout"; fi
+}
 cleanup() {
-  [[ -d "$work/base-first" ]] && (cd "$here" && "$bazel" --output_base="$work/base-first" shutdown >/dev/null 2>&1 || true)
-  [[ -d "$work/base-second" ]] && (cd "$work/tree-second" && "$bazel" --output_base="$work/base-second" shutdown >/dev/null 2>&1 || true)
+  for run in first second; do
+    if [[ -d "$work/base-$run" ]]; then
+      (cd "$(tree_of $run)" && "$bazel" --output_base="$work/base-$run" shutdown >/dev/null 2>&1) || true
+    fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-copy_workspace "$here" "$work/tree-second"
+for run in first second; do
+  copy_workspace "$here" "$(tree_of $run)"
+done
 for run in first second; do
   base="$work/base-$run"
-  tree=$here
-  [[ $run == second ]] && tree="$work/tree-second"
+  tree=$(tree_of $run)
   echo "== cold build $run (workspace $tree, output base $base): ${targets[*]}"
   (cd "$tree" && "$bazel" --output_base="$base" build "${targets[@]}")
   bin=$(cd "$tree" && "$bazel" --output_base="$base" info bazel-bin 2>/dev/null)
