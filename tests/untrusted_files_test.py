@@ -6,11 +6,16 @@ unpickling it in a throw-away subprocess. Every project loader then gets every p
 of each file it reads; each must refuse it with InputError (binaries: exit 2, a clear line), and
 the marker must never appear. A loader inventory scans the project's sources, so a new
 `torch.load` without weights_only=True, a pickle.load or an `allow_pickle=True` fails here too.
+Hostile Core ML packages (a state declared 2^30 positions long, a symlink under Data/ that leads out
+of the package) are refused before anything is allocated or read, in process and by every binary
+that takes a package.
 """
 
 import ast
 import io
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -335,6 +340,127 @@ def test_every_binary_refuses_payloads(binary, slot, payload, spoiler, marker, t
     outcome = harness.Outcome(result.returncode, result.stderr, harness.leftovers(out))
     # The message names the payload (not some other input the fixture got wrong).
     harness.assert_clean_failure(outcome, [flags[slot]], f"{binary} --{slot}=<{payload}>")
+
+
+# ---- hostile packages: sizes and symlinks ---------------------------------------------------------
+# A package's description sizes what the executor allocates (a state is zeroed in its declared shape),
+# and its files are read wherever they lead. Each case below is the real package with one declaration
+# or one file changed; each is refused before anything is allocated or read outside the package.
+
+MODEL_FILE = "Data/com.apple.CoreML/model.mlmodel"
+WEIGHT_FILE = "Data/com.apple.CoreML/weights/weight.bin"
+HUGE_POSITIONS = 1 << 30  # a KV cache state of [2, 1, 2, 2^30, 32] float16 is 256 GiB
+
+
+def _with_state_positions(spoiler, positions: int) -> str:
+    """The stateful package whose description declares every state with `positions` slots (the
+    program itself is unchanged: the description alone sizes the executor's state)."""
+    from coremltools import proto
+
+    package = spoiler.package_copy(A("mlpackage_stateful"), f"positions_{positions}.mlpackage")
+    model = os.path.join(package, MODEL_FILE)
+    spec = proto.Model_pb2.Model()
+    with open(model, "rb") as handle:
+        spec.ParseFromString(handle.read())
+    assert len(spec.description.state) == 2
+    for feature in spec.description.state:
+        feature.type.stateType.arrayType.shape[3] = positions
+    with open(model, "wb") as handle:
+        handle.write(spec.SerializeToString())
+    return package
+
+
+def _with_symlink(spoiler, source: str, member: str, tag: str) -> str:
+    """A copy of package `source` whose `member` is a symlink to an exact copy of that file placed
+    outside the package: the bytes are good, the place is not."""
+    package = spoiler.package_copy(source, f"symlink_{tag}.mlpackage")
+    inside = os.path.join(package, member)
+    outside = spoiler.path(f"outside_{tag}_{os.path.basename(member)}")
+    shutil.copyfile(inside, outside)
+    os.remove(inside)
+    os.symlink(outside, inside)
+    return package
+
+
+def _address_space_limit() -> int:
+    """1 GiB beyond what this process maps (torch imported): under it, an executor that allocated a
+    hostile state would fail to, instead of taking the machine's memory."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        mapped = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
+    return mapped + (1 << 30)
+
+
+def _limit_child():
+    limit = _address_space_limit()
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # in the child, before exec
+
+
+def test_a_state_of_2_30_positions_is_refused_before_allocating(spoiler):
+    hostile = _with_state_positions(spoiler, HUGE_POSITIONS)
+    with pytest.raises(InputError, match=r"state 'k_cache' declares shape \[2, 1, 2, 1073741824, 32\]"):
+        mil_executor.load_mlpackage(hostile)
+    _, cfg = checkpoint.check_metadata(A("metadata"))
+    bounds = mil_executor.Bounds.for_model(cfg)
+    with pytest.raises(InputError, match=f"the bound is {bounds.state_elements} elements .*max_seq_len 256"):
+        mil_executor.load_mlpackage(hostile, bounds)
+    # The good package fits the checkpoint's bounds exactly.
+    program = mil_executor.load_mlpackage(A("mlpackage_stateful"), bounds)
+    assert max(np.prod(shape) for shape, _ in program.state_specs.values()) == bounds.state_elements
+
+
+def test_make_state_checks_the_bound_itself():
+    """A program whose state declarations grew after loading: make_state refuses before np.zeros
+    (under an address-space limit, so a missing check fails here instead of taking 256 GiB)."""
+    program = mil_executor.load_mlpackage(A("mlpackage_stateful"))
+    (shape, dtype) = program.state_specs["k_cache"]
+    program.state_specs["k_cache"] = (shape[:3] + (HUGE_POSITIONS,) + shape[4:], dtype)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (_address_space_limit(), hard))  # the soft limit only
+    try:
+        with pytest.raises(InputError, match="state 'k_cache' declares"):
+            mil_executor.make_state(program)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("member", [MODEL_FILE, WEIGHT_FILE])
+@pytest.mark.parametrize("package", ["mlpackage", "mlpackage_stateful"])
+def test_a_symlink_under_data_that_leads_out_is_refused(spoiler, package, member):
+    hostile = _with_symlink(spoiler, A(package), member, f"{package}_{os.path.basename(member)}")
+    with pytest.raises(InputError, match="outside the package"):
+        mil_executor.load_mlpackage(hostile)
+
+
+# binary, flag, case -> the hostile package in that flag
+HOSTILE_PACKAGE_RUNS = [
+    ("run_mlpackage", "mlpackage", "state_2_30"),
+    ("run_mlpackage", "mlpackage", "weights_symlink"),
+    ("verify_contracts", "mlpackage_stateful", "state_2_30"),
+    ("verify_contracts", "mlpackage", "model_symlink"),
+    ("verify_contracts", "mlpackage", "weights_symlink"),
+]
+
+
+def _hostile_package(spoiler, binary: str, flag: str, case: str) -> tuple[str, str]:
+    """(the hostile package for `flag`, what the error line must say). run_mlpackage's good feeds are
+    the stateful package's, so its cases spoil that package."""
+    if case == "state_2_30":
+        return _with_state_positions(spoiler, HUGE_POSITIONS), "state 'k_cache'"
+    source = A("mlpackage_stateful" if binary == "run_mlpackage" else flag)
+    member = MODEL_FILE if case == "model_symlink" else WEIGHT_FILE
+    return _with_symlink(spoiler, source, member, f"{binary}_{case}"), "outside the package"
+
+
+@pytest.mark.parametrize(
+    ("binary", "flag", "case"), HOSTILE_PACKAGE_RUNS, ids=[f"{b}-{f}-{c}" for b, f, c in HOSTILE_PACKAGE_RUNS]
+)
+def test_every_binary_refuses_hostile_packages(binary, flag, case, spoiler, tmp_path):
+    out = harness.fresh_dir(str(tmp_path / "out"))
+    flags = _binary_flags(binary, spoiler, out)
+    flags[flag], says = _hostile_package(spoiler, binary, flag, case)
+    result = harness.run(binary, flags, preexec_fn=_limit_child())
+    outcome = harness.Outcome(result.returncode, result.stderr, harness.leftovers(out))
+    harness.assert_clean_failure(outcome, [flags[flag], says], f"{binary} --{flag}=<{case}>")
 
 
 # ---- the loader inventory ------------------------------------------------------------------------
