@@ -60,6 +60,7 @@ for (let n = walker.nextNode(); n; n = walker.nextNode()) {
   if (n.parentElement.closest("svg") === null && emoji.test(n.textContent)) fontEmoji++;
 }
 const out = {title: document.title, resources: performance.getEntriesByType("resource").length, sections: {},
+  height: document.documentElement.scrollHeight,
   fontEmoji, emojiDrawings: [...document.querySelectorAll("svg.emoji")].map(
     (e) => ({name: e.getAttribute("aria-label"), box: box(e)}))};
 for (const s of document.querySelectorAll("section[id]")) {
@@ -106,8 +107,11 @@ def _report_path() -> str:
     return os.path.abspath(path)
 
 
-def _chromium(browser: str, page: str, profile: str, *output: str) -> subprocess.CompletedProcess:
-    """Headless Chromium on file://page with the network off, then `output` (--dump-dom, ...)."""
+def _chromium(
+    browser: str, page: str, profile: str, *output: str, height: int = 2000
+) -> subprocess.CompletedProcess:
+    """Headless Chromium on file://page in a WIDTH x height window with the network off, then
+    `output` (--dump-dom, ...)."""
     command = [
         browser,
         "--headless",
@@ -121,7 +125,7 @@ def _chromium(browser: str, page: str, profile: str, *output: str) -> subprocess
         # Network off: no name resolves and any proxied request goes to a closed port.
         "--host-resolver-rules=MAP * ~NOTFOUND",
         "--proxy-server=127.0.0.1:9",
-        f"--window-size={WIDTH},2000",
+        f"--window-size={WIDTH},{height}",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
         *output,
@@ -150,15 +154,16 @@ def rendered():
         ))  # fmt: skip
     as_shipped = _dump_dom(browser, report, os.path.join(work, "profile-1"))
     dom = _dump_dom(browser, measured, os.path.join(work, "profile-2"))
-    # What a person sees at WIDTH, kept for a look (Bazel keeps undeclared outputs).
-    shots = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR", work)
-    screenshot = os.path.join(shots, "report.png")
-    _chromium(browser, report, os.path.join(work, "profile-3"), f"--screenshot={screenshot}")
-    assert os.path.getsize(screenshot) > 10_000, "the screenshot is nearly empty"
     found = re.search(r'<pre id="m8b-layout">(.*?)</pre>', dom, re.S)
     assert found, "the layout probe did not run; the page did not load:\n" + dom[:2000]
     layout = json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
     print(json.dumps(layout, indent=1))
+    # The whole page as a person sees it at WIDTH, kept for a look (Bazel keeps undeclared outputs).
+    shots = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR", work)
+    screenshot = os.path.join(shots, "report.png")
+    profile = os.path.join(work, "profile-3")
+    _chromium(browser, report, profile, f"--screenshot={screenshot}", height=min(layout["height"], 30_000))
+    assert os.path.getsize(screenshot) > 10_000, "the screenshot is nearly empty"
     return as_shipped, layout
 
 

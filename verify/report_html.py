@@ -283,7 +283,8 @@ def _cell(entry: dict) -> tuple[str, str]:
 def _length_table(report: dict, lengths: list[str]) -> str:
     """One row per artifact and check, one column per contract length: measured, bound, verdict."""
     rows = []
-    for artifact, scopes in report["results"].items():
+    for artifact in _artifact_order(report):  # the summary's order
+        scopes = report["results"][artifact]
         names = list(dict.fromkeys(name for scope in lengths for name in scopes.get(scope, {})))
         for name in names:
             cells = [_e(artifact), _e(name)]
@@ -301,7 +302,8 @@ def _length_table(report: dict, lengths: list[str]) -> str:
 
 def _other_checks_table(report: dict, lengths: set[str]) -> str:
     rows = []
-    for artifact, scopes in report["results"].items():
+    for artifact in _artifact_order(report):  # the summary's order
+        scopes = report["results"][artifact]
         for scope in sorted(set(scopes) - lengths, key=_scope_order):
             for name, entry in scopes[scope].items():
                 cells = [_e(text) for text in (artifact, scope, name, *_cell(entry))]
@@ -358,7 +360,8 @@ def _model_card(report: dict, contract: dict, metadata: dict, quality: dict) -> 
 def _sampled_table(report: dict) -> str:
     """One row per backend gated on `ask`'s sampled replies (verify/sampled_behaviour.py)."""
     rows = []
-    for artifact, scopes in report["results"].items():
+    for artifact in _artifact_order(report):  # the summary's order
+        scopes = report["results"][artifact]
         checks = scopes.get("all", {})
         if "sampled_canonical_rate" not in checks:
             continue
