@@ -152,13 +152,14 @@ def _sampling() -> source.Sampling:
 
 
 def _warn_if_topk_uninformative(topk: int, summary: dataset.TopkSummary) -> None:
-    """--topk=1 gives the KL term nothing to compare; a k above every position's number of possible
-    next tokens adds nothing over that number. Both are legal, and both deserve a word."""
+    """--topk=1 leaves the KL term one id and the tail to compare; a k above every position's number
+    of possible next tokens adds nothing over that number. Both are legal, and both deserve a word."""
     coverage = f"the top-k lists hold {summary.coverage:.1%} of the teacher's mass on average"
     if summary.kl_is_zero():
         logging.warning(
-            "--topk=%d: every position's list holds one id, so the distillation KL term is identically "
-            "zero (%s); the trainer refuses this dataset unless --kl_weight=0. Use --topk=2 or more.",
+            "--topk=%d: every position's list holds one id, so the distillation KL only weighs that id "
+            "against the rest of the mass (%s); use --topk=2 or more to distil how the teacher ranks "
+            "the tokens it considers.",
             topk,
             coverage,
         )

@@ -144,7 +144,7 @@ def test_bad_shards_exit_2_and_merge_writes_nothing(tmp_path):
     [
         (
             "1",
-            r"--topk=1: every position's list holds one id, so the distillation KL term is identically zero",
+            r"--topk=1: every position's list holds one id, so the distillation KL only weighs that id",
         ),
         ("32", r"--topk=32 is above the number of distinct next tokens at every position \(at most \d+\)"),
     ],
