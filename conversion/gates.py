@@ -74,15 +74,6 @@ DEFAULT_BACKENDS = {
     "coreml_stateful": "fp16",
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
-# The extremes a length's bound is pooled for: the largest logit difference and the largest KL over
-# one length's rows are single worst positions, and which length holds the worst one differs
-# between the artifact and its emulation (on the default student the f32 GGUF's largest KL at T256
-# came to about five times the T256 floor, and under three times the T128 one). So each length's
-# bound for these is FACTOR x the largest of the lengths' floors ("pooled_floor"), beside the
-# floor measured at that length ("floor"). Means, RMS values and top-1 disagreement stay per
-# length: a mean over 128 positions bounds nothing about one over 1,024, and a count of one
-# position at T64 is 8 at T512.
-POOLED = ("max_abs_diff", "kl_max")
 _GATES_KEYS = ("backends", "bounds", "inputs", "methods", "quality")
 # Each lossy precision -> its independent reference (verify/floors.py: ggml's Q8_0 and Q4_0 through
 # verify/gguf_reference.py, Core ML's int8 and int4 through verify/coreml_reference.py). A reference
@@ -111,18 +102,8 @@ def scope_names(lengths, decode: bool = True) -> list[str]:
     return [f"T{length}" for length in lengths] + [REPLAY] + ([DECODE] if decode else [])
 
 
-def _bound(floor: float, factor: float, pooled: float | None = None) -> dict:
-    """{floor, factor, bound}; with `pooled` (an extreme's largest floor over the lengths) the bound
-    is that x factor, and the entry keeps this scope's own floor beside it."""
-    if pooled is None:
-        return {"floor": floor, "factor": factor, "bound": round4(floor * factor)}
-    return {"floor": floor, "pooled_floor": pooled, "factor": factor, "bound": round4(pooled * factor)}
-
-
-def pooled_floors(scopes: dict) -> dict[str, float]:
-    """{metric: largest floor over the length scopes ("T<length>")} for each POOLED metric."""
-    lengths = [metrics for where, metrics in scopes.items() if where.startswith("T")]
-    return {metric: max(metrics[metric] for metrics in lengths) for metric in POOLED} if lengths else {}
+def _bound(floor: float, factor: float) -> dict:
+    return {"floor": floor, "factor": factor, "bound": round4(floor * factor)}
 
 
 def make_gates(floors: dict, backends: dict, factor: float = FACTOR_LIMIT) -> dict:
@@ -132,14 +113,9 @@ def make_gates(floors: dict, backends: dict, factor: float = FACTOR_LIMIT) -> di
     for precision in sorted(set(backends.values())):
         if precision not in floors["floors"]:
             raise InputError(f"floors: no floors for precision {precision!r} (backends {backends})")
-        scopes = floors["floors"][precision]
-        pooled = pooled_floors(scopes)
         bounds[precision] = {
-            where: {
-                metric: _bound(floor, factor, pooled.get(metric) if where.startswith("T") else None)
-                for metric, floor in sorted(metrics.items())
-            }
-            for where, metrics in sorted(scopes.items())
+            where: {metric: _bound(floor, factor) for metric, floor in sorted(metrics.items())}
+            for where, metrics in sorted(floors["floors"][precision].items())
         }
     quality = {}
     for backend, precision in sorted(backends.items()):
@@ -260,23 +236,7 @@ def validate_gates(gates, lengths, where: str) -> None:
         if not isinstance(methods.get(precision), str):
             raise InputError(f"{where}.methods.{precision}: missing; say how the floor was measured")
         _check_scopes(scopes, lengths, f"{where}.bounds.{precision}", _check_bound)
-        _check_pooling(scopes, f"{where}.bounds.{precision}")
     _check_quality(gates["quality"], backends, methods, lengths, f"{where}.quality")
-
-
-def _check_pooling(scopes: dict, where: str) -> None:
-    """Exactly the POOLED metrics of the length scopes carry a pooled_floor, the largest of their
-    floors over the lengths (POOLED says why)."""
-    floors = {where: {m: e["floor"] for m, e in metrics.items()} for where, metrics in scopes.items()}
-    largest = pooled_floors(floors)
-    for name, metrics in scopes.items():
-        for metric, entry in metrics.items():
-            expected = largest.get(metric) if name.startswith("T") else None
-            if entry.get("pooled_floor") != expected:
-                raise InputError(
-                    f"{where}.{name}.{metric}.pooled_floor: {entry.get('pooled_floor')!r}, expected "
-                    f"{expected!r} (the extremes' largest floor over the lengths, nothing else)"
-                )
 
 
 def _check_quality(quality, backends: dict, methods: dict, lengths, where: str) -> None:
@@ -305,7 +265,7 @@ def _check_bound(entry, at: str) -> None:
     if (
         not isinstance(entry, dict)
         or not set(_BOUND_KEYS) <= set(entry)
-        or not set(entry) <= {*_BOUND_KEYS, "why", "pooled_floor"}
+        or not set(entry) <= {*_BOUND_KEYS, "why"}
     ):
         raise InputError(
             f"{at}: must be {{floor, factor, bound}} (and a 'why' for a factor above {FACTOR_LIMIT:g})"
@@ -318,12 +278,9 @@ def _check_bound(entry, at: str) -> None:
             f"{at}.factor: {entry['factor']} is above the limit {FACTOR_LIMIT:g}; "
             "lower it or say why in 'why'"
         )
-    base = entry.get("pooled_floor", entry["floor"])
-    if not _positive_number(base) or base < entry["floor"]:
-        raise InputError(f"{at}.pooled_floor: must be at least the floor {entry['floor']}, got {base!r}")
-    if not math.isclose(entry["bound"], base * entry["factor"], rel_tol=1e-3):
+    if not math.isclose(entry["bound"], entry["floor"] * entry["factor"], rel_tol=1e-3):
         raise InputError(
-            f"{at}.bound: {entry['bound']} is not floor x factor ({base} x {entry['factor']}); "
+            f"{at}.bound: {entry['bound']} is not floor x factor ({entry['floor']} x {entry['factor']}); "
             "bounds come from floors, re-run the export step"
         )
 

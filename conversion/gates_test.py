@@ -22,42 +22,18 @@ def _floors() -> dict:
     return doc
 
 
-def test_every_length_gets_the_bounds_of_its_own_floors_but_the_extremes_are_pooled():
+def test_every_length_gets_the_bounds_of_its_own_floors():
     doc = _floors()
     gates = gates_lib.make_gates(doc, dict(gates_lib.DEFAULT_BACKENDS))
     for precision, scopes in gates["bounds"].items():
-        measured = doc["floors"][precision]
         for where, metrics in scopes.items():
             for metric, entry in metrics.items():
-                assert entry["floor"] == measured[where][metric]  # this scope's own floor, always
-                base = entry["floor"]
-                if where.startswith("T") and metric in gates_lib.POOLED:
-                    base = max(measured[f"T{length}"][metric] for length in LENGTHS)
-                    assert entry["pooled_floor"] == base
-                else:
-                    assert "pooled_floor" not in entry
-                assert entry["bound"] == gates_lib.round4(base * gates_lib.FACTOR_LIMIT)
+                assert entry["floor"] == doc["floors"][precision][where][metric]
+                assert entry["bound"] == gates_lib.round4(entry["floor"] * gates_lib.FACTOR_LIMIT)
     fp16 = gates["bounds"]["fp16"]
-    assert fp16["T128"]["kl_mean"]["bound"] < fp16["T256"]["kl_mean"]["bound"]  # not pooled
-    assert fp16["T128"]["kl_max"]["bound"] == fp16["T256"]["kl_max"]["bound"]  # pooled
-    assert fp16["T128"]["kl_max"]["floor"] < fp16["T256"]["kl_max"]["floor"]
+    for metric in gates_lib.METRICS:  # extremes included: nothing is pooled across lengths
+        assert fp16["T128"][metric]["bound"] < fp16["T256"][metric]["bound"]
     gates_lib.validate_gates(gates, LENGTHS, "gates")
-
-
-@pytest.mark.parametrize(
-    ("edit", "field"),
-    [
-        (lambda b: b["fp16"]["T64"]["kl_max"].pop("pooled_floor"), "T64.kl_max.pooled_floor"),
-        (lambda b: b["fp16"]["T64"]["kl_mean"].update(pooled_floor=1.0, bound=4.0), "pooled_floor"),
-        (lambda b: b["fp16"]["replay"]["max_abs_diff"].update(pooled_floor=1.0, bound=4.0), "pooled_floor"),
-        (lambda b: b["f32"]["T128"]["max_abs_diff"].update(pooled_floor=1e-9), "pooled_floor"),
-    ],
-)
-def test_pooling_other_than_the_extremes_over_the_lengths_is_refused(edit, field):
-    gates = gates_lib.make_gates(_floors(), dict(gates_lib.DEFAULT_BACKENDS))
-    edit(gates["bounds"])
-    with pytest.raises(InputError, match=field):
-        gates_lib.validate_gates(gates, LENGTHS, "gates")
 
 
 def test_each_lossy_backend_is_bounded_by_its_independent_reference():

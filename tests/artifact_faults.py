@@ -13,8 +13,9 @@ ARTIFACT_FAULTS, a whole verification each:
                          stateful package (the epsilon const; the stateful package's prefill path,
                          its decode being what gate_faults' cache faults trip), the f16 and Q8_0
                          GGUFs and the f32 GGUF run with the f16 KV cache (the file's metadata), the
-                         TorchScript decoder and the torch.export program (re-exported from a student
-                         with that epsilon, so each is another file than the contract pins).
+                         TorchScript model, decoder and torch.export program (re-exported from a
+                         student with that epsilon; the decoder and the program as files of their
+                         own, another file than the contract pins).
   output_rows_shifted    the output projection's rows one place down (a vocabulary entry inserted
                          before the rest): the only fault here large enough for the 4-bit variants'
                          top-1 bounds, whose floors are a tenth of all positions and more.
@@ -33,6 +34,7 @@ LENGTH_FAULTS, the per-length output checks only (their point is a per-length ch
                          artifact far quieter than the emulation it is held to.
 CHECK_FAULTS, the artifact's own checks only (spec, exact weights, tokenizer):
   gate_faults.COMPRESSED_FAULTS (one int8/int4 scale, zero point or 4-bit value; int8 as int4),
+  the fp16 package under the int8 name (its spec: no int8 weight op, no compression metadata),
   fp16_output_declared (a real package converted with fp16 logits declared: the executor's float32
   cast hides the dtype from output_dtype, as a runtime hands back what the spec declares), a weight
   x1.003 and the weight consts renamed in the packages without such a fault, two vocabulary entries
@@ -528,6 +530,13 @@ def _decoder_flair_row_zeroed(shipped: Shipped) -> verification.Backend:
     return _decoder_from(shipped, student, "flair_row")
 
 
+def _torchscript_eps(shipped: Shipped) -> verification.Backend:
+    """The student with every RMSNorm epsilon x10 traced as the export step traces it."""
+    traced = torchscript.trace(_eps_student(shipped), shipped.inputs.contract.default_length)
+    path = shipped.inputs.paths.torchscript
+    return verification.Backend("torchscript", path, torchscript.numpy_forward(traced))
+
+
 def _torch_export_eps(shipped: Shipped) -> verification.Backend:
     """The torch.export program exported (conversion/export_program.py) from the student with every
     RMSNorm epsilon x10, written and loaded as the export step and verification do."""
@@ -561,6 +570,7 @@ ARTIFACT_FAULTS = (
             "gguf_f16": _gg_eps("gguf_f16", "gguf_f16"),
             "gguf_q8_0": _gg_eps("gguf_q8_0", "gguf_q8_0"),
             "gguf_kv_f16": _gg_eps("gguf_kv_f16", "gguf"),
+            "torchscript": _torchscript_eps,
             "torchscript_decoder": _decoder_eps,
             "torch_export": _torch_export_eps,
         },
@@ -603,6 +613,9 @@ LENGTH_FAULTS = (
 # through Backend.interface_check alone (tests/gate_power.py, run_content_faults), seconds each.
 CHECK_FAULTS = (
     *gate_faults.COMPRESSED_FAULTS,
+    Fault(
+        "fp16_shipped_as_int8", "the uncompressed package under the int8 name", {"coreml_int8": _fp16_as_int8}
+    ),
     Fault("fp16_output_declared", "a package declaring fp16 logits", {"coreml": _fp16_output_declared}),
     Fault(
         "scale_0.3%",
@@ -647,6 +660,7 @@ MUST_CATCH = {
     ("finer_variant_shipped", "coreml_int8"): "kl_mean_floor_ratio",
     ("finer_variant_shipped", "coreml_int4"): "kl_mean_floor_ratio",
     ("fp16_output_declared", "coreml"): "spec_output_dtype",
+    ("fp16_shipped_as_int8", "coreml_int8"): "spec_compressed_weight_ops",
 }
 
 # Gated (artifact, check) pairs no fault on that artifact trips, and the test that fails each.

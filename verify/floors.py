@@ -50,12 +50,14 @@ its own KV cache along the same sequences (held-out questions with eager's repli
 longest length fed one token per call), so a KV-cache artifact is bounded by the same floors.
 
 Floors per length: every contract length gets its own floors, measured on that length's rows
-only, for every metric, and the report shows each length's own. Means, RMS values and top-1
-disagreement are bounded per length: a mean over 128 positions says nothing about one over 1,024,
-and taking the largest over the lengths let a floor measured at one length bound another (a top-1
-floor of 1/128 from T64 allowed 32 flips of 1,024 at T512). Only the extremes (max abs, max KL),
-single worst positions, are bounded by their largest floor over the lengths (conversion/gates.py,
-POOLED, says why).
+only, for every metric, and the report shows each length's own. Nothing is pooled across lengths:
+a mean over 128 positions says nothing about one over 1,024, and taking the largest over the
+lengths let a floor measured at one length bound another (a top-1 floor of 1/128 from T64 allowed
+32 flips of 1,024 at T512; the largest logit error of the longest length bounded the shortest).
+The extremes (max abs, max KL) are single worst positions, noisier than means, but an artifact and
+its emulation share the length's rows, and once llama.cpp's RoPE was emulated (below) no verified
+artifact's extreme came within the factor of its own length's floor on the four students the
+pipeline verifies (the report shows each value beside its floor).
 
 A count metric (top-1 disagreement) is never floored below its resolution at that length, one
 position of the rows compared there (1 / (rows x T)): an emulation that happens to flip nothing

@@ -18,9 +18,8 @@ A note is a measured value without a bound (near ties, agreement): it never gate
 an argmax flip outside a near tie, which needs a logit error above the max_abs bound): it is
 recorded as information, with the check or the reason that makes it so.
 
-A gated check derived from a floor carries the floor measured for that very scope ("floor": each
-contract length has its own), and for an extreme pooled over the lengths the largest of them, which
-its bound comes from ("pooled_floor", conversion/gates.py POOLED).
+A gated check derived from a floor carries the floor its bound came from ("floor"): the floor
+measured for that very scope, each contract length its own (conversion/gates.py).
 
 The report is byte-deterministic (same artifacts and inputs -> same bytes): no timings (they go to
 the log), no paths, sorted keys, and measured floats rounded to 4 significant digits, so last-bit
@@ -87,13 +86,11 @@ class Report:
         bound,
         ok: bool | None = None,
         floor=None,
-        pooled_floor=None,
     ) -> bool:
         """Records `value op bound` (op one of <=, >=, ==) and returns the verdict.
 
-        `floor`: the floor measured for this scope (conversion/gates.py), shown beside the value and
-        the bound. `pooled_floor`: for an extreme pooled over the lengths, the largest floor over
-        them, which the bound is derived from (conversion/gates.py, POOLED).
+        `floor`: the floor measured for this scope (conversion/gates.py), the bound's base, shown
+        beside the value and the bound.
 
         `ok` overrides the comparison for checks whose verdict is more than `op` (e.g. a spec check
         that accepts "unspecified" or "fixed" depending on the input); `op` then documents intent.
@@ -105,8 +102,6 @@ class Report:
         entry = {"value": _rounded(value), "op": op, "bound": _rounded(bound), "ok": bool(ok)}
         if floor is not None:
             entry["floor"] = _rounded(floor)
-        if pooled_floor is not None:
-            entry["pooled_floor"] = _rounded(pooled_floor)
         self._slot(artifact, where, name)[name] = entry
         return ok
 

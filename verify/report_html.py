@@ -270,10 +270,7 @@ def _cell(entry: dict) -> tuple[str, str]:
     if "op" in entry:
         bound = f"{entry['op']} {_number(entry['bound'])}"
         if "floor" in entry:
-            bound += f" (floor {_number(entry['floor'])}"
-            if "pooled_floor" in entry:  # an extreme: its bound is from the largest floor over lengths
-                bound += f"; pooled over the lengths {_number(entry['pooled_floor'])}"
-            bound += ")"
+            bound += f" (floor {_number(entry['floor'])})"
         return _number(entry["value"]), bound
     if "implied_by" in entry:  # information: the named gate decides it (verify/report.py)
         return _number(entry["value"]), f"(implied by {entry['implied_by']})"

@@ -103,10 +103,3 @@ def test_each_scope_carries_its_own_floor():
     results = report.to_dict()["results"]["coreml"]
     assert results["T64"]["top1_disagreement"]["floor"] == 0.007812
     assert results["T256"]["top1_disagreement"]["floor"] == 0.001953
-
-
-def test_a_pooled_extreme_shows_its_own_floor_and_the_pooled_one():
-    report = report_lib.Report("magic-8-ball", "00" * 32)
-    report.check("gguf", "T64", "kl_max", 1e-11, "<=", 3.5e-11, floor=4.2e-12, pooled_floor=8.77e-12)
-    entry = report.to_dict()["results"]["gguf"]["T64"]["kl_max"]
-    assert (entry["floor"], entry["pooled_floor"]) == (4.2e-12, 8.77e-12)

@@ -634,16 +634,7 @@ def _check_metrics(
 ) -> None:
     for metric, value in comparison.gated().items():
         entry = gates_lib.entry_for(gates, backend, bounds_scope, metric)
-        report.check(
-            backend,
-            where,
-            prefix + metric,
-            value,
-            "<=",
-            entry["bound"],
-            floor=entry["floor"],
-            pooled_floor=entry.get("pooled_floor"),
-        )
+        report.check(backend, where, prefix + metric, value, "<=", entry["bound"], floor=entry["floor"])
 
 
 def _check_quality(
