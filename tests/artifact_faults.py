@@ -682,10 +682,6 @@ SHOWN_ELSEWHERE = {
         for name in gates_lib.DTYPE_GATED_BACKENDS
     },
     ("torchscript", "sha256_matches_contract"): f"{_CONTRACTS} (test_a_broken_torchscript_fails_the_gates)",
-    (
-        "torchscript",
-        "sampled_canonical_rate",
-    ): f"{_CONTRACTS} (test_sampled_replies_below_the_bound_fail_the_gates)",
 }
 
 
