@@ -22,8 +22,9 @@ generated code; the probe this replaces paid it). LayerCache computes what Index
 so in eager PyTorch the two give the same logits bit for bit (//conversion:aoti_decoder_test).
 
 The compiled program trusts its shapes (AOTInductor checks none by default: a program exported
-at [1, 1] and fed 12 tokens gave silently wrong logits), so AOTISteps checks every input's shape,
-dtype and layout against the interface before each call, and pos + S against max_seq_len.
+at [1, 1] and fed 12 tokens gave silently wrong logits), so AOTISteps checks before each call S and
+pos + S against max_seq_len, and every input it makes for the call (dtype, shape, layout) against
+the interface; a decode step's own inputs, made once and rewritten in place, are checked once.
 
 The package is compiled in a child process (conversion/aoti_compile.py says why, and what is pinned
 for byte-reproducible builds: ISA, threads, compile cache, paths). Before anything loads it,
