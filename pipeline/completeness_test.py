@@ -47,7 +47,10 @@ def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def _both(tmp_path, report: dict, contract: str) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+Run = subprocess.CompletedProcess
+
+
+def _both(tmp_path, report: dict, contract: str) -> tuple[Run, Run]:
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
     gates = _run("gates_test.py", [str(path), contract])

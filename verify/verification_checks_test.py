@@ -34,7 +34,8 @@ def _check(name: str, forward) -> dict:
     refs = {length: [np.zeros((1, length, VOCAB), dtype=np.float32)] for length in LENGTHS}
     report = report_lib.Report("m", "0" * 64)
     backend = verification.Backend(name, "artifact", forward)
-    verification.check_outputs(report, backend, _Contract, rows, refs, verification.Paths("c", "w", "m", "t", "d"))
+    paths = verification.Paths("c", "w", "m", "t", "d")
+    verification.check_outputs(report, backend, _Contract, rows, refs, paths)
     return report.results[name]
 
 
