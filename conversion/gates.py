@@ -102,8 +102,18 @@ def scope_names(lengths, decode: bool = True) -> list[str]:
     return [f"T{length}" for length in lengths] + [REPLAY] + ([DECODE] if decode else [])
 
 
+def _round4_up(value: float) -> float:
+    """round4, but never below `value`: a bound rounded down would fail an artifact that sits exactly
+    at floor x factor (a top-1 rate of whole positions, say two of 256 against 1/256 x 2)."""
+    rounded = round4(value)
+    if rounded < value:
+        step = 10.0 ** (math.floor(math.log10(abs(value))) - 3)
+        rounded = round4(rounded + step)
+    return rounded
+
+
 def _bound(floor: float, factor: float) -> dict:
-    return {"floor": floor, "factor": factor, "bound": round4(floor * factor)}
+    return {"floor": floor, "factor": factor, "bound": _round4_up(floor * factor)}
 
 
 def make_gates(floors: dict, backends: dict, factor: float = FACTOR_LIMIT) -> dict:

@@ -29,7 +29,7 @@ def test_every_length_gets_the_bounds_of_its_own_floors():
         for where, metrics in scopes.items():
             for metric, entry in metrics.items():
                 assert entry["floor"] == doc["floors"][precision][where][metric]
-                assert entry["bound"] == gates_lib.round4(entry["floor"] * gates_lib.FACTOR_LIMIT)
+                assert entry["bound"] == gates_lib._round4_up(entry["floor"] * gates_lib.FACTOR_LIMIT)
     fp16 = gates["bounds"]["fp16"]
     for metric in gates_lib.METRICS:  # extremes included: nothing is pooled across lengths
         assert fp16["T128"][metric]["bound"] < fp16["T256"][metric]["bound"]
@@ -190,3 +190,11 @@ def test_the_lists_agree_with_the_verifier():
     assert set(gates_lib.COMPRESSED_BACKENDS) == set(verification.COREML_COMPRESSED)
     dtype_noted = set(gates_lib.DEFAULT_BACKENDS) - set(gates_lib.DTYPE_GATED_BACKENDS)
     assert dtype_noted == set(verification.OUTPUT_DTYPE_IMPLIED_BY)
+
+
+def test_a_bound_is_never_rounded_below_floor_times_factor():
+    # Two top-1 flips in 256 positions against a floor of one in 256, x 2: exactly at the bound.
+    entry = gates_lib._bound(1 / 256, 2.0)
+    assert entry["bound"] >= 2 / 256
+    for floor in (1.05e-12, 0.0123456, 3.3333333e-5, 0.999999):
+        assert gates_lib._bound(floor, 4.0)["bound"] >= floor * 4.0
