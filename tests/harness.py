@@ -35,6 +35,8 @@ ARTIFACTS = {
     "metadata": "pipeline/student.json",
     "torchscript": "pipeline/magic-8-ball.pt",
     "torchscript_decoder": "pipeline/magic-8-ball.decode.pt",
+    "torch_export": "pipeline/magic-8-ball.pt2",
+    "aoti_decoder": "pipeline/magic-8-ball.decode.pt2",
     "contract": "pipeline/contract.json",
     "mlpackage": "pipeline/magic-8-ball.mlpackage",
     "gguf": "pipeline/magic-8-ball.gguf",
@@ -78,7 +80,7 @@ def artifact(name: str) -> str:
 
 def ask_flags() -> dict:
     """`ask`'s good inputs (the pipeline's artifacts), greedy so that a run is deterministic."""
-    names = ("metadata", "tokenizer", "torchscript_decoder", "gguf")
+    names = ("metadata", "tokenizer", "torchscript_decoder", "aoti_decoder", "contract", "gguf")
     return {**{name: artifact(name) for name in names}, "greedy": "true"}
 
 
