@@ -6,8 +6,8 @@ To make the unconstrained model leave the 20 answers, the questions are asked at
 over the whole vocabulary (--top_k=0 --top_p=1): most unconstrained replies are then off-script,
 and every constrained one must still be canonical (data/teacher.canonical_reply, checked on the
 printed text). Inputs from the environment (pipeline/BUILD.bazel): M8B_ASK (the launcher),
-M8B_TORCHSCRIPT_DECODER, M8B_GGUF, M8B_TOKENIZER, M8B_METADATA. Without them the tests are skipped with a
-message, and fail under CI=true.
+M8B_TORCHSCRIPT_DECODER, M8B_AOTI_DECODER, M8B_CONTRACT, M8B_GGUF, M8B_TOKENIZER, M8B_METADATA.
+Without them the tests are skipped with a message, and fail under CI=true.
 """
 
 import os
@@ -17,7 +17,15 @@ import pytest
 
 from pipeline import shipped_env
 
-ENV = ("M8B_ASK", "M8B_TORCHSCRIPT_DECODER", "M8B_GGUF", "M8B_TOKENIZER", "M8B_METADATA")
+ENV = (
+    "M8B_ASK",
+    "M8B_TORCHSCRIPT_DECODER",
+    "M8B_AOTI_DECODER",
+    "M8B_CONTRACT",
+    "M8B_GGUF",
+    "M8B_TOKENIZER",
+    "M8B_METADATA",
+)
 QUESTIONS = [
     "Will it rain tomorrow?",
     "why is the sky blue",
@@ -37,6 +45,8 @@ def env():
 def _ask(env, *args) -> str:
     flags = [
         f"--torchscript_decoder={env['M8B_TORCHSCRIPT_DECODER']}",
+        f"--aoti_decoder={env['M8B_AOTI_DECODER']}",
+        f"--contract={env['M8B_CONTRACT']}",
         f"--gguf={env['M8B_GGUF']}",
         f"--tokenizer={env['M8B_TOKENIZER']}",
         f"--metadata={env['M8B_METADATA']}",
