@@ -51,6 +51,7 @@ def stage_commands(tools: dict[str, str], a: str, out: str) -> list[tuple[str, l
         (names[3], [tools["verify_contracts"], *checkpoint, f"--contract={a}/contract.json",
                     f"--tokenizer={a}/tokenizer.json", f"--dataset={a}/kd.jsonl",
                     f"--torchscript={a}/magic-8-ball.pt", f"--torchscript_decoder={a}/magic-8-ball.decode.pt",
+                    f"--torch_export={a}/magic-8-ball.pt2", f"--aoti_decoder={a}/magic-8-ball.decode.pt2",
                     f"--mlpackage={a}/magic-8-ball.mlpackage",
                     f"--mlpackage_fp32={a}/magic-8-ball.fp32.mlpackage",
                     f"--gguf_f16={a}/magic-8-ball.f16.gguf",
