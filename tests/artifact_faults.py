@@ -21,7 +21,8 @@ ARTIFACT_FAULTS, a whole verification each:
                          top-1 bounds, whose floors are a tenth of all positions and more.
   flair_row_zeroed       the output row of one flair token zeroed (a vocabulary entry's weights lost
                          in export): the sampled replies of the backends `ask` and Ollama run stop
-                         being canonical (the f32 GGUF with either KV cache, the TorchScript decoder).
+                         being canonical (the f32 GGUF with either KV cache, the TorchScript decoder,
+                         the AOTInductor decoder, compiled again as the export step compiles it).
 LENGTH_FAULTS, the per-length output checks only (their point is a per-length check):
   plan_wrong_type        the exporter's plan picking the wrong type for one tensor: the Q8_0 GGUF with
                          its output projection in Q4_0, the int4 package with its token embedding
@@ -530,6 +531,28 @@ def _decoder_flair_row_zeroed(shipped: Shipped) -> verification.Backend:
     return _decoder_from(shipped, student, "flair_row")
 
 
+def _aoti_flair_row_zeroed(shipped: Shipped) -> verification.Backend:
+    """The AOTInductor decoder compiled (conversion/aoti_decoder.py, as the export step compiles it)
+    from the student with the flair token's output row zeroed. The export step pins what it
+    compiled, so the contract this file is checked against records the new shared object; the file
+    is still another than the contract pins (sha256_matches_contract)."""
+    from conversion import aoti_decoder, pt2_archive
+
+    student = copy.deepcopy(shipped.model).eval()
+    with torch.no_grad():
+        student.lm_head.weight[_flair_token(shipped)] = 0.0
+    package, build = aoti_decoder.compile_package(aoti_decoder.export_program(student))
+    build = {**build, "so_sha256": pt2_archive.so_sha256(package)}  # as export_pytorch records it
+    path = os.path.join(shipped.tmp, "flair_row.decode.pt2")
+    with open(path, "wb") as handle:
+        handle.write(package)
+    contract = shipped.inputs.contract
+    compiled = {**contract.compiled, "aoti_decoder": build}
+    return verification.aoti_backend(
+        path, dataclasses.replace(contract, compiled=compiled), shipped.inputs.paths.metadata
+    )
+
+
 def _torchscript_eps(shipped: Shipped) -> verification.Backend:
     """The student with every RMSNorm epsilon x10 traced as the export step traces it."""
     traced = torchscript.trace(_eps_student(shipped), shipped.inputs.contract.default_length)
@@ -587,6 +610,7 @@ ARTIFACT_FAULTS = (
             "gguf": _gg_flair_row_zeroed("gguf"),
             "gguf_kv_f16": _gg_flair_row_zeroed("gguf_kv_f16"),
             "torchscript_decoder": _decoder_flair_row_zeroed,
+            "aoti_decoder": _aoti_flair_row_zeroed,
         },
     ),
 )
