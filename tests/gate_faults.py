@@ -818,37 +818,3 @@ CONTENT_CATCHERS = {
     "gguf_other_variant": "weights_tensors_mismatched",
     "plain_const_renamed": "weights_consts_unaccounted",
 }
-
-# Gated checks of report.json that no fault above trips, and the test that shows each one failing.
-_SPEC_TEST = "//verify:coreml_spec_test (test_contract_mismatches_are_reported)"
-SHOWN_ELSEWHERE = {
-    **{
-        check: "//tests:gate_power (test_content_faults_are_caught_by_the_content_checks)"
-        for check in ("weights_tensors_mismatched", "weights_consts_unaccounted")
-    },
-    "sha256_matches_contract": "//verify:verify_contracts_test (test_a_broken_torchscript_fails_the_gates)",
-    "sampled_canonical_rate": "//verify:verify_contracts_test "
-    "(test_sampled_replies_below_the_bound_fail_the_gates) and //pipeline:sampled_behaviour_test "
-    "(sampling without the tail cut)",
-    "behaviour_agreement_decisive": "//verify:greedy_agreement_test "
-    "(test_greedy_replies_below_the_target_fail_the_gate)",
-    "spec_input_names": _SPEC_TEST,
-    "spec_input_dtype": _SPEC_TEST,
-    "spec_input_enumerated_shapes": _SPEC_TEST,
-    "spec_input_default_shape": _SPEC_TEST,
-    "spec_output_names": _SPEC_TEST,
-    "spec_output_dtype": _SPEC_TEST,
-    "spec_contract_lengths_supported": _SPEC_TEST,
-    **{
-        "spec_" + check: "//verify:coreml_spec_test (test_each_stateful_check_fails_on_its_fault)"
-        for check in (
-            "state_names",
-            "state_shapes",
-            "state_dtypes",
-            "input_dtypes",
-            "input_shapes",
-            "output_dtypes",
-            "state_metadata",
-        )
-    },
-}
