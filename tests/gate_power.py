@@ -111,19 +111,15 @@ def run_content_faults(ship: gate_faults.Shipped, faults=gate_faults.CONTENT_FAU
 
 
 def table(rows: list[Row]) -> str:
-    artifacts = sorted({row.artifact for row in rows})
+    """One line per (fault, artifact) that ran, grouped by fault."""
     faults = list(dict.fromkeys(row.fault for row in rows))
-    cells = {(row.fault, row.artifact): row for row in rows}
     lines = ["fault x artifact -> catching checks (first three; 'MISSED' = gates_ok stayed true)"]
     for fault in faults:
-        for artifact in artifacts:
-            row = cells.get((fault, artifact))
-            if row is None:
-                text = "n/a"
-            elif row.gates_ok:
+        for row in sorted((r for r in rows if r.fault == fault), key=lambda r: r.artifact):
+            if row.gates_ok:
                 text = "MISSED"
             else:
                 extra = len(row.caught_by) - 3
                 text = ", ".join(row.caught_by[:3]) + (f" (+{extra} more)" if extra > 0 else "")
-            lines.append(f"{fault:<22} {artifact:<20} {text}")
+            lines.append(f"{fault:<24} {row.artifact:<20} {text}")
     return "\n".join(lines)
