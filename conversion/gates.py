@@ -102,9 +102,10 @@ def scope_names(lengths, decode: bool = True) -> list[str]:
     return [f"T{length}" for length in lengths] + [REPLAY] + ([DECODE] if decode else [])
 
 
-def _round4_up(value: float) -> float:
-    """round4, but never below `value`: a bound rounded down would fail an artifact that sits exactly
-    at floor x factor (a top-1 rate of whole positions, say two of 256 against 1/256 x 2)."""
+def round4_up(value: float) -> float:
+    """round4, but never below `value`: a floor or bound rounded down would fail an artifact that sits
+    exactly at floor x factor (a top-1 rate of whole positions: two of 256 against 1/256 x 2, where
+    1/256 rounded down to 0.003906 gave a bound of 0.007812 < 2/256)."""
     rounded = round4(value)
     if rounded < value:
         step = 10.0 ** (math.floor(math.log10(abs(value))) - 3)
@@ -113,7 +114,7 @@ def _round4_up(value: float) -> float:
 
 
 def _bound(floor: float, factor: float) -> dict:
-    return {"floor": floor, "factor": factor, "bound": _round4_up(floor * factor)}
+    return {"floor": floor, "factor": factor, "bound": round4_up(floor * factor)}
 
 
 def make_gates(floors: dict, backends: dict, factor: float = FACTOR_LIMIT) -> dict:

@@ -29,7 +29,7 @@ def test_every_length_gets_the_bounds_of_its_own_floors():
         for where, metrics in scopes.items():
             for metric, entry in metrics.items():
                 assert entry["floor"] == doc["floors"][precision][where][metric]
-                assert entry["bound"] == gates_lib._round4_up(entry["floor"] * gates_lib.FACTOR_LIMIT)
+                assert entry["bound"] == gates_lib.round4_up(entry["floor"] * gates_lib.FACTOR_LIMIT)
     fp16 = gates["bounds"]["fp16"]
     for metric in gates_lib.METRICS:  # extremes included: nothing is pooled across lengths
         assert fp16["T128"][metric]["bound"] < fp16["T256"][metric]["bound"]
@@ -198,3 +198,9 @@ def test_a_bound_is_never_rounded_below_floor_times_factor():
     assert entry["bound"] >= 2 / 256
     for floor in (1.05e-12, 0.0123456, 3.3333333e-5, 0.999999):
         assert gates_lib._bound(floor, 4.0)["bound"] >= floor * 4.0
+
+
+def test_a_floor_of_whole_positions_keeps_its_bound_above_the_positions():
+    # measure_floors writes floors through round4_up: one flip in 256 stays at or above 1/256.
+    floor = gates_lib.round4_up(1 / 256)
+    assert floor >= 1 / 256 and gates_lib._bound(floor, 2.0)["bound"] >= 2 / 256

@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
         "methods": dict(floors.METHODS),
         "floors": {
             precision: {
-                where: {metric: gates_lib.round4(value) for metric, value in sorted(metrics.items())}
+                where: {metric: gates_lib.round4_up(value) for metric, value in sorted(metrics.items())}
                 for where, metrics in sorted(scopes.items())
             }
             for precision, scopes in sorted(measured.items())
