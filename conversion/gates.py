@@ -81,14 +81,16 @@ _GATES_KEYS = ("backends", "bounds", "inputs", "methods", "quality")
 REFERENCES = {"w_q8_0": "ref_q8_0", "w_q4_0": "ref_q4_0", "int8": "ref_int8", "int4": "ref_int4"}
 REFERENCE_PRECISIONS = tuple(sorted(REFERENCES.values()))
 QUALITY_METRICS = ("kl_mean", "top1_disagreement")
-# Why these factors, tighter than FACTOR_LIMIT: an artifact that follows the format and the plan
-# holds exactly its reference's weights, so the two differ only in how the runtime computes, far
-# below the quantization noise (on the default student every lossy artifact's KL was within 3% of
-# its reference's). A wrong type for one tensor (a Q8_0 file with one matrix in Q4_0, an int8
-# package with one matrix in int4) moves the KL many times over (//tests:gate_power). Top-1
-# disagreement counts positions, and where quantized logits nearly tie a few flip either way, so its
-# factor is wider.
-QUALITY_FACTORS = {"kl_mean": 1.25, "top1_disagreement": 2.0}
+# Why these factors. An artifact that follows the format and the plan holds exactly its reference's
+# weights, so the two differ only in how the runtime computes, far below the quantization noise: on
+# the four verified students every lossy artifact's KL was within 7% of its reference's, so the KL
+# factor is tighter than FACTOR_LIMIT. A wrong type for one tensor (a Q8_0 file with its output
+# projection in Q4_0, an int4 package with its token embedding quantized per tensor) moves the KL
+# well past it (//tests:gate_power). Top-1 disagreement counts positions, and where quantized logits
+# nearly tie a few flip either way (from_wide's int8 and Q8_0 artifacts flipped two of 256 positions
+# at T128 where the reference flipped none): its factor is FACTOR_LIMIT, the emulation's, so the
+# independent reference bounds it where the exporter's plan moves the emulation.
+QUALITY_FACTORS = {"kl_mean": 1.25, "top1_disagreement": FACTOR_LIMIT}
 QUALITY_WHY = "the artifact holds its reference's weights; only the runtime's arithmetic differs"
 
 
