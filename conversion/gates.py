@@ -83,7 +83,7 @@ REFERENCE_PRECISIONS = tuple(sorted(REFERENCES.values()))
 QUALITY_METRICS = ("kl_mean", "top1_disagreement")
 # Why these factors. An artifact that follows the format and the plan holds exactly its reference's
 # weights, so the two differ only in how the runtime computes, far below the quantization noise: on
-# the four verified students every lossy artifact's KL was within 7% of its reference's, so the KL
+# the five verified chains every lossy artifact's KL was within 7% of its reference's, so the KL
 # factor is tighter than FACTOR_LIMIT. A wrong type for one tensor (a Q8_0 file with its output
 # projection in Q4_0, an int4 package with its token embedding quantized per tensor) moves the KL
 # well past it (//tests:gate_power). Top-1 disagreement counts positions, and where quantized logits
