@@ -182,8 +182,9 @@ def _parity_section(report: dict, contract: dict) -> str:
     return _section("parity", "Parity of every artifact at every length", body)
 
 
-# Families in the order the summary lists them; within a family the largest file first.
-_FAMILIES = ("torchscript", "coreml", "gguf")
+# Families (an artifact name's first word) in the order the summary lists them: the PyTorch exports
+# (TorchScript, torch.export, AOTInductor), Core ML, GGUF; within a family the largest file first.
+_FAMILIES = ("torchscript", "torch", "aoti", "coreml", "gguf")
 
 
 def _human_size(size: int) -> str:
