@@ -38,6 +38,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -151,6 +152,9 @@ def _torch_site() -> str:
     return os.path.dirname(os.path.dirname(os.path.realpath(torch.__file__)))
 
 
+_SAVE_LOCK = threading.Lock()
+
+
 def compile_package(program, threads: int = THREADS, isa: str = ISA) -> tuple[bytes, dict]:
     """(the AOTInductor package of `program` (export_program's), what its compile pinned), compiled
     in a child process with a compile cache of its own (conversion/aoti_compile.py). The child gets
@@ -160,7 +164,10 @@ def compile_package(program, threads: int = THREADS, isa: str = ISA) -> tuple[by
         cache = os.path.join(tmp, "cache")
         os.makedirs(cache)
         paths = {name: os.path.join(tmp, name) for name in ("program.pt2", "decoder.pt2", "build.json")}
-        torch.export.save(program, paths["program.pt2"])
+        # torch.export.save swaps a reducer into the process-wide copyreg table while it writes and
+        # refuses to start while another save holds it: two compiles in threads would collide.
+        with _SAVE_LOCK:
+            torch.export.save(program, paths["program.pt2"])
         env = dict(
             os.environ,
             # A pipeline action's environment has no PATH (pipeline/defs.bzl sets its env), and gcc

@@ -151,7 +151,9 @@ def _contract_lengths(lengths):
     def edit(doc):
         doc["lengths"] = lengths
         if isinstance(lengths, list):
-            for scopes in doc["gates"]["bounds"].values():
+            # Per-artifact bounds by scope, and each lossy artifact's quality bounds by scope.
+            quality = [per_artifact["bounds"] for per_artifact in doc["gates"].get("quality", {}).values()]
+            for scopes in [*doc["gates"]["bounds"].values(), *quality]:
                 any_length = next(v for k, v in scopes.items() if k.startswith("T"))
                 for key in [k for k in scopes if k.startswith("T")]:
                     del scopes[key]
@@ -872,16 +874,29 @@ CASES = [
     _case(
         "ask",
         "decoder truncated",
-        lambda s, o: {"torchscript_decoder": s.truncated(A("torchscript_decoder"), "ask_cut.pt", 0.7)},
+        lambda s, o: {
+            "backend": "torchscript",
+            "torchscript_decoder": s.truncated(A("torchscript_decoder"), "ask_cut.pt", 0.7),
+        },
         "{torchscript_decoder}",
         "not a TorchScript archive",
     ),
     _case(
         "ask",
         "decoder bytes flipped",
-        lambda s, o: {"torchscript_decoder": s.flipped(A("torchscript_decoder"), "ask_flip.pt", [3000])},
+        lambda s, o: {
+            "backend": "torchscript",
+            "torchscript_decoder": s.flipped(A("torchscript_decoder"), "ask_flip.pt", [3000]),
+        },
         "{torchscript_decoder}",
         "CRC mismatch",
+    ),
+    _case(
+        "ask",
+        "aoti decoder truncated",
+        lambda s, o: {"aoti_decoder": s.truncated(A("aoti_decoder"), "ask_cut.decode.pt2", 0.7)},
+        "{aoti_decoder}",
+        "zip",
     ),
     _case(
         "ask",

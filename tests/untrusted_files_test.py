@@ -246,7 +246,10 @@ BINARY_SLOTS = [
     ("verify_contracts", "mlpackage"),
     ("verify_contracts", "dataset"),
     ("verify_contracts", "torchscript_decoder"),
+    ("verify_contracts", "torch_export"),
+    ("verify_contracts", "aoti_decoder"),
     ("ask", "torchscript_decoder"),
+    ("ask", "aoti_decoder"),
     ("ask", "gguf"),
     ("ask", "tokenizer"),
     ("run_mlpackage", "inputs"),
@@ -333,8 +336,8 @@ def test_every_binary_refuses_payloads(binary, slot, payload, spoiler, marker, t
         flags[slot] = path
     if slot == "weights":
         flags["metadata"] = _pinned_metadata(spoiler, path)
-    if binary == "ask" and slot == "gguf":
-        flags["backend"] = "gguf"
+    if binary == "ask" and slot in ("gguf", "torchscript_decoder"):
+        flags["backend"] = {"gguf": "gguf", "torchscript_decoder": "torchscript"}[slot]
     argv = ("Will it rain tomorrow?",) if binary == "ask" else ()
     result = harness.run(binary, flags, argv)
     outcome = harness.Outcome(result.returncode, result.stderr, harness.leftovers(out))
