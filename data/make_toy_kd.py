@@ -140,7 +140,17 @@ def _check_mode(spec: source.Spec) -> None:
         cli.require_flag(FLAGS.tokenizer_out, "tokenizer_out")  # the tokenizer alone
 
 
+_SAMPLE_FLAGS = ("sample_temperature", "sample_top_k", "sample_top_p", "sample_seed")
+
+
 def _sampling() -> source.Sampling:
+    if FLAGS.teacher_sampling == "greedy":
+        for name in _SAMPLE_FLAGS:  # a greedy reply would silently ignore them
+            if FLAGS[name].value != FLAGS[name].default:
+                raise InputError(
+                    f"--{name}: applies to --teacher_sampling=sample only; the reply is greedy, so "
+                    "leave it out or add --teacher_sampling=sample"
+                )
     return source.Sampling(
         mode=FLAGS.teacher_sampling,
         temperature=FLAGS.sample_temperature,

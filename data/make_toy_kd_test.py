@@ -202,9 +202,22 @@ def test_an_existing_tokenizer_replaces_the_trained_one(tmp_path):
             ["--teacher=gguf:t.gguf", "--teacher_sampling=sample", "--sample_temperature=0"],
             "error: --sample_temperature is 0.0; use a finite temperature > 0",
         ),
-        (["--teacher=gguf:t.gguf", "--sample_top_p=1.5"], "error: --sample_top_p is 1.5"),
-        (["--teacher=gguf:t.gguf", "--sample_top_k=-1"], "error: --sample_top_k is -1"),
-        (["--teacher=gguf:t.gguf", "--sample_seed=-1"], "error: --sample_seed is -1"),
+        (
+            ["--teacher=gguf:t.gguf", "--teacher_sampling=sample", "--sample_top_p=1.5"],
+            "error: --sample_top_p is 1.5",
+        ),
+        (
+            ["--teacher=gguf:t.gguf", "--teacher_sampling=sample", "--sample_top_k=-1"],
+            "error: --sample_top_k is -1",
+        ),
+        (
+            ["--teacher=gguf:t.gguf", "--teacher_sampling=sample", "--sample_seed=-1"],
+            "error: --sample_seed is -1",
+        ),
+        (
+            ["--teacher=gguf:t.gguf", "--sample_top_k=5"],
+            "error: --sample_top_k: applies to --teacher_sampling=sample only",
+        ),
         (["--teacher=gguf:t.gguf", "--max_reply_tokens=0"], "error: --max_reply_tokens is 0"),
         (
             ["--kd=sequence"],

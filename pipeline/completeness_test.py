@@ -81,3 +81,39 @@ def test_a_report_missing_one_check_is_caught_by_both(shipped, tmp_path, artifac
     assert gates.returncode == 1 and line in gates.stdout, gates.stdout + gates.stderr
     assert e2e.returncode == 1, e2e.stdout + e2e.stderr
     assert "gates_ok: false" in e2e.stdout and line in e2e.stdout, e2e.stdout
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_gate_that_writes_its_own_result_counts_toward_the_verdict(shipped, tmp_path, ok):
+    """e2e's "self" gate (the teacher-agreement gate's file): its "ok" is printed with its figures
+    and a false one turns gates_ok false, with the report itself passing."""
+    own = tmp_path / "teacher_agreement.json"
+    own.write_text(
+        json.dumps({"ok": ok, "bound": 0.2, "positions": 10, "student": {"mean_kl": 0.3 - 0.2 * ok}})
+    )
+    e2e = _run(
+        "e2e.py",
+        [
+            f"--report={shipped['M8B_REPORT']}",
+            f"--artifact=torchscript=-={shipped['M8B_CONTRACT']}",
+            f"--artifact=teacher_agreement=self={own}",
+            f"--out_dir={tmp_path / 'dist'}",
+        ],
+    )
+    verdict = "PASS" if ok else "FAIL"
+    assert f"teacher_agreement.json: {verdict} (mean KL" in e2e.stdout, e2e.stdout + e2e.stderr
+    assert e2e.returncode == (0 if ok else 1) and f"gates_ok: {str(ok).lower()}" in e2e.stdout, e2e.stdout
+
+
+def test_a_gate_result_without_ok_is_refused(shipped, tmp_path):
+    own = tmp_path / "teacher_agreement.json"
+    own.write_text(json.dumps({"bound": 0.2}))
+    e2e = _run(
+        "e2e.py",
+        [
+            f"--report={shipped['M8B_REPORT']}",
+            f"--artifact=teacher_agreement=self={own}",
+            f"--out_dir={tmp_path / 'd'}",
+        ],
+    )
+    assert e2e.returncode == 2 and str(own) in e2e.stderr and "'ok'" in e2e.stderr, e2e.stderr

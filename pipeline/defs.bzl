@@ -459,9 +459,10 @@ def student_chain(
             artifacts[companion] = stage + "=-"
     artifacts[":" + pre + "report.json"] = "verify=-"
     if agreement:
-        artifacts[":" + pre + "teacher_agreement.json"] = "teacher_agreement=-"
+        artifacts[":" + pre + "teacher_agreement.json"] = "teacher_agreement=self"
     artifacts[":" + pre + "report.html"] = "report=-"
     e2e_binary(name = "e2e_" + name, report = ":" + pre + "report.json", artifacts = artifacts, dist_subdir = name)
+    ask_binary(name = "ask_" + name, prefix = pre, tokenizer = tokenizer, aoti = False)
 
 def e2e_binary(name, report, artifacts, dist_subdir = ""):
     """`bazel run` target that prints a configuration's verdict table and copies its artifacts to
@@ -470,7 +471,8 @@ def e2e_binary(name, report, artifacts, dist_subdir = ""):
     Args:
       name: the target's name.
       report: label of the configuration's report.json.
-      artifacts: {label: "stage=gate"} in table order (gate "-": not verified itself).
+      artifacts: {label: "stage=gate"} in table order (gate "-": not verified itself; "self": a
+        gate's own result file, whose "ok" counts toward gates_ok).
       dist_subdir: directory under dist/.
     """
     native.py_binary(
@@ -490,5 +492,59 @@ def e2e_binary(name, report, artifacts, dist_subdir = ""):
             "//common:errors",
             "//conversion:gates",
             "@pip//:absl_py",
+        ],
+    )
+
+def ask_binary(name, prefix, tokenizer, aoti):
+    """`bazel run` target that asks a configuration's student a question: pipeline/ask.py, pointed
+    at the configuration's files (":<prefix>magic-8-ball..."; prefix "" for the default chain).
+
+    Args:
+      name: the target's name.
+      prefix: the configuration's output prefix ("<name>." for a student_chain).
+      tokenizer: label of the configuration's tokenizer.json.
+      aoti: whether the configuration builds the AOTInductor decoder. Without it `ask` answers through
+        the TorchScript decoder by default; --backend=gguf still picks llama.cpp.
+    """
+    files = {
+        "contract": "contract.json",
+        "torchscript_decoder": "magic-8-ball.decode.pt",
+        "gguf": "magic-8-ball.gguf",
+        "gguf_f16": "magic-8-ball.f16.gguf",
+        "metadata": "student.json",
+    }
+    files.update({"gguf_" + variant.lower(): "magic-8-ball.%s.gguf" % variant for variant in GGUF_VARIANTS})
+    if aoti:
+        files["aoti_decoder"] = "magic-8-ball.decode.pt2"
+    labels = {flag: ":" + prefix + path for flag, path in files.items()}
+    labels["tokenizer"] = tokenizer
+    native.py_binary(
+        name = name,
+        srcs = ["ask.py"],
+        main = "ask.py",
+        args = ([] if aoti else ["--backend=torchscript"]) + [
+            "--%s=$(rootpath %s)" % (flag, label)
+            for flag, label in sorted(labels.items())
+        ],
+        data = sorted(labels.values()),
+        python_version = "PY3",
+        deps = [
+            "//common:cli",
+            "//common:errors",
+            "//conversion:aoti_decoder",
+            "//conversion:contract",
+            "//conversion:kv_decoder",
+            "//conversion:pt2_archive",
+            "//conversion:torchscript",
+            "//conversion:torchscript_archive",
+            "//data:canonical_trie",
+            "//data:prompt",
+            "//data:tokenizer",
+            "//training:checkpoint",
+            "//training:decode",
+            "//training:sampling",
+            "//verify:gguf_check",
+            "@pip//:absl_py",
+            "@pip//:numpy",
         ],
     )

@@ -6,7 +6,9 @@ artifacts to dist/ in the workspace (or --out_dir), names the HTML report (repor
 1 when a gate failed, after printing the failed checks (the full check table is in report.json and
 report.html, not on the terminal). gates_ok also needs every check the contract implies to be in
 the report (conversion/gates.py, missing_checks, as pipeline/gates_test.py applies it; the contract
-is the artifact whose sha256 the report names): what is missing is printed.
+is the artifact whose sha256 the report names): what is missing is printed. An artifact whose gate
+is "self" is a gate's own result (a JSON file with "ok", such as the teacher-agreement gate's): its
+verdict is printed under the table and counts toward gates_ok.
 """
 
 import json
@@ -79,6 +81,23 @@ def print_failures(results: dict) -> None:
         print(f"... and {len(lines) - FAILED_LINES} more in report.json and report.html")
 
 
+def own_verdict(path: str) -> tuple[bool, str]:
+    """(ok, one line) of a gate that writes its own result: the file's "ok", and its rule and
+    figures where it states them (verify/teacher_agreement.py's student, bound and baseline)."""
+    with open(path, encoding="utf-8") as handle:
+        doc = json.load(handle)
+    if not isinstance(doc, dict) or not isinstance(doc.get("ok"), bool):
+        raise InputError(f"{path}: a gate's result needs a boolean 'ok'; rebuild it")
+    line = f"{os.path.basename(path)}: {'PASS' if doc['ok'] else 'FAIL'}"
+    student = doc.get("student")
+    if isinstance(student, dict) and "mean_kl" in student and "bound" in doc:
+        line += f" (mean KL {_value(student['mean_kl'])}, bound <= {_value(doc['bound'])}"
+        if "same_top_rate" in student:
+            line += f", same top {student['same_top_rate']:.1%}"
+        line += f" over {doc.get('positions', '?')} positions)"
+    return doc["ok"], line
+
+
 def default_out_dir() -> str:
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
@@ -125,9 +144,15 @@ def main(argv: list[str]) -> None:
     os.makedirs(out_dir, exist_ok=True)
     rows = [("stage", "artifact", "size", "sha256", "gate")]
     described = {}
+    own = []  # (ok, line) of each gate that writes its own result
     for spec in FLAGS.artifact:
         stage, gate, path = parse_artifact(spec)
-        verdict = "-" if gate == "-" else ("PASS" if gates.get(gate) else "FAIL")
+        if gate == "self":
+            own_ok, line = own_verdict(path)
+            own.append((own_ok, line))
+            verdict = "PASS" if own_ok else "FAIL"
+        else:
+            verdict = "-" if gate == "-" else ("PASS" if gates.get(gate) else "FAIL")
         facts = described[path] = digest.describe(path)
         rows.append((stage, os.path.basename(path), human_size(facts["size"]), facts["sha256"][:12], verdict))
         copy_artifact(path, out_dir)
@@ -135,7 +160,7 @@ def main(argv: list[str]) -> None:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     missing = missing_checks(report, described)
-    ok = bool(report.get("gates_ok")) and not missing
+    ok = bool(report.get("gates_ok")) and not missing and all(own_ok for own_ok, _ in own)
     lengths = sorted(
         {
             int(scope[1:])
@@ -148,6 +173,8 @@ def main(argv: list[str]) -> None:
         print_failures(report["results"])
     for line in missing:
         print(f"NOT VERIFIED {line}")
+    for _, line in own:
+        print(line)
     print(f"\ngates_ok: {str(ok).lower()}   lengths checked: {lengths}   artifacts copied to {out_dir}")
     pages = [path for _, _, path in map(parse_artifact, FLAGS.artifact) if path.endswith(".html")]
     for page in pages:

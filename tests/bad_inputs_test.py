@@ -11,11 +11,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from data import dataset_testing
 from tests import harness, mounts, spoil
 
 A = harness.artifact
@@ -107,6 +109,20 @@ def _drop(key):
         del obj[key]
 
     return edit
+
+
+def _tail_edit(value):
+    def edit(obj):
+        obj["topk_tail"][0] = value
+
+    return edit
+
+
+def _closed_port() -> int:
+    """A localhost port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _metadata(s, name, edit):
@@ -244,6 +260,25 @@ CASES = [
         "--out",
         "does not exist",
     ),
+    # make_toy_kd's teachers: a GGUF file that is not one, a server that is down.
+    _case(
+        "make_toy_kd",
+        "teacher gguf truncated",
+        lambda s, o: {"teacher": "gguf:" + s.truncated(A("gguf"), "teacher_cut.gguf", 0.5)},
+        "teacher_cut.gguf",
+        "not a readable GGUF file",
+    ),
+    _case(
+        "make_toy_kd",
+        "teacher endpoint down",
+        lambda s, o: {
+            "teacher": f"openai:http://127.0.0.1:{_closed_port()}/v1",
+            "model": "m",
+            "max_retries": 0,
+        },
+        "http://127.0.0.1:",
+        "cannot connect",
+    ),
     _case("make_toy_kd", "output is a directory", lambda s, o: {"out": o}, "--out", "is a directory"),
     _case("make_toy_kd", "positional argument", lambda s, o: {}, "unexpected arguments", argv=["extra"]),
     _case("make_toy_kd", "read-only output dir", lambda s, o: {}, "not writable", readonly_out=True),
@@ -262,6 +297,27 @@ CASES = [
         lambda s, o: {"in": s.truncated(s.small, "cut.jsonl", 0.5)},
         "{in}:",
         "truncated last line",
+    ),
+    _case(
+        "run_toy_distill",
+        "v2 dataset truncated",
+        lambda s, o: {"in": s.truncated(s.small_v2, "cut_v2.jsonl", 0.5)},
+        "{in}:",
+        "truncated last line",
+    ),
+    _case(
+        "run_toy_distill",
+        "v2 header claims another tokenizer",
+        lambda s, o: {"in": s.record_edit(s.small_v2, "tok_v2.jsonl", 1, _set("tokenizer_sha256", "0" * 64))},
+        "{in}:1",
+        "tokenizer_sha256",
+    ),
+    _case(
+        "run_toy_distill",
+        "v2 tail disagrees with its list",
+        lambda s, o: {"in": s.record_edit(s.small_v2, "tail_v2.jsonl", 2, _tail_edit(0.9))},
+        "{in}:2",
+        "topk_tail[0]",
     ),
     _case(
         "run_toy_distill",
@@ -1032,6 +1088,7 @@ def _escape_manifest(path):
 def spoiler(tmp_path_factory):
     s = spoil.Spoiler(str(tmp_path_factory.mktemp("spoiled")))
     s.small = spoil.small_dataset(A("dataset"), s.path("kd_small.jsonl"))
+    s.small_v2 = dataset_testing.version_2_copy(s.small, s.path("kd_small_v2.jsonl"))
     s.feeds = _npz(s, "feeds.npz", input_ids=np.array([[5]], np.int32), position=np.array([0], np.int32))
     return s
 

@@ -12,7 +12,6 @@ without them (kd sequence).
 Used by fuzz_readers_test.py (a bounded number of examples, derandomized) and fuzz_long.py (many).
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -24,7 +23,7 @@ from hypothesis import strategies as st
 from common.errors import InputError
 from conversion import contract as contract_lib
 from conversion import gates_testing
-from data import dataset, generate
+from data import dataset, dataset_testing, generate
 
 # Values that have broken JSON readers before: floats that overflow, ints too big for a float or for
 # int() parsing, negative zero, NaN and infinities (Python's json reads them), odd strings.
@@ -62,58 +61,15 @@ json_values = st.recursive(
 DATASET_KINDS = ("v1", "v2", "sequence")
 
 
-def _as_version_2(header: dict, records: list, kd: str) -> tuple[dict, list]:
-    """A generated version-1 dataset rewritten as version 2 (data/dataset.py's module docstring)."""
-    header = {
-        **{k: v for k, v in header.items() if k in dataset.HEADER_V2 + dataset.HEADER_V2_OPTIONAL},
-        "version": dataset.VERSION_2,
-        "teacher": {
-            "kind": "openai",
-            "model": "served",
-            "sha256": None,
-            "endpoint": "http://127.0.0.1:8080/v1",
-            "server_model": "a-model",
-            "api": "chat",
-        },
-        "sampling": {
-            "mode": "sample",
-            "temperature": 0.8,
-            "top_k": 40,
-            "top_p": 0.9,
-            "seed": 0,
-            "max_tokens": 32,
-        },
-        "kd": kd,
-        "soft_targets": kd == "logits",
-        "topk": header["topk"] if kd == "logits" else 0,
-    }
-    converted = []
-    for record in records:
-        if kd == "sequence":
-            converted.append(dataclasses.replace(record, topk_ids=[], topk_logprobs=[], topk_tail=[]))
-            continue
-        rows = [
-            sorted(zip(lps, ids, strict=True), key=lambda entry: (-entry[0], entry[1]))
-            for ids, lps in zip(record.topk_ids, record.topk_logprobs, strict=True)
-        ]
-        converted.append(
-            dataclasses.replace(
-                record,
-                topk_ids=[[i for _, i in row] for row in rows],
-                topk_logprobs=[[lp for lp, _ in row] for row in rows],
-                topk_tail=[round(dataset.tail_of(lps), 6) for lps in record.topk_logprobs],
-            )
-        )
-    return header, converted
-
-
 @functools.cache
 def valid_dataset_lines(kind: str = "v1") -> tuple[str, ...]:
     """A small real dataset as JSON lines: header, then records of both splits. kind: one of
     DATASET_KINDS."""
     _, header, records = generate.generate(n=6, seed=0, heldout_fraction=0.5, topk=3)
     if kind != "v1":
-        header, records = _as_version_2(header, records, "logits" if kind == "v2" else "sequence")
+        header, records = dataset_testing.as_version_2(
+            header, records, "logits" if kind == "v2" else "sequence"
+        )
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "kd.jsonl")
         dataset.write_dataset(path, header, records)

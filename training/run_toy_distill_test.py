@@ -1,5 +1,4 @@
 import csv
-import dataclasses
 import hashlib
 import json
 import os
@@ -11,7 +10,7 @@ from absl import flags
 
 from common import child_python
 from common.errors import InputError
-from data import dataset
+from data import dataset, dataset_testing
 from data import generate as make_data
 from training import checkpoint, run_toy_distill
 
@@ -155,58 +154,12 @@ def test_a_dataset_of_single_id_lists_trains_with_the_tail_bucket(tmp_path):
     assert metadata["final_train_kl"] > 0.01
 
 
-def _version_2(header: dict, records: list, kd: str) -> tuple[dict, list]:
-    """A generated version-1 dataset as a version-2 one: kd "sequence" drops the lists; "logits"
-    keeps them, sorted as version 2 asks, with their tails."""
-    header = {
-        **{k: v for k, v in header.items() if k in dataset.HEADER_V2 + dataset.HEADER_V2_OPTIONAL},
-        "version": 2,
-        "teacher": {
-            "kind": "rules",
-            "model": header["teacher"],
-            "sha256": None,
-            "endpoint": None,
-            "server_model": None,
-            "api": None,
-        },
-        "sampling": {
-            "mode": "sample",
-            "temperature": 1.0,
-            "top_k": 0,
-            "top_p": 1.0,
-            "seed": 0,
-            "max_tokens": 32,
-        },
-        "kd": kd,
-        "soft_targets": kd == "logits",
-        "topk": header["topk"] if kd == "logits" else 0,
-    }
-    converted = []
-    for record in records:
-        if kd == "sequence":
-            converted.append(dataclasses.replace(record, topk_ids=[], topk_logprobs=[], topk_tail=[]))
-            continue
-        rows = [
-            sorted(zip(lps, ids, strict=True), key=lambda e: (-e[0], e[1]))
-            for ids, lps in zip(record.topk_ids, record.topk_logprobs, strict=True)
-        ]
-        converted.append(
-            dataclasses.replace(
-                record,
-                topk_ids=[[i for _, i in row] for row in rows],
-                topk_logprobs=[[lp for lp, _ in row] for row in rows],
-                topk_tail=[dataset.tail_of(row) for row in record.topk_logprobs],
-            )
-        )
-    return header, converted
-
-
 @pytest.mark.parametrize("kd", ["logits", "sequence"])
 def test_version_2_datasets_train_and_record_their_loss(tmp_path, kd, caplog):
     tokenizer, header, records = make_data.generate(
         n=60, seed=0, heldout_fraction=0.2, topk=4, noise_fraction=0.0
     )
-    header, records = _version_2(header, records, kd)
+    header, records = dataset_testing.as_version_2(header, records, kd)
     paths = {"in": str(tmp_path / "kd2.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
     dataset.write_dataset(paths["in"], header, records)
     tokenizer.save(paths["tokenizer"])
@@ -228,7 +181,7 @@ def test_version_2_datasets_train_and_record_their_loss(tmp_path, kd, caplog):
 
 def test_a_sequence_dataset_refuses_an_explicit_kl_weight_and_a_zero_ce_weight(tmp_path):
     tokenizer, header, records = make_data.generate(n=20, seed=0, heldout_fraction=0.2, topk=4)
-    header, records = _version_2(header, records, "sequence")
+    header, records = dataset_testing.as_version_2(header, records, "sequence")
     paths = {"in": str(tmp_path / "seq.jsonl"), "tokenizer": str(tmp_path / "tokenizer.json")}
     dataset.write_dataset(paths["in"], header, records)
     tokenizer.save(paths["tokenizer"])
