@@ -3,7 +3,9 @@
 Both train the same fresh Student for `steps` steps on the same batches (the trainer's seeded
 order, pre-sliced for the bare loop) with the same AdamW settings, in the same process; trials
 alternate between the two. A rate is non-padding input tokens per second of wall time. The bare
-loop computes the same loss inline from the full forward pass: what a hand-written loop does.
+loop computes the same loss (the tail-bucket KL and CE, training/distill.py) inline from the full
+forward pass: what a hand-written loop does. Its batches are sliced before the clock starts; the
+trainer slices each step's batch inside its loop.
 """
 
 import time
@@ -37,27 +39,27 @@ def _fresh_model(vocab_size: int) -> Student:
     return model
 
 
-def _bare_loop(model: Student, batches: list[distill.Batch], cfg: distill.TrainConfig) -> None:
-    """Forward, loss, backward, clip, step. Nothing else."""
+def _bare_loop(
+    model: Student, batches: list[distill.Batch], cfg: distill.TrainConfig, loss: distill.LossConfig
+) -> None:
+    """Forward, loss, backward, clip, step. Nothing else. The loss is the trainer's (KL over the
+    teacher's top-k plus one bucket for the rest, and CE, with its weights), written out inline
+    from the full forward pass as a hand-written loop would, at temperature 1."""
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, foreach=False
     )
     for batch in batches:
-        logits = model(batch.input_ids)[batch.loss_mask]
-        log_probs = F.log_softmax(logits, dim=-1)
+        log_probs = F.log_softmax(model(batch.input_ids)[batch.loss_mask], dim=-1)  # [M, V]
         ce = F.nll_loss(log_probs, batch.targets[batch.loss_mask])
-        # Top-k rows are stored per completion position, in the same order as loss_mask's rows.
-        valid = batch.topk_valid[batch.completion_mask]
-        teacher_logp = F.log_softmax(
-            batch.topk_logprobs[batch.completion_mask].masked_fill(~valid, -1e9), dim=-1
-        )
-        student_logp = log_probs.gather(-1, batch.topk_ids[batch.completion_mask])
-        student_logp = F.log_softmax(student_logp.masked_fill(~valid, -1e9), dim=-1)
-        kl = (teacher_logp.exp() * (teacher_logp - student_logp).masked_fill(~valid, 0.0)).sum(-1).mean()
-        loss = kl + 0.5 * ce
+        ids, teacher_lp, valid, tail = batch.teacher_topk()  # [M, k] x3, [M]
+        student_lp = log_probs.gather(-1, ids)
+        student_tail = (1 - (student_lp.exp() * valid).sum(-1)).clamp(min=1e-12)
+        listed = (teacher_lp.exp() * (teacher_lp - student_lp)).masked_fill(~valid, 0.0).sum(-1)
+        rest = torch.where(tail > 0, tail * (tail.clamp(min=1e-12).log() - student_tail.log()), 0.0)
+        objective = loss.kl_weight * (listed + rest).mean() + loss.ce_weight * ce
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
 
@@ -77,7 +79,7 @@ def measure(records: list, vocab_size: int, steps: int, repeats: int, batch_size
         distill.train(_fresh_model(vocab_size), data, None, cfg, loss_cfg)
 
     def bare() -> None:
-        _bare_loop(_fresh_model(vocab_size), batches, cfg)
+        _bare_loop(_fresh_model(vocab_size), batches, cfg, loss_cfg)
 
     rates: dict[str, list[float]] = {TRAINER: [], BARE: []}
     bare()  # warm-up: first-call allocations and kernel selection
