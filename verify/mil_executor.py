@@ -32,6 +32,7 @@ each enumerated length. verify/coreml_runtime_test.py runs the real runtime on m
 """
 
 import dataclasses
+import operator
 import os
 
 import numpy as np
@@ -49,7 +50,10 @@ import numpy as np
 #   - Var.name, .val, .sym_type, .dtype, and the private slots Var._sym_val (read through .val;
 #         we store runtime values there) and Var._sym_type (we store the concrete runtime type)
 #   - types.tensor(dtype, shape), types.is_tensor, types.nptype_from_builtin,
-#     types.symbolic.is_symbolic
+#     types.symbolic.is_symbolic, types.type_mapping.string_to_nptype
+#   - the helpers the stock value_inference of gather, slice_by_index and slice_update call
+#         (ops.defs._utils: compute_gather, solve_slice_by_index_slice, get_squeeze_axes), called
+#         by the kernels that replace them; cast's supported_dtypes()
 #   - compressed weights (the int8/int4 variants, conversion/coreml_compress.py): the ops
 #         constexpr_affine_dequantize (iOS16) and constexpr_blockwise_shift_scale (iOS18), run
 #         through their own Operation.materialized_val_inference() (which calls the op class's
@@ -61,12 +65,16 @@ import numpy as np
 #         types.state(tensor) (types.is_state); the ops read_state(input) and
 #         coreml_update_state(state, value), which have no value_inference (the loader turns the
 #         saved write_state + read_state pair back into one coreml_update_state); slice_update
-#         (the cache write) runs through its own value_inference
+#         (the cache write) runs through a kernel that computes what its value_inference does
 # Pinned by coremltools==9.0 in third_party/python/requirements_lock.txt.
 # ---------------------------------------------------------------------------------------------
 from coremltools.converters.mil.frontend.milproto import load as _milproto_load
 from coremltools.converters.mil.mil import types as _types
+from coremltools.converters.mil.mil.ops.defs._utils import compute_gather as _compute_gather
+from coremltools.converters.mil.mil.ops.defs._utils import get_squeeze_axes as _squeeze_axes
+from coremltools.converters.mil.mil.ops.defs._utils import solve_slice_by_index_slice as _solve_slice
 from coremltools.converters.mil.mil.types.symbolic import is_symbolic as _is_symbolic
+from coremltools.converters.mil.mil.types.type_mapping import string_to_nptype as _string_to_nptype
 
 from common.errors import InputError
 from training import config as config_lib
@@ -89,7 +97,7 @@ def _load_program(spec, weights_dir: str):
 
 
 def _set_value(var, value: np.ndarray, info: tuple | None = None) -> None:
-    """info: the var's (is a tensor, builtin dtype), as _var_info gives them, to save the lookups."""
+    """info: the var's (is a tensor, builtin dtype), as _Step gives them, to save the lookups."""
     is_tensor, dtype = info[:2] if info is not None else (_types.is_tensor(var.sym_type), var.dtype)
     if is_tensor:
         var._sym_type = _types.tensor(dtype, value.shape)
@@ -109,73 +117,184 @@ def _np_dtype(var) -> np.dtype:
     return np.dtype(_types.nptype_from_builtin(var.dtype))
 
 
-def _var_info(program, var) -> tuple:
-    """(is a tensor, builtin dtype, NumPy dtype) of an op's output var, looked up once per program:
-    an evaluate() runs every op again, and coremltools' type queries were a third of its time. A
-    var's dtype never changes (evaluate() only replaces its shape)."""
-    info = program.var_info.get(id(var))
-    if info is None:
-        info = program.var_info[id(var)] = (_types.is_tensor(var.sym_type), var.dtype, _np_dtype(var))
-    return info
+# Kernels: op_type -> function(v, op) -> value or tuple of values, where v maps each input the op
+# has to its value (a tuple input, concat's values, to a tuple of values). One runs instead of the
+# op's stock value_inference, for one of two reasons:
+#   - the stock version cannot be used (each such kernel says why);
+#   - speed: the stock version is run through coremltools' precondition wrapper and reads every
+#     value through Var.val and every shape through the var's type, which was most of an
+#     evaluation (a T1 decode step of the stateful package is ~170 tiny ops). These kernels
+#     ("same as value_inference") compute exactly the stock NumPy expressions, in the same order
+#     and dtypes, on the same values; verify/mil_executor_test.py holds each to value_inference,
+#     bit for bit, on every op of the student's programs.
+# An op without a kernel, or without an input its kernel needs (KERNEL_INPUTS), runs its stock
+# value_inference.
 
 
-# Overrides: op_type -> function(op) -> value or tuple of values. Each says why the stock
-# value_inference cannot be used.
+def _binary(operator_fn):
+    # Same as value_inference (elementwise_binary): the Python operator on the two values.
+    return lambda v, op: operator_fn(v["x"], v["y"])
 
 
-def _silu(op):
+def _rsqrt(v, op):
+    # Same as value_inference.
+    x = v["x"]
+    result = 1.0 / np.sqrt(x + v["epsilon"])
+    return np.array(result) if x.ndim == 0 else result
+
+
+def _cast(v, op):
+    # Same as value_inference (cast.get_cast_value on a value that is not symbolic).
+    if v["dtype"] not in type(op).supported_dtypes():
+        raise NotImplementedError(f"cast to {v['dtype']} is not supported")
+    nptype = _string_to_nptype(v["dtype"])
+    x = v["x"]
+    return x.astype(dtype=nptype) if hasattr(x, "astype") else nptype(x)
+
+
+def _gather(v, op):
+    # Same as value_inference; an iOS15 gather has no batch_dims input (always 0).
+    return _compute_gather(
+        params=v["x"], indices=v["indices"], axis=v["axis"], batch_dims=v.get("batch_dims", 0)
+    )
+
+
+def _reshape(v, op):
+    # Same values as value_inference: its 0s are the input's dims; a -1 numpy infers as it does.
+    x, shape = v["x"], [int(s) for s in v["shape"]]
+    if 0 in shape:
+        if len(shape) != x.ndim:
+            raise ValueError(f"a 0 in reshape's shape {shape} needs rank {x.ndim}")
+        shape = [x.shape[dim] if s == 0 else s for dim, s in enumerate(shape)]
+    return np.reshape(x, shape)
+
+
+def _expand_dims(v, op):
+    # Same as value_inference.
+    x, axes = v["x"], v["axes"]
+    out_rank = np.ndim(x) + len(axes)
+    for axis in axes:
+        if axis <= -out_rank - 1 or axis >= out_rank:
+            raise IndexError(f"axis {axis} is out of bounds for rank {out_rank}")
+    shape = list(np.shape(x))
+    for axis in sorted(out_rank + axis if axis < 0 else axis for axis in axes):
+        shape.insert(axis, 1)
+    return np.reshape(x, shape)
+
+
+def _slices(v, shape):
+    return _solve_slice(
+        shape,
+        v["begin"],
+        v["end"],
+        v.get("stride"),
+        v.get("begin_mask"),
+        v.get("end_mask"),
+        v.get("squeeze_mask"),
+    )
+
+
+def _slice_by_index(v, op):
+    # Same as value_inference; squeezing every axis (a scalar) is left to it.
+    x = v["x"]
+    result = x[_slices(v, x.shape)]
+    axes = _squeeze_axes(v.get("squeeze_mask"), x.ndim)
+    if not axes:
+        return result
+    if len(axes) == result.ndim:
+        return op.value_inference()
+    return np.squeeze(result, axis=tuple(axes))
+
+
+def _slice_update(v, op):
+    # Same as value_inference (iOS18): a copy of x with the slice replaced.
+    x = np.copy(v["x"])
+    slices = _slices(v, x.shape)
+    x[slices] = np.reshape(v["update"], x[slices].shape)
+    return x
+
+
+def _concat(v, op):
+    # Same as value_inference (on values, none symbolic). Like it, ignores interleave.
+    values = list(v["values"])
+    if not isinstance(values[0], np.ndarray) or values[0].shape == ():
+        return np.stack(values, axis=v["axis"])
+    return np.concatenate(values, axis=v["axis"])
+
+
+def _softmax(v, op):
+    # Same as value_inference.
+    x, axis = v["x"], v["axis"]
+    max_vals = np.max(x, axis=axis, keepdims=True)
+    temp = np.exp(x - max_vals)
+    return temp / np.sum(temp, axis=axis, keepdims=True)
+
+
+def _silu(v, op):
     # No value_inference at all in coremltools 9.0. Computed in float32, rounded to the op's dtype.
-    x = op.x.val.astype(np.float32)
+    x = v["x"].astype(np.float32)
     return x / (1.0 + np.exp(-x))
 
 
-def _shape(op):
+def _shape(v, op):
     # The stock version reads the var's type, which holds symbols unless made concrete (it returns
     # a symbolic shape); the runtime shape is the value's.
-    return np.array(np.shape(op.x.val), dtype=np.int32)
+    return np.array(np.shape(v["x"]), dtype=np.int32)
 
 
-def _select(op):
+def _select(v, op):
     # With scalar branches the stock version sees a scalar type (it broadcasts a and b, not cond)
     # and calls .item() on the broadcast array.
-    return np.where(op.cond.val, op.a.val, op.b.val)
+    return np.where(v["cond"], v["a"], v["b"])
 
 
 def _reduce(numpy_fn):
-    def reduce(op):
+    def reduce(v, op):
         # keep_dims arrives as a 0-d numpy bool, which numpy 2 reductions reject as `keepdims`.
-        axes = None if op.axes is None else tuple(int(a) for a in op.axes.val)
-        keep = bool(op.keep_dims.val) if op.keep_dims is not None else False
-        return numpy_fn(op.x.val, axis=axes, keepdims=keep)
+        axes = None if v.get("axes") is None else tuple(int(a) for a in v["axes"])
+        keep = bool(v["keep_dims"]) if v.get("keep_dims") is not None else False
+        return numpy_fn(v["x"], axis=axes, keepdims=keep)
 
     return reduce
 
 
-def _band_part(op):
+def _band_part(v, op):
     # Same semantics as the stock version, vectorised (it loops over M*N elements in Python).
-    x = op.x.val
+    x = v["x"]
     m, n = x.shape[-2:]
     rows, cols = np.arange(m)[:, None], np.arange(n)[None, :]
-    lower, upper = int(op.lower.val), int(op.upper.val)
+    lower, upper = int(v["lower"]), int(v["upper"])
     keep = ((lower < 0) | (rows - cols <= lower)) & ((upper < 0) | (cols - rows <= upper))
     return np.where(keep, x, np.zeros((), dtype=x.dtype))
 
 
-def _linear(op):
+def _as_float32(op, name: str, value):
+    """A weight's float32 copy, made once: kept on the op until the weight's value object changes
+    (set_const, or a constexpr decompressed again). Converting every matrix on every call was a
+    fifth of a decode step."""
+    held = op.__dict__.setdefault("_executor_float32", {})
+    source = getattr(op, name)._sym_val
+    cached = held.get(name)
+    if cached is None or cached[0] is not source:
+        cached = held[name] = (source, value.astype(np.float32))
+    return cached[1]
+
+
+def _linear(v, op):
     # Float32 accumulation, rounded to the op's dtype afterwards (as GPU matrix units accumulate):
     # NumPy's float16 matmul is an unvectorised loop, three times slower, and no more faithful.
-    result = np.matmul(op.x.val.astype(np.float32), op.weight.val.astype(np.float32).T)
-    if op.bias is not None:
-        result = result + op.bias.val.astype(np.float32)
+    result = np.matmul(v["x"].astype(np.float32), _as_float32(op, "weight", v["weight"]).T)
+    if v.get("bias") is not None:
+        result = result + _as_float32(op, "bias", v["bias"])
     return result
 
 
-def _matmul(op):
+def _matmul(v, op):
     # Float32 accumulation as in _linear.
-    x, y = op.x.val.astype(np.float32), op.y.val.astype(np.float32)
-    if op.transpose_x is not None and op.transpose_x.val:
+    x, y = v["x"].astype(np.float32), v["y"].astype(np.float32)
+    if v.get("transpose_x") is not None and v["transpose_x"]:
         x = np.swapaxes(x, -1, -2)
-    if op.transpose_y is not None and op.transpose_y.val:
+    if v.get("transpose_y") is not None and v["transpose_y"]:
         y = np.swapaxes(y, -1, -2)
     return np.matmul(x, y)
 
@@ -186,13 +305,13 @@ def _matmul(op):
 STATE_OPS = ("read_state", "coreml_update_state")
 
 
-def _read_state(op):
+def _read_state(v, op):
     # A copy: the runtime's read_state copies the state's content into a new tensor.
-    return np.array(op.input.val, copy=True)
+    return np.array(v["input"], copy=True)
 
 
-def _coreml_update_state(op):
-    state, value = op.state, np.asarray(op.value.val)
+def _coreml_update_state(v, op):
+    state, value = op.state, np.asarray(v["value"])
     dtype = np.dtype(_types.nptype_from_builtin(state.sym_type.wrapped_type().get_primitive()))
     held = np.asarray(state.val)
     if value.shape != held.shape:
@@ -207,23 +326,23 @@ def _coreml_update_state(op):
 CONSTEXPR_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 
 
-def _constexpr(op):
+def _constexpr(v, op):
     # constexpr ops have no value_inference by design (coremltools keeps weights compressed while
     # it optimizes); materializing is what the runtime does once when it loads the model. Their
     # inputs are consts, so the stock decompression applies unchanged.
     return op.materialized_val_inference()
 
 
-def _scaled_dot_product_attention(op):
+def _scaled_dot_product_attention(v, op):
     # Float32 accumulation as in _linear, rounded to the op's dtype afterwards; the stock version
     # multiplies in the inputs' float16 (NumPy's slow loop) and rounds every partial sum.
-    q, k, v = (x.val.astype(np.float32) for x in (op.query, op.key, op.value))
+    q, k, value = (v[name].astype(np.float32) for name in ("query", "key", "value"))
     scores = np.matmul(q, np.swapaxes(k, -1, -2)) / np.sqrt(np.float32(q.shape[-1]))
-    if op.attn_mask is not None:
-        mask = op.attn_mask.val
+    if v.get("attn_mask") is not None:
+        mask = v["attn_mask"]
         scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask.astype(np.float32)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
-    return np.matmul(scores / scores.sum(-1, keepdims=True), v)
+    return np.matmul(scores / scores.sum(-1, keepdims=True), value)
 
 
 OVERRIDES = {
@@ -242,6 +361,39 @@ OVERRIDES = {
     "reduce_max": _reduce(np.max),
     "reduce_min": _reduce(np.min),
     "reduce_prod": _reduce(np.prod),
+    # Same as value_inference, for speed (above).
+    "add": _binary(operator.add),
+    "sub": _binary(operator.sub),
+    "mul": _binary(operator.mul),
+    "pow": _binary(operator.pow),
+    "less_equal": _binary(operator.le),
+    "rsqrt": _rsqrt,
+    "cast": _cast,
+    "gather": _gather,
+    "reshape": _reshape,
+    "expand_dims": _expand_dims,
+    "transpose": lambda v, op: np.transpose(v["x"], axes=v["perm"]),
+    "tile": lambda v, op: np.tile(v["x"], reps=v["reps"]),
+    "fill": lambda v, op: np.full(shape=v["shape"], fill_value=v["value"]),
+    "slice_by_index": _slice_by_index,
+    "slice_update": _slice_update,
+    "concat": _concat,
+    "softmax": _softmax,
+}
+# The kernels that compute what the op's stock value_inference computes (for speed, above).
+SAME_AS_VALUE_INFERENCE = (
+    "add", "sub", "mul", "pow", "less_equal", "rsqrt", "cast", "gather", "reshape", "expand_dims",
+    "transpose", "tile", "fill", "slice_by_index", "slice_update", "concat", "softmax",
+)  # fmt: skip
+# Inputs a kernel reads with v[...] that the op may leave to its defaults (coremltools'
+# default_inputs); an op without one of them runs its stock value_inference instead.
+KERNEL_INPUTS = {
+    "rsqrt": ("epsilon",),
+    "gather": ("axis",),
+    "fill": ("value",),
+    "softmax": ("axis",),
+    "concat": ("axis",),
+    "band_part": ("lower", "upper"),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +469,7 @@ class Program:
     # the runtime decompresses once at load, and so does evaluate() (it was a third of an int4
     # forward).
     materialized_from: dict[int, tuple] = dataclasses.field(default_factory=dict, repr=False)
-    var_info: dict[int, tuple] = dataclasses.field(default_factory=dict, repr=False)  # _var_info
+    plan: list | None = dataclasses.field(default=None, repr=False)  # _Step per op, made by _plan
 
     @property
     def op_types(self) -> list[str]:
@@ -435,11 +587,48 @@ def load_mlpackage(path: str, bounds: Bounds = LIMITS) -> Program:
     )
 
 
-def _check_declared(program: Program, op, var, value) -> None:
-    declared = program.declared.get(id(var))
+class _Step:
+    """One op of a program as evaluate() runs it, with what it looks up worked out once per program
+    (coremltools' type queries were a third of an evaluation): its kernel (None: value_inference),
+    its input vars, and per output var (is a tensor, builtin dtype, NumPy dtype; a var's dtype never
+    changes, evaluate() only replaces its shape), its declared dims, and the last shape found to
+    agree with them."""
+
+    __slots__ = ("op", "kernel", "inputs", "outputs", "checked")
+
+    def __init__(self, program: Program, op):
+        self.op = op
+        kernel = OVERRIDES.get(op.op_type)
+        inputs = op.inputs
+        if kernel is not None and all(name in inputs for name in KERNEL_INPUTS.get(op.op_type, ())):
+            self.kernel = kernel
+        else:
+            self.kernel = None
+        self.inputs = tuple((name, var, isinstance(var, (tuple, list))) for name, var in inputs.items())
+        self.outputs = tuple(
+            (var, (_types.is_tensor(var.sym_type), var.dtype, _np_dtype(var)), program.declared.get(id(var)))
+            for var in op.outputs
+        )
+        self.checked = [None] * len(op.outputs)
+
+    def values(self) -> dict:
+        """The kernel's v: each input's value. Read from the var's slot, not through Var.val, which
+        tests it for symbols on every read: the executor only ever stores concrete arrays there."""
+        return {
+            name: tuple(item._sym_val.val for item in var) if is_tuple else var._sym_val.val
+            for name, var, is_tuple in self.inputs
+        }
+
+
+def _plan(program: Program) -> list:
+    if program.plan is None:
+        program.plan = [_Step(program, op) for op in program.function.operations if op.op_type != "const"]
+    return program.plan
+
+
+def _check_declared(program: Program, op, declared: tuple | None, shape: tuple) -> None:
     if declared is None:
         return
-    shape = np.shape(value)
     frozen = len(shape) != len(declared) or any(
         d is not None and d != s for d, s in zip(declared, shape, strict=True)
     )
@@ -451,10 +640,10 @@ def _check_declared(program: Program, op, var, value) -> None:
         )
 
 
-def _evaluate_op(program: Program, op) -> None:
-    override = OVERRIDES.get(op.op_type)
+def _evaluate_op(program: Program, step: _Step) -> None:
+    op = step.op
     try:
-        result = override(op) if override else op.value_inference()
+        result = step.kernel(step.values(), op) if step.kernel else op.value_inference()
     except NotImplementedError as error:
         raise InputError(
             f"{program.path}: op {op.name!r} ({op.op_type}) has no NumPy implementation ({error}); "
@@ -471,15 +660,16 @@ def _evaluate_op(program: Program, op) -> None:
             f"{program.path}: op {op.name!r} ({op.op_type}) failed on shapes {shapes}: {error} ({hint})"
         ) from None
     results = result if isinstance(result, tuple) else (result,)
-    if len(results) != len(op.outputs) or any(r is None for r in results):
+    if len(results) != len(step.outputs) or any(r is None for r in results):
         raise InputError(
             f"{program.path}: op {op.name!r} ({op.op_type}) produced no value; "
             "add an override in verify/mil_executor.py"
         )
-    for var, value in zip(op.outputs, results, strict=True):
-        info = _var_info(program, var)
+    for i, ((var, info, declared), value) in enumerate(zip(step.outputs, results, strict=True)):
         value = np.asarray(value).astype(info[2], copy=False)
-        _check_declared(program, op, var, value)
+        if value.shape != step.checked[i]:
+            _check_declared(program, op, declared, value.shape)
+            step.checked[i] = value.shape
         _set_value(var, value, info)
 
 
@@ -539,18 +729,17 @@ def evaluate(
         if value.dtype.kind != expected.kind:
             raise InputError(f"{program.path}: input {name!r} dtype {value.dtype}, expected {expected}")
         _set_value(var, value.astype(_np_dtype(var)))
-    for op in function.operations:
-        if op.op_type == "const":  # const values were loaded with the program
-            continue
+    for step in _plan(program):
+        op = step.op
         if op.op_type in CONSTEXPR_OPS:
             sources = tuple(var._sym_val for var in op.inputs.values())
             held = program.materialized_from.get(id(op))
             if held is not None and all(a is b for a, b in zip(held, sources, strict=True)):
                 continue
-            _evaluate_op(program, op)
+            _evaluate_op(program, step)
             program.materialized_from[id(op)] = sources
             continue
-        _evaluate_op(program, op)
+        _evaluate_op(program, step)
     values = {var.name: var.val for var in function.outputs}
     for name in program.state_specs:
         state.values[name] = np.asarray(function.inputs[name].val)
@@ -604,7 +793,7 @@ def set_const(program: Program, name: str, value: np.ndarray) -> None:
 def materialized_weights(program: Program) -> dict[str, np.ndarray]:
     """{name: value} of every compressed weight (constexpr op), decompressed as the runtime does."""
     return {
-        op.outputs[0].name: np.asarray(_constexpr(op))
+        op.outputs[0].name: np.asarray(_constexpr(None, op))
         for op in program.function.operations
         if op.op_type in CONSTEXPR_OPS
     }

@@ -493,3 +493,57 @@ def test_a_stateless_program_refuses_a_state(packages):
     assert program.state_specs == {}
     with pytest.raises(InputError, match="has no states"):
         mil_executor.evaluate(program, {"input_ids": _ids(64)}, mil_executor.State({}))
+
+
+# --- Kernels that replace the stock value_inference for speed -----------------------------------
+
+
+def _kernel_mismatches(program) -> tuple[set, list]:
+    """(op types compared, ops whose kernel result differs from value_inference), on the values the
+    program's vars hold after an evaluate()."""
+    compared, differ = set(), []
+    for step in mil_executor._plan(program):
+        if step.op.op_type not in mil_executor.SAME_AS_VALUE_INFERENCE:
+            continue
+        assert step.kernel is not None, f"{step.op.name} ({step.op.op_type}) runs value_inference"
+        got = np.asarray(step.kernel(step.values(), step.op))
+        expected = np.asarray(step.op.value_inference())
+        compared.add(step.op.op_type)
+        if (got.dtype, got.shape, got.tobytes()) != (expected.dtype, expected.shape, expected.tobytes()):
+            differ.append(f"{step.op.name} ({step.op.op_type})")
+    return compared, differ
+
+
+def test_kernels_compute_what_value_inference_computes_bit_for_bit(packages, tmp_path):
+    """A kernel that replaces value_inference for speed must return the same array, same dtype,
+    same bits, on every op of the student's programs (fp16 and fp32, at every length) and of a
+    stateful program (slice_update)."""
+    compared = set()
+    for precision in ("fp16", "fp32"):
+        program = mil_executor.load_mlpackage(packages[precision])
+        for length in LENGTHS:
+            mil_executor.run(program, _ids(length))
+            ops, differ = _kernel_mismatches(program)
+            compared |= ops
+            assert not differ, f"{precision} T{length}: {differ}"
+    module = stateful_toy.CacheWriter()
+    program = _stateful(module, tmp_path)
+    state = mil_executor.make_state(program)
+    rng = np.random.default_rng(0)
+    for steps, pos in ((3, 0), (1, 3)):
+        mil_executor.evaluate(program, _feeds(steps, pos, rng), state)
+        ops, differ = _kernel_mismatches(program)
+        compared |= ops
+        assert not differ, f"stateful call at {pos}: {differ}"
+    # The ops the student's programs use, so a kernel that stops being used here is noticed.
+    assert {
+        "add",
+        "mul",
+        "pow",
+        "rsqrt",
+        "reshape",
+        "transpose",
+        "gather",
+        "softmax",
+        "slice_update",
+    } <= compared
