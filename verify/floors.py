@@ -182,12 +182,20 @@ class _F16CacheAttention(torch.nn.Module):
 
 
 def _round_input_through_q8_0(module, inputs):
-    """ggml quantizes the f32 operand of a Q8_0/Q4_0 product to Q8_0 blocks (its vec_dot type)."""
+    """ggml quantizes the f32 operand of a Q8_0/Q4_0 product to Q8_0 blocks (its vec_dot type).
+
+    gguf's own Q8_0 block code (what gguf_quant.round_trip runs), applied to every block of the
+    activations at once: gguf.quants.quantize applies it to groups of 16 rows in a Python loop, and
+    every block is computed on its own, so the result is the same to the bit (verify/floors_test.py)."""
     del module
-    from conversion import gguf_quant
+    from gguf.quants import Q8_0
 
     x = inputs[0]
-    rounded = gguf_quant.round_trip(x.detach().to(torch.float32).numpy(), gguf_quant.T.Q8_0)
+    values = x.detach().to(torch.float32).numpy()
+    if values.shape[-1] % Q8_0.block_size:
+        raise ValueError(f"Q8_0 blocks of {Q8_0.block_size} do not divide rows of {values.shape[-1]}")
+    blocks = np.ascontiguousarray(values).reshape(-1, Q8_0.block_size)
+    rounded = Q8_0.dequantize_blocks(Q8_0.quantize_blocks(blocks)).reshape(values.shape)
     return (torch.from_numpy(rounded).to(x.dtype),)
 
 
@@ -343,6 +351,8 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
     refs = {
         length: np.concatenate([eager(row) for row in rows_by_length[length]], axis=1) for length in lengths
     }
+    # Eager's side of the behaviour replay, the same for every precision: computed once.
+    reference = parity.replay(eager, prompts, continuations, lengths, pad_id)
     decode_refs = None
     out = {}
     for precision in precisions:
@@ -353,7 +363,7 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
             got = np.concatenate([twin(row) for row in rows_by_length[length]], axis=1)
             scopes[scope(length)] = _floored(parity.compare_logits(refs[length], got))
         replay = parity.behaviour_check(
-            eager, twin, prompts, continuations, lengths, pad_id, 0.0, artifact_batch=64
+            eager, twin, prompts, continuations, lengths, pad_id, 0.0, artifact_batch=64, reference=reference
         )
         if replay.comparison is None:
             raise ValueError(

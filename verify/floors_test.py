@@ -160,3 +160,20 @@ def test_llama_cpp_precisions_compute_rope_as_ggml_does(model):
         np.testing.assert_array_equal(twin.rotary.cos.numpy().astype(np.float32), cos)
         np.testing.assert_array_equal(twin.rotary.sin.numpy().astype(np.float32), sin)
     assert np.array_equal(floors.emulation(model, "f32").rotary.cos.numpy(), exact.astype(np.float64))
+
+
+def test_activations_round_through_q8_0_as_gguf_quantizes_them_bit_for_bit():
+    """The emulation's Q8_0 round trip of a projection's input (all blocks at once) is gguf's own,
+    row group by row group (gguf_quant.round_trip), to the bit: zero blocks, tiny and huge values."""
+    rng = np.random.default_rng(0)
+    for shape in [(1, 64, 128), (64, 128, 512), (3, 5, 64)]:
+        for scale in (1e-6, 1.0, 1e4):
+            x = rng.standard_normal(shape) * scale
+            x[..., :32] = 0.0
+            x[..., 32] = 0.5 * scale  # a block whose largest value is exact halves
+            got = floors._round_input_through_q8_0(None, (torch.from_numpy(x),))[0]
+            stored = gguf_quant.round_trip(x.astype(np.float32), gguf_quant.T.Q8_0)
+            assert got.dtype == torch.float64
+            assert got.numpy().tobytes() == stored.astype(np.float64).tobytes(), (shape, scale)
+    with pytest.raises(ValueError, match="do not divide"):
+        floors._round_input_through_q8_0(None, (torch.zeros(2, 48),))

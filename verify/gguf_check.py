@@ -171,12 +171,15 @@ def gguf_logits(llama, ids) -> np.ndarray:
     return np.array(llama.scores[:length], dtype=np.float32)[None]
 
 
-def tokenize_mismatches(llama, tokenizer, strings) -> list[tuple[str, list[int], list[int]]]:
-    """(text, llama.cpp ids, our ids) for every string the two tokenizers encode differently."""
+def tokenize_mismatches(
+    llama, tokenizer, strings, ours_by_text=None
+) -> list[tuple[str, list[int], list[int]]]:
+    """(text, llama.cpp ids, our ids) for every string the two tokenizers encode differently.
+    ours_by_text: our tokenizer's ids of the strings, when several files are checked against them."""
     out = []
     for text in strings:
         theirs = llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        ours = tokenizer.encode(text)
+        ours = ours_by_text[text] if ours_by_text is not None else tokenizer.encode(text)
         if list(theirs) != list(ours):
             out.append((text, list(theirs), list(ours)))
     return out

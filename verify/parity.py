@@ -174,29 +174,30 @@ def _margins(logits: np.ndarray) -> np.ndarray:
     return top2[..., 1] - top2[..., 0]
 
 
-def behaviour_check(
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """The behaviour replay's sequences and eager's logits at their compared positions: the same for
+    every artifact, so computed once (replay()) and passed to each behaviour_check."""
+
+    # (question, row length, sequence, first compared logit index, number of compared positions)
+    items: tuple
+    skipped: int  # questions whose prompt alone does not fit the longest length
+    eager_logits: dict  # question -> eager's logits at its compared positions
+
+
+def replay(
     eager_forward: LogitsFn,
-    artifact_forward: LogitsFn,
     prompts_ids: Sequence[Sequence[int]],
     continuations: Sequence[Sequence[int]],
     lengths: Sequence[int],
     pad_id: int,
-    near_tie_margin: float,
     eager_batch: int = 64,
-    artifact_batch: int = 1,
-) -> BehaviourResult:
-    """Argmax agreement with eager on eager's own greedy continuations, one artifact forward each.
-
-    eager_forward may take a batch [B, T]; artifact_forward gets [1, T] (the contract's shape),
-    or up to artifact_batch rows of one length at once when it takes a batch (an eager emulation,
-    verify/floors.py: its rows come out bit for bit as one at a time, and one forward per row was
-    most of the floors' time). A sequence longer than the longest length is cut there
-    (continuation positions past it are not checked).
-    """
+) -> Replay:
+    """Eager's side of behaviour_check: each question's padded sequence and eager's logits along
+    it, eager_batch rows of one length per forward (eager_forward takes a batch [B, T])."""
     if len(prompts_ids) != len(continuations):
         raise ValueError(f"{len(prompts_ids)} prompts but {len(continuations)} continuations")
     longest = max(lengths)
-    # (question, row length, sequence, first compared logit index, number of compared positions)
     items = []
     skipped = 0
     for q, (prompt, continuation) in enumerate(zip(prompts_ids, continuations, strict=True)):
@@ -209,17 +210,53 @@ def behaviour_check(
         items.append((q, smallest_length(len(sequence), lengths), sequence, len(prompt) - 1, count))
 
     eager_logits: dict[int, np.ndarray] = {}
-    by_length: dict[int, list] = {}
-    for item in items:
-        by_length.setdefault(item[1], []).append(item)
-    for length, group in sorted(by_length.items()):
+    for length, group in sorted(_by_length(items).items()):
         for start in range(0, len(group), eager_batch):
             chunk = group[start : start + eager_batch]
             batch = np.concatenate([pad_row(item[2], length, pad_id) for item in chunk])
             out = np.asarray(eager_forward(batch))
             for row, item in enumerate(chunk):
                 first, count = item[3], item[4]
-                eager_logits[item[0]] = out[row, first : first + count]
+                # A copy: a view would keep the whole batch's logits alive for as long as the Replay.
+                eager_logits[item[0]] = out[row, first : first + count].copy()
+    return Replay(tuple(items), skipped, eager_logits)
+
+
+def _by_length(items) -> dict[int, list]:
+    by_length: dict[int, list] = {}
+    for item in items:
+        by_length.setdefault(item[1], []).append(item)
+    return by_length
+
+
+def behaviour_check(
+    eager_forward: LogitsFn,
+    artifact_forward: LogitsFn,
+    prompts_ids: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    lengths: Sequence[int],
+    pad_id: int,
+    near_tie_margin: float,
+    eager_batch: int = 64,
+    artifact_batch: int = 1,
+    reference: Replay | None = None,
+) -> BehaviourResult:
+    """Argmax agreement with eager on eager's own greedy continuations, one artifact forward each.
+
+    eager_forward may take a batch [B, T]; artifact_forward gets [1, T] (the contract's shape),
+    or up to artifact_batch rows of one length at once when it takes a batch (an eager emulation,
+    verify/floors.py: its rows come out bit for bit as one at a time, and one forward per row was
+    most of the floors' time). A sequence longer than the longest length is cut there
+    (continuation positions past it are not checked). `reference`: replay() of the same eager
+    forward, prompts, continuations, lengths and pad id, when several artifacts are checked (eager's
+    logits are then computed once, not once per artifact); eager_forward is not called then.
+    """
+    if reference is None:
+        reference = replay(eager_forward, prompts_ids, continuations, lengths, pad_id, eager_batch)
+    elif len(prompts_ids) != len(continuations):
+        raise ValueError(f"{len(prompts_ids)} prompts but {len(continuations)} continuations")
+    items, skipped, eager_logits = list(reference.items), reference.skipped, reference.eager_logits
+    by_length = _by_length(items)
 
     elapsed = 0.0
     artifact_logits: dict[int, np.ndarray] = {}

@@ -144,6 +144,25 @@ def test_a_batching_artifact_gets_rows_of_one_length_and_gives_the_same_result()
     assert batched.mismatches  # the other model's flips are found in batches too
 
 
+def test_a_shared_replay_reference_gives_the_same_result_without_eager_forwards():
+    eager, other = causal_model(), causal_model(seed=1)
+    conts = continuations(eager)
+    reference = parity.replay(eager, PROMPTS, conts, LENGTHS, PAD)
+    calls = []
+
+    def counted_eager(ids):
+        calls.append(ids.shape)
+        return eager(ids)
+
+    alone = parity.behaviour_check(eager, other, PROMPTS, conts, LENGTHS, PAD, 0.1)
+    shared = parity.behaviour_check(
+        counted_eager, other, PROMPTS, conts, LENGTHS, PAD, 0.1, reference=reference
+    )
+    assert calls == []
+    assert dataclasses.replace(shared, seconds=0.0) == dataclasses.replace(alone, seconds=0.0)
+    assert shared.mismatches and shared.comparison == alone.comparison
+
+
 def test_broken_artifact_fails():
     eager = causal_model()
     other = causal_model(seed=1)  # a different model: its argmax differs at clear margins

@@ -23,6 +23,7 @@ every step's logits within the "decode" bounds (verify/decode_parity.py).
 """
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -149,6 +150,11 @@ class Inputs:
     heldout: list
     strings: list[str]  # every dataset string, for the GGUF tokenizer check
     settings: inputs_lib.Settings
+
+    @functools.cached_property
+    def string_ids(self) -> dict[str, list[int]]:
+        """Our tokenizer's ids of every dataset string: encoded once for all the GGUF files."""
+        return {text: self.tokenizer.encode(text) for text in self.strings}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,11 +399,12 @@ def compressed_coreml_backend(name: str, path: str, contract, program=None) -> B
     )
 
 
-def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF) -> None:
-    """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do."""
+def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF, ours_by_text=None) -> None:
+    """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do.
+    ours_by_text: our ids of the strings (Inputs.string_ids), or None to encode them here."""
     from verify import gguf_check
 
-    mismatches = gguf_check.tokenize_mismatches(llama, tokenizer, strings)
+    mismatches = gguf_check.tokenize_mismatches(llama, tokenizer, strings, ours_by_text)
     for text, theirs, ours in mismatches[:3]:
         logging.error("llama.cpp tokenizes %r as %s, ours as %s", text, theirs, ours)
     report.note(name, report_lib.ALL, "tokenizer_strings", len(strings))
@@ -489,7 +496,7 @@ def gguf_backend(name: str, path: str, inputs: Inputs) -> Backend:
 
         def check(report, contract, model):
             del contract
-            check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings, name)
+            check_gguf_tokenizer(report, llama, inputs.tokenizer, inputs.strings, name, inputs.string_ids)
             check_gguf_content(report, path, model, name)
 
     return Backend(name, path, lambda ids: gguf_check.logits(llama, ids), check)
@@ -667,8 +674,10 @@ def _check_floor_ratio(report, backend: str, where: str, comparison, gates) -> N
 
 
 def check_behaviour(
-    report, backend: Backend, eager, contract, prompts, continuations, pad_id, paths: Paths
+    report, backend: Backend, eager, contract, prompts, continuations, pad_id, paths: Paths, reference=None
 ) -> None:
+    """`reference`: parity.replay() of eager on these prompts and continuations, computed once for
+    every backend (None: computed here)."""
     try:
         result = parity.behaviour_check(
             eager,
@@ -678,6 +687,7 @@ def check_behaviour(
             contract.lengths,
             pad_id,
             gates_lib.near_tie_margin(contract.gates, backend.name),
+            reference=reference,
         )
     except Exception as error:  # the artifact failed to run on a question
         report.fail(backend.name, report_lib.ALL, "behaviour", first_line(error, paths))
@@ -871,6 +881,8 @@ def verify(
         model, prompts, sampled_behaviour.SEEDS, tokenizer.eos_id, settings.max_new_tokens, sampling.DEFAULT
     )
     logging.info("eager sampled replies (proposals) in %.2f s", time.monotonic() - began)
+    # Eager's side of the behaviour replay, the same for every backend: computed once.
+    replay_reference = parity.replay(eager, prompts, continuations, contract.lengths, tokenizer.pad_id)
     decode_inputs = None
     if any(backend.steps for backend in backends):
         from verify import decode_parity
@@ -883,12 +895,22 @@ def verify(
         report.note(backend.name, report_lib.ALL, "near_tie_margin", margin)
         if backend.interface_check:
             backend.interface_check(report, contract, model)
-        if backend.name in COREML_COMPRESSED:  # the executor is slow: reuse the replay's forwards
+        if backend.name in greedy_agreement.MEASURED:  # the greedy replies reuse the replay's forwards
             backend = dataclasses.replace(
                 backend, forward=padded_memoised(backend.forward, contract.lengths, tokenizer.pad_id)
             )
         check_outputs(report, backend, contract, rows, refs, paths)
-        check_behaviour(report, backend, eager, contract, prompts, continuations, tokenizer.pad_id, paths)
+        check_behaviour(
+            report,
+            backend,
+            eager,
+            contract,
+            prompts,
+            continuations,
+            tokenizer.pad_id,
+            paths,
+            replay_reference,
+        )
         if agreement and backend.name in greedy_agreement.MEASURED:
             check_greedy_agreement(
                 report, backend, eager, prompts, continuations, contract, tokenizer, settings, paths
