@@ -103,7 +103,15 @@ def sample(logits, u: float, settings: Settings) -> int:
     if not 0 <= u < 1:
         raise ValueError(f"u: {u}; a draw must be in [0, 1)")
     ids, probs = candidates(logits, settings)
-    index = int(np.searchsorted(np.cumsum(probs), u, side="right"))
+    return pick(ids, np.cumsum(probs), u)
+
+
+def pick(ids: np.ndarray, cumulative: np.ndarray, u: float) -> int:
+    """The token the draw u picks from candidates' ids and the cumulative sum of their probabilities
+    (sample() in two steps, for a caller that draws several times from one position's logits)."""
+    if not 0 <= u < 1:
+        raise ValueError(f"u: {u}; a draw must be in [0, 1)")
+    index = int(np.searchsorted(cumulative, u, side="right"))
     return int(ids[min(index, len(ids) - 1)])  # rounding can leave the last sum a hair below u
 
 

@@ -61,6 +61,22 @@ def _as_logits(out) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+def _chooser(sampler: sampling.Settings):
+    """sampling.sample(logits, u, sampler), with each position's candidates worked out once: a
+    question's seeds often replay the same sequence, and so sort the same logits again."""
+    memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def choose(logits: np.ndarray, u: float) -> int:
+        row = np.asarray(logits)
+        key = (row.dtype.str, row.shape, row.tobytes())
+        if key not in memo:
+            ids, probs = sampling.candidates(logits, sampler)
+            memo[key] = ids, np.cumsum(probs)
+        return sampling.pick(*memo[key], u)
+
+    return choose
+
+
 def _memoised(forward: LogitsFn) -> LogitsFn:
     memo: dict[bytes, np.ndarray] = {}
 
@@ -82,13 +98,17 @@ def backend_reply(
     max_new_tokens: int,
     sampler: sampling.Settings,
     max_length: int,
+    choose=None,
 ) -> tuple[list[int], bool]:
     """(the backend's sampled reply to prompt with these draws, whether the proposal held throughout).
 
     Equal to generate(forward, prompt, eos_id, max_new_tokens, sampler, draws=draws,
     max_length=max_length) (see the module docstring), with one forward when the proposal holds.
+    choose: _chooser(sampler), shared by the replies to one question (None: one of its own).
     """
     from training import decode
+
+    choose = choose or _chooser(sampler)
 
     limit = min(max_new_tokens, max_length - len(prompt))
     proposal = list(proposal)[: max(limit, 0)]
@@ -97,7 +117,7 @@ def backend_reply(
         sequence = np.asarray([[*prompt, *proposal]], dtype=np.int64)
         logits = _as_logits(forward(sequence))[0, len(prompt) - 1 :]
         for step, expected in enumerate(proposal):
-            token = sampling.sample(logits[step], float(draws[step]), sampler)
+            token = choose(logits[step], float(draws[step]))
             reply.append(token)
             if token == eos_id:
                 return reply, token == expected
@@ -142,6 +162,7 @@ def check(
     elapsed = 0.0
     for q, prompt in enumerate(prompts):
         once = _memoised(forward)  # seeds often give a question the same reply: one forward each
+        choose = _chooser(sampler)
         for seed in seeds:
             draws = sampling.draws(seed, prompt, max_new_tokens)
             began = time.monotonic()
@@ -154,6 +175,7 @@ def check(
                 max_new_tokens,
                 sampler,
                 max_length,
+                choose,
             )
             elapsed += time.monotonic() - began
             replayed += held

@@ -57,6 +57,28 @@ def test_the_replayed_reply_is_the_backends_own_whatever_the_proposal(toy):
     assert reply == capped and len(reply) <= 2
 
 
+def test_one_chooser_shared_by_a_questions_seeds_gives_each_its_own_reply(toy):
+    """check() shares the sorted candidates of a position between a question's seeds: every seed
+    still gets the reply it generates with its own draws, whichever seed sorted them first."""
+    tokenizer, model, prompts = toy
+    forward = _numpy_forward(model)
+    eos = tokenizer.eos_id
+    for prompt in prompts:
+        choose = sampled_behaviour._chooser(SETTINGS)
+        own = {}
+        for seed in range(6):
+            draws = sampling.draws(seed, prompt, 12)
+            own[seed] = decode.generate(
+                lambda ids: forward(ids.numpy()), prompt, eos, 12, SETTINGS, draws=draws
+            )
+            proposal = own[0]  # seed 0's reply: the others replay it and part from it
+            reply, _ = sampled_behaviour.backend_reply(
+                forward, prompt, draws, proposal, eos, 12, SETTINGS, 256, choose
+            )
+            assert reply == own[seed], seed
+    assert len({tuple(reply) for reply in own.values()}) > 1  # the seeds do part somewhere
+
+
 def test_eager_proposals_hold_on_an_identical_backend(toy):
     tokenizer, model, prompts = toy
     proposals = sampled_behaviour.proposals_from_eager(model, prompts, (0, 1), tokenizer.eos_id, 12, SETTINGS)
