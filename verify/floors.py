@@ -333,6 +333,34 @@ def _coreml_reference(model: torch.nn.Module, compression: str) -> torch.nn.Modu
     return model
 
 
+# A Core ML variant's reference computes as the variant's emulation does (float16, every weight
+# matrix replaced, no hooks: emulation()), so with the same weights to the bit it gives the same
+# logits: measure() then reuses the variant's floors instead of computing them again. The weights
+# are quantized independently either way (_coreml_reference), and a reference whose quantizer
+# disagrees anywhere is measured on its own.
+SAME_COMPUTATION = {"ref_int8": "int8", "ref_int4": "int4"}
+
+
+def _same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every parameter and buffer of the two modules equal (name, dtype, value), and neither has a
+    forward hook that could make them compute differently."""
+
+    def tensors(module):
+        return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+    def hooked(module):
+        return any(m._forward_pre_hooks or m._forward_hooks for m in module.modules())
+
+    ta, tb = tensors(a), tensors(b)
+    return (
+        type(a) is type(b)
+        and not hooked(a)
+        and not hooked(b)
+        and ta.keys() == tb.keys()
+        and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
+    )
+
+
 def _floored(comparison: parity.Comparison) -> dict[str, float]:
     values = comparison.gated()
     values["top1_disagreement"] = max(values["top1_disagreement"], 1.0 / comparison.positions)
@@ -355,8 +383,17 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
     reference = parity.replay(eager, prompts, continuations, lengths, pad_id)
     decode_refs = None
     out = {}
+    measured = {}  # precision -> its emulation, for SAME_COMPUTATION
     for precision in precisions:
         emulated = emulation(model, precision)
+        partner = SAME_COMPUTATION.get(precision)
+        if partner in measured and _same_tensors(measured[partner], emulated):
+            # Its logits would be the partner's, bit for bit: the same scopes (it has no decode scope).
+            out[precision] = {
+                where: dict(values) for where, values in out[partner].items() if where != DECODE
+            }
+            continue
+        measured[precision] = emulated
         twin = torch_forward(emulated)
         scopes = {}
         for length in lengths:

@@ -97,6 +97,28 @@ def test_a_reference_has_no_decode_scope(model, tokenizer):
     assert sorted(measured["ref_int8"]) == ["T32", floors.REPLAY]
 
 
+def test_a_reference_with_the_variants_weights_has_the_variants_floors(model, tokenizer, monkeypatch):
+    """ref_int8 after int8 with the same weights: the same floors without another emulation run;
+    with one weight element off, measured on its own (and different)."""
+    rows, prompts, continuations = _inputs(tokenizer, model, lengths=(32,))
+    alone = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["ref_int8"])
+    both = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["int8", "ref_int8"])
+    assert both["ref_int8"] == alone["ref_int8"]
+    assert both["ref_int8"] == {k: v for k, v in both["int8"].items() if k != floors.DECODE}
+
+    quantize = floors._coreml_reference
+
+    def one_off(twin, compression):
+        twin = quantize(twin, compression)
+        with torch.no_grad():
+            twin.lm_head.weight[0, 0] += 1.0
+        return twin
+
+    monkeypatch.setattr(floors, "_coreml_reference", one_off)
+    off = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["int8", "ref_int8"])
+    assert off["ref_int8"] != {k: v for k, v in off["int8"].items() if k != floors.DECODE}
+
+
 @pytest.mark.parametrize("reference", ["ref_q8_0", "ref_q4_0"])
 def test_a_gguf_reference_holds_the_formats_blocks_with_its_own_plan(model, reference):
     """Every matrix through verify/gguf_reference.py's blocks of the type its plan states (Q4_0's
