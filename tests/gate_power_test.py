@@ -4,9 +4,11 @@ artifact can fail.
 Prints the fault table (fault x artifact -> the checks that caught it), and for every gated
 (artifact, check) pair of the shipped report.json the fault on that artifact that trips it, or the
 test that fails it (tests/artifact_faults.py SHOWN_ELSEWHERE): a fault caught on one artifact is no
-proof for another, whose bounds are its own. No false alarms: the untouched artifacts of three
-student seeds and the wide configuration pass every gate (//pipeline:gates_test,
-//pipeline:seed1_gates_test, //pipeline:seed2_gates_test, //pipeline:wide_gates_test).
+proof for another, whose bounds are its own. So the suite runs artifact by artifact, one test
+each, and Bazel's shards split the artifacts between them (tests/shard_plugin.py). No false alarms:
+the untouched artifacts of three student seeds and the wide configuration pass every gate
+(//pipeline:gates_test, //pipeline:seed1_gates_test, //pipeline:seed2_gates_test,
+//pipeline:wide_gates_test).
 """
 
 import dataclasses
@@ -27,65 +29,84 @@ def shipped(tmp_path_factory):
     return gate_power.shipped(paths, str(tmp_path_factory.mktemp("faults")))
 
 
-@pytest.fixture(scope="module")
-def rows(shipped):
-    rows = gate_power.run_faults(shipped, gate_faults.FAULTS + artifact_faults.ARTIFACT_FAULTS)
-    print("\n" + gate_power.table(rows))
-    return rows
+# Every fault, by kind: through the whole verification, through the artifact's own checks only,
+# through the per-length checks only, and the small content faults (artifact_faults.py says why).
+KINDS = (
+    ("verify", gate_power.run_faults, gate_faults.FAULTS + artifact_faults.ARTIFACT_FAULTS),
+    ("checks", gate_power.run_content_faults, artifact_faults.CHECK_FAULTS),
+    ("lengths", gate_power.run_length_faults, artifact_faults.LENGTH_FAULTS),
+    ("content", gate_power.run_content_faults, gate_faults.CONTENT_FAULTS),
+)
+# Every artifact a fault targets. A gated check is proved on its own artifact only (a fault caught
+# on one artifact is no proof for another), so the suite runs artifact by artifact, and Bazel's
+# shards split the artifacts (tests/suite_plugin.py).
+ARTIFACTS = sorted({artifact for _, _, faults in KINDS for fault in faults for artifact in fault.inject})
+
+
+def _on(faults, artifact: str) -> list:
+    """The faults that target `artifact`, each reduced to its injection there."""
+    return [
+        dataclasses.replace(fault, inject={artifact: fault.inject[artifact]})
+        for fault in faults
+        if artifact in fault.inject
+    ]
 
 
 @pytest.fixture(scope="module")
-def check_rows(shipped):
-    """The faults only an artifact's own checks see, through those checks alone (seconds each)."""
-    rows = gate_power.run_content_faults(shipped, artifact_faults.CHECK_FAULTS)
-    print("\n" + gate_power.table(rows))
-    return rows
+def gated(shipped):
+    with open(os.path.join(os.path.dirname(shipped.inputs.paths.contract), "report.json")) as handle:
+        return gate_power.gated(json.load(handle))
 
 
-@pytest.fixture(scope="module")
-def length_rows(shipped):
-    """The faults whose point is a per-length check, through the per-length checks alone."""
-    rows = gate_power.run_length_faults(shipped, artifact_faults.LENGTH_FAULTS)
-    print("\n" + gate_power.table(rows))
-    return rows
+def test_every_artifact_with_a_gated_check_has_faults(gated):
+    """The per-artifact tests below cover every artifact the shipped report gates, and every
+    artifact the expectations name (one outside ARTIFACTS would never be checked)."""
+    assert {artifact for artifact, _ in gated} <= set(ARTIFACTS)
+    named = {a for _, a in artifact_faults.MUST_CATCH} | {a for a, _ in artifact_faults.SHOWN_ELSEWHERE}
+    assert named <= set(ARTIFACTS), sorted(named - set(ARTIFACTS))
 
 
-def test_every_fault_is_caught(rows, check_rows, length_rows):
-    every = rows + check_rows + length_rows
-    missed = [f"{row.fault} x {row.artifact}" for row in every if row.gates_ok]
-    assert not missed, f"faults that left gates_ok true: {missed}"
-    # Each fault of tests/artifact_faults.py fails through the check it is there for.
+@pytest.mark.parametrize("artifact", ARTIFACTS)
+def test_every_fault_is_caught_and_every_gated_check_can_fail(shipped, gated, artifact):
+    """Each fault on `artifact` turns gates_ok false (through the check it is there for, where
+    artifact_faults.MUST_CATCH or the content catchers name one), and each gated (artifact, check)
+    pair of the shipped report is tripped by one of them or failed by the test SHOWN_ELSEWHERE names."""
+    assert artifact in shipped.inputs.contract.gates["backends"], (
+        f"{artifact}: not verified by the shipped contract"
+    )
+    rows = {kind: run(shipped, _on(faults, artifact)) for kind, run, faults in KINDS}
+    every = [row for kind_rows in rows.values() for row in kind_rows]
+    print("\n" + gate_power.table(every))
+    missed = [row.fault for row in every if row.gates_ok]
+    assert not missed, f"faults on {artifact} that left gates_ok true: {missed}"
     caught = {}
     for row in every:
-        caught.setdefault((row.fault, row.artifact), set()).update(c.split(" ", 1)[1] for c in row.caught_by)
-    expected = dict(artifact_faults.MUST_CATCH)
-    for row in check_rows:
-        if row.fault in artifact_faults.MUST_CATCH_SPEC:
-            expected[row.fault, row.artifact] = artifact_faults.MUST_CATCH_SPEC[row.fault]
-    for (fault, artifact), check in sorted(expected.items()):
-        assert check in caught[fault, artifact], f"{fault} x {artifact}: caught by {caught[fault, artifact]}"
-
-
-def test_every_gated_check_of_every_artifact_can_fail(shipped, rows, check_rows, length_rows):
-    """No gate that cannot fail, artifact by artifact: each gated (artifact, check) pair of the
-    shipped report is tripped by a fault on that artifact, or the test SHOWN_ELSEWHERE names fails
-    it. The content faults (gate_faults.CONTENT_FAULTS, through the artifact's own checks) count."""
-    with open(os.path.join(os.path.dirname(shipped.inputs.paths.contract), "report.json")) as handle:
-        gated = gate_power.gated(json.load(handle))
-    content = gate_power.run_content_faults(shipped)
-    tripped = gate_power.tripped(rows + check_rows + length_rows + content)
-    elsewhere = artifact_faults.SHOWN_ELSEWHERE
-    for artifact, check in sorted(gated):
-        where = (
-            "a fault on it" if (artifact, check) in tripped else elsewhere.get((artifact, check), "NOTHING")
-        )
-        print(f"gate {artifact:<20} {check:<36} fails on: {where}")
-    never = sorted(gated - tripped - set(elsewhere))
-    assert not never, (
-        f"(artifact, check) pairs no fault on that artifact trips and no test is named for: {never}"
+        caught.setdefault(row.fault, set()).update(c.split(" ", 1)[1] for c in row.caught_by)
+    expected = {
+        fault: check for (fault, where), check in artifact_faults.MUST_CATCH.items() if where == artifact
+    }
+    expected.update(
+        (row.fault, artifact_faults.MUST_CATCH_SPEC[row.fault])
+        for row in rows["checks"]
+        if row.fault in artifact_faults.MUST_CATCH_SPEC
     )
-    stale = sorted(set(elsewhere) & tripped)
-    assert not stale, f"SHOWN_ELSEWHERE names pairs a fault here trips (drop them): {stale}"
+    expected.update((row.fault, gate_faults.CONTENT_CATCHERS[row.fault]) for row in rows["content"])
+    for fault, check in sorted(expected.items()):
+        assert fault in caught, f"{fault} x {artifact}: expected to be caught by {check}, but it never ran"
+        assert check in caught[fault], f"{fault} x {artifact}: caught by {sorted(caught[fault])}"
+
+    tripped = gate_power.tripped(every)
+    elsewhere = {
+        check: test for (where, check), test in artifact_faults.SHOWN_ELSEWHERE.items() if where == artifact
+    }
+    checks = sorted(check for where, check in gated if where == artifact)
+    for check in checks:
+        where = "a fault on it" if (artifact, check) in tripped else elsewhere.get(check, "NOTHING")
+        print(f"gate {artifact:<20} {check:<36} fails on: {where}")
+    never = [check for check in checks if (artifact, check) not in tripped and check not in elsewhere]
+    assert not never, f"{artifact}: gated checks no fault on it trips and no test is named for: {never}"
+    stale = sorted(check for check in elsewhere if (artifact, check) in tripped)
+    assert not stale, f"{artifact}: SHOWN_ELSEWHERE names checks a fault here trips (drop them): {stale}"
 
 
 def test_a_range_dim_package_is_refused_before_any_report(shipped):
@@ -102,15 +123,3 @@ def _only(contract, backend: str):
     """The contract with only `backend` to verify (load_backends loads what the contract names)."""
     gates = {**contract.gates, "backends": {backend: contract.gates["backends"][backend]}}
     return dataclasses.replace(contract, gates=gates)
-
-
-def test_content_faults_are_caught_by_the_content_checks(shipped):
-    """The small faults of the quantized and compressed files (gate_faults.CONTENT_FAULTS), each
-    below the quantization noise, turn gates_ok false through the artifact's exact content check."""
-    rows = gate_power.run_content_faults(shipped)
-    print("\n" + gate_power.table(rows))
-    assert len(rows) == sum(len(fault.inject) for fault in gate_faults.CONTENT_FAULTS)
-    for row in rows:
-        assert not row.gates_ok, f"{row.fault} x {row.artifact} left gates_ok true"
-        catcher = f"all {gate_faults.CONTENT_CATCHERS[row.fault]}"
-        assert catcher in row.caught_by, f"{row.fault} x {row.artifact}: caught by {row.caught_by}"
