@@ -1,4 +1,4 @@
-"""Decode through the MIL executor (verify/mil_executor.py): the stateful package's KV cache held as
+"""Decode through the MIL executor (verify/coreml/mil_executor.py): the stateful package's KV cache held as
 Core ML state (one token per call) against the fp16 package recomputing the whole sequence for
 every new token. Milliseconds per new token, one thread, both in the same run.
 
@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from bench.table import Row
-from verify import coreml_stateful_steps, mil_executor, parity
+from verify import parity
+from verify.coreml import coreml_stateful_steps, mil_executor
 
 PROMPT = 12  # tokens before the timed steps: about a question's length
 

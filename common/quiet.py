@@ -34,7 +34,7 @@ COREMLTOOLS_LOGGER = "coremltools"
 # (why it says nothing about this run, pattern of the message) for coremltools' start-up warnings.
 COREMLTOOLS_NOISE = (
     (
-        "the native Core ML runtime ships for macOS only; verify/mil_executor.py runs packages here",
+        "the native Core ML runtime ships for macOS only; verify/coreml/mil_executor.py runs packages here",
         re.compile(r"^Failed to load _ML\w+Proxy: No module named 'coremltools\.libcoremlpython'$"),
     ),
     (
@@ -49,7 +49,7 @@ COREMLTOOLS_NOISE = (
     ),
     (
         "the stateful package's KV-cache buffers are registered as Core ML states first, then met "
-        "again in the trace, whose second registration coremltools skips; verify/coreml_spec.py "
+        "again in the trace, whose second registration coremltools skips; verify/coreml/coreml_spec.py "
         "checks the states",
         re.compile(r"^Torch var [kv]_cache is added again\.$"),
     ),

@@ -17,14 +17,14 @@ rewritten. It pins the checkpoint it was exported from ("weights") and the Torch
 next to it ("torchscript"). Later stages (Core ML, GGUF) read the contract but do not add their
 digests to it: a file that several stages rewrite changes its bytes at every stage, so every
 consumer would have to know which version it holds, and Bazel would see a different contract
-depending on how far the chain had run. Instead the verification report (verify/report.py) records
+depending on how far the chain had run. Instead the verification report (verify/report/report.py) records
 the sha256 and size of every artifact it checked, Core ML and GGUF included; the report is the final
 manifest, and it names the contract by digest. `with_artifact` returns a new contract (the export
 step builds its contract with it); it never edits a saved file.
 
 Gates ("gates", conversion/gates.py): the artifacts to verify, the precision each computes in, and
 every numeric bound with the floor it was derived from and its factor. Floors are measured on the
-same model and inputs by //verify:measure_floors (verify/floors.py explains each one); the export
+same model and inputs by //verify:measure_floors (verify/floors/floors.py explains each one); the export
 step turns them into bounds when it writes the contract.
 """
 

@@ -42,7 +42,7 @@ PRECISIONS = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}
 # the iOS16 opset (fill_like, fp16 I/O), and is what third_party/python's smoke test pins. Not
 # iOS18: it fuses attention into scaled_dot_product_attention (measured: plus select and
 # greater_equal for the mask), which older OSes lack. The int4 variant needs iOS18 all the same
-# (conversion/coreml_compress.py); verify/mil_executor.py runs its fused attention too.
+# (conversion/coreml_compress.py); verify/coreml/mil_executor.py runs its fused attention too.
 DEPLOYMENT_TARGET = ct.target.iOS16
 
 # Metadata keys convert() accepts; everything in "user_defined" must be str -> str.

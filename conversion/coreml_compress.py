@@ -73,7 +73,7 @@ def _block_sizes(compression: str, shape: tuple[int, ...]) -> list[int]:
 
 def quantize_like_package(weight: np.ndarray, compression: str) -> np.ndarray | None:
     """The weight matrix `weight` (float16) as the `compression` package holds it, decompressed to
-    float16: coremltools' own quantizer and decompression, for the floors (verify/floors.py) and the
+    float16: coremltools' own quantizer and decompression, for the floors (verify/floors/floors.py) and the
     exact weight check. None where the quantizer leaves the matrix uncompressed (a dimension not
     divisible by the block size)."""
     from coremltools.optimize.coreml import _quantization_passes

@@ -9,7 +9,7 @@ import pytest
 from common import child_python, digest
 from conversion import convert_coreml, coreml, coreml_compress
 from training.model import ModelConfig, Student, init_weights
-from verify import coreml_spec, mil_executor
+from verify.coreml import coreml_spec, mil_executor
 
 LENGTHS = [32, 64]
 METADATA = {"short_description": "test", "version": "1"}

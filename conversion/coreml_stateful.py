@@ -18,7 +18,7 @@ Why padding a prompt is safe: a token at position p sees only slots <= p (FixedK
 every slot <= p was written in this sequence before it is read, so the pad tokens' entries past the
 prompt are overwritten by the decode steps before anything reads them. The same holds for a state
 reused across sequences; a fresh state per sequence (Core ML's make_state()) is still what callers
-should do. pos + S must stay <= cache_length: the caller checks it (verify/coreml_stateful_steps.py).
+should do. pos + S must stay <= cache_length: the caller checks it (verify/coreml/coreml_stateful_steps.py).
 
 Traced with torch.jit.trace, coremltools' documented path for states (torch.export would make
 every mutable buffer a state).
@@ -40,7 +40,7 @@ OUTPUT_NAME = coreml.OUTPUT_NAME
 STATE_NAMES = ("k_cache", "v_cache")
 WRAPPED = "model"  # the wrapper's attribute holding the Student: every weight's name starts with it
 DEPLOYMENT_TARGET = ct.target.iOS18
-TARGET_NAME = "iOS18"  # verify/coreml_spec.py SPECIFICATION_VERSIONS: spec version 9
+TARGET_NAME = "iOS18"  # verify/coreml/coreml_spec.py SPECIFICATION_VERSIONS: spec version 9
 PRECISION = "fp16"
 STATE_LAYOUT = "[n_layers, 1, n_kv_heads, cache_length, head_dim] fp16, RoPE-rotated; slot i = position i"
 
@@ -141,7 +141,7 @@ def convert(model: Student, lengths: list[int], default_length: int, metadata: d
 
 
 def interface(cfg, lengths) -> dict:
-    """What the package declares, as verify/coreml_spec.py check_stateful_spec takes it: states,
+    """What the package declares, as verify/coreml/coreml_spec.py check_stateful_spec takes it: states,
     inputs, outputs (in declaration order) and the deployment target, from the model's config and
     the contract's lengths."""
     shape = state_shape(cfg, max(lengths))

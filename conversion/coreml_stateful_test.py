@@ -3,7 +3,7 @@ against the eager Student's own KV-cache decoding at every step up to the cache'
 
 import os
 
-# Before NumPy loads OpenBLAS: one BLAS thread (see verify/mil_executor_test.py).
+# Before NumPy loads OpenBLAS: one BLAS thread (see verify/coreml/mil_executor_test.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
@@ -14,12 +14,12 @@ from common.errors import InputError
 from conversion import coreml, coreml_stateful, mlpackage_testing
 from training.decode import CachedSteps
 from training.model import ModelConfig, Student, init_weights
-from verify import coreml_spec, coreml_stateful_steps, mil_executor
+from verify.coreml import coreml_spec, coreml_stateful_steps, mil_executor
 
 LENGTHS = [64, 128, 256]
 METADATA = {"short_description": "test", "version": "1"}
 # Max |executor - fp32 eager| per step; the fp16 whole-sequence program measured 1.3e-3..1.5e-3
-# (verify/mil_executor_test.py FP16_MAX_ABS, the same bound).
+# (verify/coreml/mil_executor_test.py FP16_MAX_ABS, the same bound).
 FP16_MAX_ABS = 5e-3
 
 

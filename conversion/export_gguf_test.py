@@ -11,7 +11,8 @@ from common import child_python
 from common.errors import InputError
 from conversion import export_gguf, modelfile
 from data import tokenizer as tokenizer_lib
-from verify import fixtures, gguf_check
+from verify import fixtures
+from verify.gguf import gguf_check
 
 torch.set_num_threads(1)
 FLAGS = flags.FLAGS

@@ -99,7 +99,8 @@ def test_export_writes_a_matching_contract_and_reproducible_bytes(inputs, tmp_pa
 def test_contract_bounds_are_the_floors_times_the_factor(inputs, tmp_path):
     _, contract_json = run(inputs, str(tmp_path), verify_backends="torchscript,gguf")
     gates = contract_lib.load_contract(contract_json).gates
-    # The f32 GGUF is held to its own precision: f32 with RoPE as llama.cpp computes it (verify/floors.py).
+    # The f32 GGUF is held to its own precision: f32 with RoPE as llama.cpp computes it
+    # (verify/floors/floors.py).
     assert gates["backends"] == {"gguf": "ggml_f32", "torchscript": "f32"}
     entry = gates["bounds"]["f32"]["T128"]["kl_mean"]
     assert entry == {

@@ -15,13 +15,13 @@
 Every backend named here must be verified at every contract length (missing_checks below, which
 pipeline/gates_test.py and pipeline/e2e.py apply), against the bounds of its precision; "decode"
 bounds the multi-step decode parity of a KV-cache artifact (verify/decode_parity.py). A bound is its
-floor (measured by verify/floors.py on the same model and inputs) times its factor; a factor above
+floor (measured by verify/floors/floors.py on the same model and inputs) times its factor; a factor above
 FACTOR_LIMIT needs a "why". Every scope has its own floors: each contract length its own, measured
-on that length's rows only (verify/floors.py says why nothing is pooled across lengths). The floors
+on that length's rows only (verify/floors/floors.py says why nothing is pooled across lengths). The floors
 file is written by //verify:measure_floors and read here, when the export step writes the contract.
 
 Quality bounds ("quality"): a lossy artifact (its precision in REFERENCES) is also held to an
-independent reference quantization of the same checkpoint (verify/floors.py): its KL and top-1
+independent reference quantization of the same checkpoint (verify/floors/floors.py): its KL and top-1
 disagreement against fp32 eager, at every length and over the replay, at most the reference's times
 QUALITY_FACTORS. Its own emulation (the "bounds") computes with the exporter's plan and quantizer,
 so a regression there would move the floor and the artifact together; the reference, written apart
@@ -48,7 +48,7 @@ INPUT_KEYS = ("seed", "text_sequences", "behaviour_questions", "max_new_tokens")
 # The artifacts and the precision each computes in. gguf_kv_f16 is the f32 GGUF file as llama.cpp
 # and Ollama run it by default, with an f16 KV cache; gguf_f16 the f16-weight GGUF with an f32 cache;
 # gguf_q8_0 and gguf_q4_0 the quantized GGUF variants (conversion/gguf_quant.py), with an f32 cache,
-# each against the floor of its own emulation (verify/floors.py, w_q8_0 and w_q4_0).
+# each against the floor of its own emulation (verify/floors/floors.py, w_q8_0 and w_q4_0).
 DEFAULT_BACKENDS = {
     "torchscript": "f32",
     # The TorchScript decoder (conversion/kv_decoder.py): prefill checked like the model, and its
@@ -61,13 +61,13 @@ DEFAULT_BACKENDS = {
     "aoti_decoder": "f32",
     "coreml": "fp16",
     "coreml_fp32": "f32",
-    "gguf": "ggml_f32",  # f32 with llama.cpp's RoPE (verify/floors.py)
+    "gguf": "ggml_f32",  # f32 with llama.cpp's RoPE (verify/floors/floors.py)
     "gguf_kv_f16": "kv_f16",
     "gguf_f16": "w_f16",
     "gguf_q8_0": "w_q8_0",
     "gguf_q4_0": "w_q4_0",
     # The Core ML variants with compressed weights (conversion/coreml_compress.py), each bounded by
-    # the fp16 model computing with exactly the package's weights (verify/floors.py).
+    # the fp16 model computing with exactly the package's weights (verify/floors/floors.py).
     "coreml_int8": "int8",
     "coreml_int4": "int4",
     # The KV cache held as Core ML state (conversion/coreml_stateful.py): an fp16 program.
@@ -75,9 +75,10 @@ DEFAULT_BACKENDS = {
 }
 _BOUND_KEYS = ("bound", "factor", "floor")
 _GATES_KEYS = ("backends", "bounds", "inputs", "methods", "quality")
-# Each lossy precision -> its independent reference (verify/floors.py: ggml's Q8_0 and Q4_0 through
-# verify/gguf_reference.py, Core ML's int8 and int4 through verify/coreml_reference.py). A reference
-# is measured at every length and over the replay; it bounds no KV cache, so it has no decode scope.
+# Each lossy precision -> its independent reference (verify/floors/floors.py: ggml's Q8_0 and Q4_0
+# through verify/gguf/gguf_reference.py, Core ML's int8 and int4 through
+# verify/coreml/coreml_reference.py). A reference is measured at every length and over the replay;
+# it bounds no KV cache, so it has no decode scope.
 REFERENCES = {"w_q8_0": "ref_q8_0", "w_q4_0": "ref_q4_0", "int8": "ref_int8", "int4": "ref_int4"}
 REFERENCE_PRECISIONS = tuple(sorted(REFERENCES.values()))
 QUALITY_METRICS = ("kl_mean", "top1_disagreement")

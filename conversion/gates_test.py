@@ -183,7 +183,8 @@ def test_a_failure_in_place_of_the_checks_it_kept_from_running_covers_them(contr
 def test_the_lists_agree_with_the_verifier():
     """The completeness table is written apart from verify/verification.py, on purpose; where both
     name backends, they must name the same ones."""
-    from verify import greedy_agreement, verification
+    from verify import verification
+    from verify.behaviour import greedy_agreement
 
     assert set(gates_lib.SAMPLED_BACKENDS) == set(verification.SAMPLED_BACKENDS)
     assert set(gates_lib.AGREEMENT_BACKENDS) == set(greedy_agreement.MEASURED)

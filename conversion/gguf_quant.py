@@ -116,7 +116,7 @@ def decode(data: np.ndarray, qtype) -> np.ndarray:
 
 
 def round_trip(array: np.ndarray, qtype) -> np.ndarray:
-    """The array as stored in `qtype` and read back (verify/floors.py emulates the file with it)."""
+    """The array as stored in `qtype` and read back (verify/floors/floors.py emulates the file with it)."""
     return decode(encode(array, qtype), qtype).reshape(array.shape)
 
 

@@ -409,7 +409,7 @@ def student_chain(
     agreement = teacher_gguf != None and teacher_agreement != False
     if agreement:
         # The student against its teacher on the held-out prompts, position by position of the
-        # teacher's captured replies (verify/teacher_agreement.py).
+        # teacher's captured replies (verify/behaviour/teacher_agreement.py).
         pipeline_stage(
             name = name + "_teacher_agreement",
             tool = "//verify:check_teacher_agreement",

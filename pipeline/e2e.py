@@ -83,7 +83,7 @@ def print_failures(results: dict) -> None:
 
 def own_verdict(path: str) -> tuple[bool, str]:
     """(ok, one line) of a gate that writes its own result: the file's "ok", and its rule and
-    figures where it states them (verify/teacher_agreement.py's student, bound and baseline)."""
+    figures where it states them (verify/behaviour/teacher_agreement.py's student, bound and baseline)."""
     with open(path, encoding="utf-8") as handle:
         doc = json.load(handle)
     if not isinstance(doc, dict) or not isinstance(doc.get("ok"), bool):

@@ -52,7 +52,8 @@ const collisions = (boxes) => {
   }
   return hits;
 };
-// Emoji code points left in the text for a font to draw (the page draws its own: verify/report_emoji.py).
+// Emoji code points left in the text for a font to draw (the page draws its own:
+// verify/report/report_emoji.py).
 const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
 const emoji = /[\u{1F000}-\u{1FAFF}\u{2600}-\u{27BF}\u{2B00}-\u{2BFF}]/u;
 let fontEmoji = 0;

@@ -46,7 +46,7 @@ def shipped():
     from conversion import torchscript
     from data import prompt
     from ood import questions
-    from verify import gguf_check
+    from verify.gguf import gguf_check
 
     tokenizer, model = shipped_env.student(env)
     ood = questions.load()
@@ -91,7 +91,7 @@ def _pick(logits: np.ndarray, sampler, draw: float) -> int:
 
 def _reply(forward, prompt, proposal, sampler, draws, eos_id):
     """The backend's own reply: `proposal` replayed in one forward while the backend agrees with it,
-    then token by token (verify/sampled_behaviour.py explains why this equals generating)."""
+    then token by token (verify/behaviour/sampled_behaviour.py explains why this equals generating)."""
     reply: list[int] = []
     logits = np.asarray(forward(np.asarray([[*prompt, *proposal]])))[0, len(prompt) - 1 :]
     for step, expected in enumerate(proposal):

@@ -1,7 +1,7 @@
 """`ask`'s sampling on the shipped artifacts: the defaults pass the sampled-behaviour gate, and a
 sampler that lets the tail in fails it.
 
-The gate (verify/sampled_behaviour.py, also run by verify_contracts into report.json): for the
+The gate (verify/behaviour/sampled_behaviour.py, also run by verify_contracts into report.json): for the
 first 200 held-out questions and seeds 0..4, at least 99.5% of sampled replies are canonical.
 
 Regression: before the sampler had top-k/top-p/min-p, `ask` sampled from the full softmax with a
@@ -31,7 +31,7 @@ def shipped():
     env = shipped_env.require(ENV)
     from conversion import torchscript
     from data import dataset
-    from verify import gguf_check
+    from verify.gguf import gguf_check
 
     tokenizer, model = shipped_env.student(env)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)
@@ -49,7 +49,7 @@ _PROPOSALS = {}  # settings -> eager's sampled replies, shared by the tests
 
 
 def _gate(shipped, backend: str, settings):
-    from verify import sampled_behaviour
+    from verify.behaviour import sampled_behaviour
 
     tokenizer, model, prompts, backends = shipped
     seeds = sampled_behaviour.SEEDS
@@ -73,7 +73,7 @@ def _gate(shipped, backend: str, settings):
 @pytest.mark.parametrize("backend", ["torchscript", "gguf"])
 def test_asks_defaults_pass_the_gate(shipped, backend):
     from training import sampling
-    from verify import sampled_behaviour
+    from verify.behaviour import sampled_behaviour
 
     result = _gate(shipped, backend, sampling.DEFAULT)
     print(f"{backend}: {result.canonical} of {result.replies} sampled replies canonical")
@@ -89,7 +89,7 @@ LEAKY = (1.5, 0, 1.0, 0.0)
 
 def test_sampling_that_lets_the_tail_in_fails_the_gate(shipped):
     from training import sampling
-    from verify import sampled_behaviour
+    from verify.behaviour import sampled_behaviour
 
     temperature, top_k, top_p, min_p = LEAKY
     leaky = sampling.Settings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
@@ -116,7 +116,7 @@ def _todays_reply(forward, prompt, eos_id, seed):
 
 def test_todays_sampling_fails_the_gate(shipped):
     from data import teacher
-    from verify import sampled_behaviour
+    from verify.behaviour import sampled_behaviour
 
     tokenizer, _, prompts, backends = shipped
     replies = [_todays_reply(backends["torchscript"], p, tokenizer.eos_id, seed=0) for p in prompts]

@@ -1,4 +1,5 @@
-"""Fails when a chain's student did not pass its teacher-agreement gate (verify/teacher_agreement.py).
+"""Fails when a chain's student did not pass its teacher-agreement gate
+(verify/behaviour/teacher_agreement.py).
 
 Usage (student_chain, pipeline/defs.bzl, as `<chain>_teacher_agreement_test`):
     teacher_agreement_gate_test.py TEACHER_AGREEMENT_JSON
@@ -12,7 +13,7 @@ import json
 import math
 import sys
 
-FORMAT = "m8b-teacher-agreement"  # = verify.teacher_agreement.FORMAT
+FORMAT = "m8b-teacher-agreement"  # = verify.behaviour.teacher_agreement.FORMAT
 
 
 def problems(result: dict) -> list[str]:

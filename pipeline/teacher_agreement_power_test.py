@@ -24,7 +24,8 @@ NAMES = ("M8B_WEIGHTS", "M8B_METADATA", "M8B_TOKENIZER", "M8B_DATASET", "M8B_TEA
 def compared():
     env = shipped_env.require(NAMES)
     from data import dataset
-    from verify import gguf_check, teacher_agreement
+    from verify.behaviour import teacher_agreement
+    from verify.gguf import gguf_check
 
     tokenizer, model = shipped_env.student(env)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)
@@ -61,7 +62,7 @@ def test_the_gates_teacher_rows_are_the_captured_soft_targets(compared):
 
 
 def test_the_trained_student_passes_with_the_stages_numbers(compared):
-    from verify import teacher_agreement
+    from verify.behaviour import teacher_agreement
 
     _, model, replies, teacher, staged = compared
     result = teacher_agreement.agreement(teacher, teacher_agreement.student_logprobs(model, replies), replies)
@@ -75,7 +76,7 @@ def test_an_untrained_student_of_the_same_config_fails(compared):
     import torch
 
     from training.model import Student, init_weights
-    from verify import teacher_agreement
+    from verify.behaviour import teacher_agreement
 
     _, model, replies, teacher, _ = compared
     untrained = Student(model.cfg)

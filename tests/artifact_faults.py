@@ -59,7 +59,8 @@ from conversion import coreml, gguf_export, gguf_quant, kv_decoder, torchscript
 from conversion import gates as gates_lib
 from tests import gate_faults
 from tests.gate_faults import Fault, Shipped
-from verify import coreml_spec, mil_executor, verification
+from verify import verification
+from verify.coreml import coreml_spec, mil_executor
 
 EPS_FACTOR = gate_faults.EPS_FACTOR
 OUTPUT = ("lm_head.weight", "lm_head_weight_to_fp16", "output.weight")

@@ -19,14 +19,9 @@ import torch
 
 from conversion import aoti_decoder, coreml, coreml_stateful, gguf_export, kv_decoder, torchscript
 from training import model as model_lib
-from verify import (
-    coreml_stateful_steps,
-    frozen_students,
-    gguf_check,
-    gguf_reference,
-    mil_executor,
-    verification,
-)
+from verify import frozen_students, verification
+from verify.coreml import coreml_stateful_steps, mil_executor
+from verify.gguf import gguf_check, gguf_reference
 
 # The faulted tensor: a projection in the middle of the network, not the output head, so a fault
 # must travel through later blocks to show.

@@ -7,8 +7,8 @@ A library for //tests:gate_power (tests/gate_power_test.py): `run(paths, tmp)` r
 import dataclasses
 
 from tests import gate_faults
-from verify import report as report_lib
 from verify import verification
+from verify.report import report as report_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ def run_faults(ship: gate_faults.Shipped, faults=gate_faults.FAULTS) -> list[Row
             if artifact not in ship.inputs.contract.gates["backends"]:
                 continue  # not verified in this configuration: nothing to prove
             backend = inject(ship)
-            # The greedy agreement is information only (verify/greedy_agreement.py), and a faulted
+            # The greedy agreement is information only (verify/behaviour/greedy_agreement.py), and a faulted
             # variant's replies would all be regenerated: skipped here.
             report = verification.verify(ship.model, ship.inputs, [backend], agreement=False)
             rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
@@ -60,8 +60,8 @@ def run_length_faults(ship: gate_faults.Shipped, faults) -> list[Row]:
     """Each fault through the per-length output checks alone (verification.check_outputs, as
     verify calls it), for faults whose point is a per-length check (a quality bound, the floor
     ratio): seconds each, where a whole verification of a Core ML variant takes minutes."""
-    from verify import floors
     from verify import inputs as inputs_lib
+    from verify.floors import floors
 
     inputs = ship.inputs
     contract, settings = inputs.contract, inputs.settings

@@ -29,7 +29,8 @@ from common.errors import InputError
 from conversion import torchscript, torchscript_archive
 from tests import harness, spoil
 from training import checkpoint
-from verify import gguf_check, mil_executor, npz_arrays
+from verify.coreml import mil_executor, npz_arrays
+from verify.gguf import gguf_check
 
 A = harness.artifact
 # Scripting the payload modules is the point here, deprecated or not.
@@ -211,7 +212,7 @@ LOADERS = {
     "mlpackage_weights": _load_mlpackage_weights,
     "mlpackage_model": _load_mlpackage_model,
     "mlpackage_manifest": _load_mlpackage_manifest,
-    # run_mlpackage's feeds and states (verify/npz_arrays.py), with a check that accepts anything.
+    # run_mlpackage's feeds and states (verify/coreml/npz_arrays.py), with a check that accepts anything.
     "npz": lambda path, spoiler: npz_arrays.read(path, lambda name, shape, dtype: None),
 }
 
@@ -531,7 +532,7 @@ def test_no_loader_in_the_project_can_unpickle():
     sources = _project_sources()
     rels = {os.path.relpath(p, harness.runfiles_root()) for p in sources}
     # The scan must see the loaders it is about, or it proves nothing.
-    assert {"training/checkpoint.py", "conversion/torchscript.py", "verify/gguf_check.py"} <= rels
+    assert {"training/checkpoint.py", "conversion/torchscript.py", "verify/gguf/gguf_check.py"} <= rels
     problems = []
     for path in sources:
         with open(path, encoding="utf-8") as handle:

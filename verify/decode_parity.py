@@ -14,7 +14,7 @@ token, and often only after many steps. So each KV-cache artifact plugs in as a 
 
 All the compared steps form one set of logits, measured by the six metrics of every other scope
 (parity.compare_logits) against the contract's "decode" bounds: a floor measured by running each
-precision's emulation through the same steps (verify/floors.py, `decode_floor_inputs`) times the
+precision's emulation through the same steps (verify/floors/floors.py, `decode_floor_inputs`) times the
 factor. The position whose logits differ most from eager's is reported.
 """
 

@@ -7,7 +7,8 @@ import torch
 from conversion import kv_decoder
 from training import decode
 from training.model import ModelConfig, Student, init_weights
-from verify import decode_parity, floors
+from verify import decode_parity
+from verify.floors import floors
 
 CFG = ModelConfig(
     vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=32
@@ -91,7 +92,7 @@ def test_other_tokens_are_counted_as_mismatches(model):
 
 @pytest.mark.parametrize("precision", ["f32", "fp16", "kv_f16", "w_f16"])
 def test_every_emulation_runs_through_the_cache(model, precision):
-    # The floors of the "decode" scope come from these (verify/floors.py).
+    # The floors of the "decode" scope come from these (verify/floors/floors.py).
     seqs, _, reference = _inputs(model)
     emulated = decode_parity.forced_logits(floors.emulation(model, precision), seqs)
     error = max(float(np.abs(a - b).max()) for a, b in zip(emulated, reference, strict=True))

@@ -68,8 +68,8 @@ def measured_gates(inputs: Inputs, lengths, backends, settings=None) -> dict:
     """The contract's gates for the fixture checkpoint, from floors measured as the pipeline does."""
     from conversion import gates as gates_lib
     from data.tokenizer import Tokenizer
-    from verify import floors
     from verify import inputs as inputs_lib
+    from verify.floors import floors
 
     settings = settings or inputs_lib.Settings(text_sequences=10, behaviour_questions=6, max_new_tokens=8)
     tok = Tokenizer.load(inputs.tokenizer)

@@ -18,7 +18,8 @@ import torch
 from common.errors import InputError
 from conversion import coreml, torchscript
 from training.config import ModelConfig
-from verify import coreml_spec, frozen_students, mil_executor
+from verify import frozen_students
+from verify.coreml import coreml_spec, mil_executor
 
 torch.set_num_threads(1)
 

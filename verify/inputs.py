@@ -1,6 +1,6 @@
 """The inputs every artifact is compared on, and every numeric floor is measured on.
 
-Bounds are floors measured on the same model and the same inputs (verify/floors.py), so the
+Bounds are floors measured on the same model and the same inputs (verify/floors/floors.py), so the
 floors stage and the verify stage must build these inputs identically: both call these functions
 with the settings the contract records (contract "gates" -> "inputs").
 

@@ -1,7 +1,7 @@
 """Numeric parity and behaviour checks over logits functions, whatever the backend.
 
 A logits function maps input ids, NumPy int [B, T], to logits, NumPy float [B, T, vocab]. Eager
-PyTorch, TorchScript, the Core ML program (verify/mil_executor.py) and llama.cpp all provide one,
+PyTorch, TorchScript, the Core ML program (verify/coreml/mil_executor.py) and llama.cpp all provide one,
 so every artifact is checked by the same code against the same fp32 eager reference.
 
 Behaviour without re-generating on each backend: eager greedy decoding gives each question a
@@ -41,7 +41,7 @@ class Comparison:
     positions: int
     near_ties: int  # positions where the reference's top-1 beats its top-2 by less than the margin
 
-    # The metrics a bound from a floor applies to (verify/floors.py); the rest are context.
+    # The metrics a bound from a floor applies to (verify/floors/floors.py); the rest are context.
     GATED = ("max_abs_diff", "rms_abs_diff", "kl_mean", "kl_max", "top1_disagreement", "rms_dp")
 
     def gated(self) -> dict[str, float]:
@@ -245,7 +245,7 @@ def behaviour_check(
 
     eager_forward may take a batch [B, T]; artifact_forward gets [1, T] (the contract's shape),
     or up to artifact_batch rows of one length at once when it takes a batch (an eager emulation,
-    verify/floors.py: its rows come out bit for bit as one at a time, and one forward per row was
+    verify/floors/floors.py: its rows come out bit for bit as one at a time, and one forward per row was
     most of the floors' time). A sequence longer than the longest length is cut there
     (continuation positions past it are not checked). `reference`: replay() of the same eager
     forward, prompts, continuations, lengths and pad id, when several artifacts are checked (eager's

@@ -14,9 +14,10 @@ bounds, conversion/gates.py) and must not sit far below its own emulation's KL (
 Core ML also gets its interface checked from the spec; GGUF must tokenize every dataset string
 exactly as our tokenizer does. Through the backends `ask` and Ollama run (TorchScript, GGUF with
 either KV cache), `ask`'s sampled replies with its default sampler, five seeds per question, must be
-canonical (verify/sampled_behaviour.py). The quantized variants (verify/greedy_agreement.py,
-MEASURED) also answer every held-out question greedily themselves: the share whose canonical answer
-is eager's is reported (information: a decisive disagreement already fails the replay's max_abs).
+canonical (verify/behaviour/sampled_behaviour.py). The quantized variants
+(verify/behaviour/greedy_agreement.py, MEASURED) also answer every held-out question greedily
+themselves: the share whose canonical answer is eager's is reported (information: a decisive
+disagreement already fails the replay's max_abs).
 A KV-cache artifact (the TorchScript decoder) also decodes token by token through its own cache,
 whole replies and up to the longest contract length, against eager's KV cache: identical tokens and
 every step's logits within the "decode" bounds (verify/decode_parity.py).
@@ -39,8 +40,10 @@ from data import dataset as dataset_lib
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
 from verify import inputs as inputs_lib
-from verify import mlpackage_manifest, parity, sampled_behaviour
-from verify import report as report_lib
+from verify import parity
+from verify.behaviour import sampled_behaviour
+from verify.coreml import mlpackage_manifest
+from verify.report import report as report_lib
 
 TORCHSCRIPT, COREML, COREML_FP32 = "torchscript", "coreml", "coreml_fp32"
 TORCHSCRIPT_DECODER = "torchscript_decoder"  # conversion/kv_decoder.py
@@ -225,7 +228,7 @@ def check_inputs(paths: Paths) -> Inputs:
             mlpackage_manifest.root_model_path(package)  # the layout; the spec is read later
     for gguf_path in (getattr(paths, field) for field in GGUF_FIELDS):
         if gguf_path:
-            from verify import gguf_check
+            from verify.gguf import gguf_check
 
             gguf_check.read_gguf(gguf_path)  # header and tensor table; llama.cpp loads it later
     settings = inputs_lib.Settings(**contract.gates["inputs"])
@@ -246,7 +249,7 @@ def first_line(error: BaseException, paths: Paths) -> str:
 def check_coreml_interface(report, contract, path: str, name: str = COREML) -> None:
     """The package's spec against the contract: names, dtypes, exactly the contract's lengths (lengths
     between and beyond them refused: spec_other_lengths_unsupported), an output length not frozen."""
-    from verify import coreml_spec
+    from verify.coreml import coreml_spec
 
     for result in coreml_spec.check_spec(
         path,
@@ -270,7 +273,7 @@ def check_coreml_weights(report, program, model, name: str = COREML, prefix: str
     """The package must carry the checkpoint's weights and RoPE tables, rounded to its own precision
     and otherwise unchanged, every element. Output metrics cannot see a weight fault below the fp16
     compute noise (a tensor scaled by 0.3%, noise of 1e-4: //tests:gate_power); this exact check can."""
-    from verify import mil_executor
+    from verify.coreml import mil_executor
 
     consts = mil_executor.consts(program)
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -303,7 +306,7 @@ def check_coreml_compressed(report, program, path: str, model, name: str) -> Non
     the output metrics of a small fault sit below the quantization noise (//tests:gate_power).
     Notes the share of weight elements held compressed."""
     from conversion import coreml_compress
-    from verify import coreml_spec, mil_executor
+    from verify.coreml import coreml_spec, mil_executor
 
     compression = COREML_COMPRESSED[name]
     all_ = report_lib.ALL
@@ -350,7 +353,7 @@ def check_stateful_interface(report, contract, path: str, model, name: str = COR
     """The stateful package's spec against what the checkpoint's config and the contract's lengths
     say it must declare (conversion/coreml_stateful.py, interface): target, states, inputs, outputs."""
     from conversion import coreml_stateful
-    from verify import coreml_spec
+    from verify.coreml import coreml_spec
 
     expected = coreml_stateful.interface(model.cfg, list(contract.lengths))
     for result in coreml_spec.check_stateful_spec(path, **expected):
@@ -364,7 +367,7 @@ def stateful_coreml_backend(path: str, pad_id: int, program=None, steps=None) ->
     stateless checks, and its decode steps (`steps`: a StatefulSteps class, another one for
     //tests:gate_power's cache faults) for the decode parity; its spec and exact weights."""
     from conversion import coreml_stateful
-    from verify import coreml_stateful_steps, mil_executor
+    from verify.coreml import coreml_stateful_steps, mil_executor
 
     program = program or mil_executor.load_mlpackage(path)
     make = steps or coreml_stateful_steps.StatefulSteps
@@ -384,7 +387,7 @@ def stateful_coreml_backend(path: str, pad_id: int, program=None, steps=None) ->
 def compressed_coreml_backend(name: str, path: str, contract, program=None) -> Backend:
     """A compressed Core ML variant through the MIL executor (`program`: already loaded, e.g. with a
     fault planted by //tests:gate_power), with its interface and exact weight checks."""
-    from verify import mil_executor
+    from verify.coreml import mil_executor
 
     program = program or mil_executor.load_mlpackage(path)
     input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
@@ -402,7 +405,7 @@ def compressed_coreml_backend(name: str, path: str, contract, program=None) -> B
 def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF, ours_by_text=None) -> None:
     """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do.
     ours_by_text: our ids of the strings (Inputs.string_ids), or None to encode them here."""
-    from verify import gguf_check
+    from verify.gguf import gguf_check
 
     mismatches = gguf_check.tokenize_mismatches(llama, tokenizer, strings, ours_by_text)
     for text, theirs, ours in mismatches[:3]:
@@ -417,12 +420,12 @@ GGUF_VARIANTS = {GGUF: "f32", GGUF_F16: "f16", GGUF_Q8_0: "Q8_0", GGUF_Q4_0: "Q4
 
 def check_gguf_content(report, path: str, model, name: str) -> None:
     """Every tensor of the file against the checkpoint stored as the variant says, exactly
-    (verify/gguf_content.py: Q8_0 and Q4_0 blocks against an independent reference of ggml's
+    (verify/gguf/gguf_content.py: Q8_0 and Q4_0 blocks against an independent reference of ggml's
     quantizers). A tensor missing, extra or in another type or shape than the variant's plan fails
     weights_tensors_mismatched; every element stored otherwise counts in weights_elements_changed.
     The logits bounds cannot see a small fault in a quantized file (every block scale of a matrix
     x1.003 sits below the quantization noise: //tests:gate_power); this check sees one bit."""
-    from verify import gguf_content
+    from verify.gguf import gguf_content
 
     result = gguf_content.check(path, model, GGUF_VARIANTS[name])
     all_ = report_lib.ALL
@@ -439,7 +442,7 @@ def load_backends(inputs: Inputs) -> list[Backend]:
     """Every backend the contract names, loaded up front: a missing or unreadable artifact is bad
     input before any work."""
     from conversion import torchscript
-    from verify import mil_executor
+    from verify.coreml import mil_executor
 
     paths, contract = inputs.paths, inputs.contract
     # A package's states and inputs are held to the checkpoint's sizes before anything is allocated.
@@ -488,7 +491,7 @@ def gguf_backend(name: str, path: str, inputs: Inputs) -> Backend:
     """A GGUF file through llama.cpp (an f16 KV cache for GGUF_KV_F16), with its own checks once per
     file: the tokenizer and the exact content (GGUF_VARIANTS). //tests:gate_power builds faulted
     copies through here."""
-    from verify import gguf_check
+    from verify.gguf import gguf_check
 
     llama = gguf_check.load(path, f32_kv_cache=name != GGUF_KV_F16)
     check = None
@@ -741,10 +744,11 @@ def padded_memoised(forward: Callable, lengths, pad_id: int) -> Callable:
 def check_greedy_agreement(
     report, backend: Backend, eager, prompts, eager_replies, contract, tokenizer, settings, paths
 ):
-    """The backend's own greedy replies against eager's canonical answers (verify/greedy_agreement.py):
+    """The backend's own greedy replies against eager's canonical answers
+    (verify/behaviour/greedy_agreement.py):
     the share that agree, and the share among questions that do not part at a near tie, both
     information (greedy_agreement.MEASURED says why)."""
-    from verify import greedy_agreement
+    from verify.behaviour import greedy_agreement
 
     all_ = report_lib.ALL
     began = time.monotonic()
@@ -764,7 +768,7 @@ def check_greedy_agreement(
         return
     report.note(backend.name, all_, "behaviour_agreement", result.rate)
     # A decisive disagreement parts where the replay sees the same logits flip outside a near tie
-    # (verify/greedy_agreement.py): the replay's max_abs gate fails first, so the product target
+    # (verify/behaviour/greedy_agreement.py): the replay's max_abs gate fails first, so the product target
     # (MIN_AGREEMENT) is implied by the numeric gates and recorded as information.
     report.note(backend.name, all_, "behaviour_agreement_decisive", result.decisive_rate, IMPLIED["replay"])
     report.note(backend.name, all_, "behaviour_agreement_questions", result.questions)
@@ -853,7 +857,8 @@ def verify(
     agreement: measure the greedy behaviour agreement (information only, and the slowest part for
     a faulted Core ML variant, whose every reply is regenerated: //tests:gate_power skips it)."""
     from training import sampling
-    from verify import floors, greedy_agreement
+    from verify.behaviour import greedy_agreement
+    from verify.floors import floors
 
     if sampled_min_canonical_rate is None:
         sampled_min_canonical_rate = sampled_behaviour.MIN_CANONICAL_RATE

@@ -12,8 +12,8 @@ import pytest
 
 from conversion import gates as gates_lib
 from conversion import gates_testing
-from verify import report as report_lib
 from verify import verification
+from verify.report import report as report_lib
 
 LENGTHS = (16, 32)
 VOCAB = 512
