@@ -93,3 +93,23 @@ def stage() -> None:
     """Both: what a pipeline tool calls first in its main."""
     own_logs()
     libraries()
+
+
+_LLAMA_CALLBACK = []  # the C side keeps the pointer: the callback must stay alive
+
+
+def silence_llama_cpp() -> None:
+    """Routes llama.cpp's log (model-loading chatter on stderr) to a no-op, once per process;
+    `verbose=False` alone keeps its errors. Call it before the first model loads."""
+    if _LLAMA_CALLBACK:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def drop(level, text, user_data):
+        del level, text, user_data
+
+    llama_cpp.llama_log_set(drop, ctypes.c_void_p(0))
+    _LLAMA_CALLBACK.append(drop)

@@ -13,15 +13,11 @@ handshake (data/teachers/vocab.py) decides whether its ids are the student's.
 
 import dataclasses
 import os
-import struct
 
-from common import digest
+from common import digest, gguf_reader
 from common.errors import InputError
 from data.teachers import vocab
 
-MAGIC = b"GGUF"
-VERSIONS = (2, 3)  # the GGUF versions llama.cpp reads
-HEADER_BYTES = 24  # magic, uint32 version, uint64 tensor count, uint64 key/value count
 MAX_VOCAB = 1 << 22  # the largest real vocabularies hold a few hundred thousand tokens
 
 
@@ -65,30 +61,10 @@ def read(path: str) -> TeacherFile:
     """Validates `path` as a GGUF file and returns what the teacher needs; InputError if anything is off."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: teacher GGUF file not found; give --teacher=gguf:PATH of a .gguf file")
-    size = os.path.getsize(path)
-    if size < HEADER_BYTES:
-        raise _bad(path, f"{size} bytes is shorter than the {HEADER_BYTES}-byte header")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:4] != MAGIC:
-        raise _bad(path, f"magic is {head[:4]!r}, expected {MAGIC!r}")
-    (version,) = struct.unpack("<I", head[4:8])
-    if version not in VERSIONS:
-        raise _bad(path, f"GGUF version {version}; llama.cpp reads {VERSIONS}")
-
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path, "r")
-        fields = dict(reader.fields)
-        for tensor in reader.tensors:
-            end = int(tensor.data_offset) + int(tensor.n_bytes)
-            if end > size or tensor.data.nbytes != int(tensor.n_bytes):
-                raise ValueError(f"tensor {tensor.name} runs past the end of the file")
-        if not reader.tensors:
-            raise ValueError("it holds no tensors")
-    except Exception as error:  # any failure to parse is a damaged file, never a crash
-        raise _bad(path, f"{type(error).__name__}: {str(error)[:200]}") from None
+    reader = gguf_reader.open_checked(path, lambda why: _bad(path, why))
+    if not reader.tensors:
+        raise _bad(path, "it holds no tensors")
+    fields = dict(reader.fields)
 
     architecture = _scalar(fields, "general.architecture", str)
     if not architecture:

@@ -20,30 +20,14 @@ the record and the question, and nothing is written. Cutting it would put an eos
 chose into the student's targets, and a teacher that rambles is better found than distilled.
 """
 
-import ctypes
 import os
 
 import numpy as np
 
+from common import quiet
 from common.errors import InputError
 from data import tokenizer as tokenizer_lib
 from data.teachers import gguf_file, sampler, source, vocab
-
-_SILENT = []
-
-
-def _silence_llama_cpp() -> None:
-    """Routes llama.cpp's log (model loading chatter on stderr) to a no-op, once per process."""
-    if _SILENT:
-        return
-    import llama_cpp
-
-    @llama_cpp.llama_log_callback
-    def quiet(level, text, user_data):
-        del level, text, user_data
-
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
-    _SILENT.append(quiet)  # the C side keeps the pointer: keep the callback alive
 
 
 def _last_scores(llama, n_vocab: int) -> np.ndarray:
@@ -108,7 +92,7 @@ class GGUFTeacher:
         """llama.cpp's model with a context of n_ctx positions, or its vocabulary alone (None)."""
         import llama_cpp
 
-        _silence_llama_cpp()
+        quiet.silence_llama_cpp()
         if n_ctx is None:
             settings = {"vocab_only": True}
         else:

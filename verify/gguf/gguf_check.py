@@ -6,18 +6,14 @@ load_llama / gguf_logits give the same logits interface as every other backend:
 ids int [1, T] -> float32 logits [1, T, V], one full forward from an empty KV cache.
 """
 
-import ctypes
 import os
-import struct
 
 import numpy as np
 
+from common import gguf_reader, quiet
 from common.errors import InputError
 from training.config import MAX_SEQ_LEN
 
-MAGIC = b"GGUF"
-VERSIONS = (2, 3)  # the GGUF versions llama.cpp reads; gguf 0.19 writes 3
-HEADER_BYTES = 24  # magic, uint32 version, uint64 tensor count, uint64 key/value count
 REQUIRED_KEYS = (
     "general.architecture",
     "llama.context_length",
@@ -51,30 +47,17 @@ def read_gguf(path: str) -> dict:
     """
     if not os.path.isfile(path):
         raise InputError(f"{path}: GGUF file not found")
+    reader = gguf_reader.open_checked(path, lambda why: _unreadable(path, why))
     size = os.path.getsize(path)
-    if size < HEADER_BYTES:
-        raise _unreadable(path, f"{size} bytes is shorter than the {HEADER_BYTES}-byte header")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:4] != MAGIC:
-        raise _unreadable(path, f"magic is {head[:4]!r}, expected {MAGIC!r}")
-    (version,) = struct.unpack("<I", head[4:8])
-    if version not in VERSIONS:
-        raise _unreadable(path, f"GGUF version {version}, llama.cpp reads {VERSIONS}")
-
-    import gguf
-
     try:
-        reader = gguf.GGUFReader(path, "r")
         fields = {name: field.contents() for name, field in reader.fields.items()}
-        tensors = {}
-        for tensor in reader.tensors:
-            end = int(tensor.data_offset) + int(tensor.n_bytes)
-            if end > size or tensor.data.nbytes != int(tensor.n_bytes):
-                raise ValueError(f"tensor {tensor.name} runs past the end of the file")
-            tensors[tensor.name] = (tuple(int(n) for n in tensor.shape), tensor.tensor_type.name)
     except Exception as error:  # any failure to parse is a damaged file, never a crash
         raise _unreadable(path, f"{type(error).__name__}: {error}") from None
+    tensors = {
+        tensor.name: (tuple(int(n) for n in tensor.shape), tensor.tensor_type.name)
+        for tensor in reader.tensors
+    }
+    version = fields["GGUF.version"]  # the gguf reader's own field, checked by open_reader
 
     arch = fields.get("general.architecture")
     if arch != "llama":
@@ -109,23 +92,6 @@ def read_gguf(path: str) -> dict:
     }
 
 
-_SILENT = []
-
-
-def _silence_llama_cpp() -> None:
-    """Routes llama.cpp's log (model loading chatter) to a no-op; verbose=False alone keeps errors."""
-    if _SILENT:
-        return
-    import llama_cpp
-
-    @llama_cpp.llama_log_callback
-    def quiet(level, text, user_data):
-        del level, text, user_data
-
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
-    _SILENT.append(quiet)  # the C side keeps the pointer: keep the callback alive
-
-
 def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2):
     """llama_cpp.Llama over a validated GGUF file, returning logits for every position.
 
@@ -141,7 +107,7 @@ def load_llama(path: str, f32_kv_cache: bool = True, n_threads: int = 2):
     n_ctx = read_gguf(path)["context_length"]
     import llama_cpp
 
-    _silence_llama_cpp()
+    quiet.silence_llama_cpp()
     cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_kv_cache else {}
     try:
         return llama_cpp.Llama(
