@@ -42,7 +42,7 @@ from common.errors import InputError
 from conversion import aoti_decoder, gguf_export, kv_decoder, pt2_archive
 from data import prompt as prompt_lib
 from training import decode
-from verify.gguf import gguf_check
+from verify.gguf_files import gguf_check
 
 QUESTIONS = [
     "Will it rain tomorrow?",

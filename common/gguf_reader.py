@@ -5,7 +5,7 @@ first (size, magic, a version llama.cpp reads), then the gguf package's reader p
 (it memory-maps it: every array element it visits occupies at least one byte of the file, so a
 crafted count costs at most a pass over the file), and every tensor's data must lie inside the
 file. Any failure is the caller's InputError, never a crash. Both readers of GGUF files use it:
-the teacher's (data/teachers/gguf_file.py) and verification's (verify/gguf/gguf_check.py).
+the teacher's (data/teachers/gguf_file.py) and verification's (verify/gguf_files/gguf_check.py).
 """
 
 import os

@@ -12,7 +12,7 @@ from common.errors import InputError
 from conversion import export_gguf, modelfile
 from data import tokenizer as tokenizer_lib
 from verify import fixtures
-from verify.gguf import gguf_check
+from verify.gguf_files import gguf_check
 
 torch.set_num_threads(1)
 FLAGS = flags.FLAGS

@@ -76,7 +76,7 @@ DEFAULT_BACKENDS = {
 _BOUND_KEYS = ("bound", "factor", "floor")
 _GATES_KEYS = ("backends", "bounds", "inputs", "methods", "quality")
 # Each lossy precision -> its independent reference (verify/floors/floors.py: ggml's Q8_0 and Q4_0
-# through verify/gguf/gguf_reference.py, Core ML's int8 and int4 through
+# through verify/gguf_files/gguf_reference.py, Core ML's int8 and int4 through
 # verify/coreml/coreml_reference.py). A reference is measured at every length and over the replay;
 # it bounds no KV cache, so it has no decode scope.
 REFERENCES = {"w_q8_0": "ref_q8_0", "w_q4_0": "ref_q4_0", "int8": "ref_int8", "int4": "ref_int4"}

@@ -9,7 +9,7 @@ from common.errors import InputError
 from conversion import gguf_export
 from data import generate
 from training.model import ModelConfig, Student, init_weights, rope
-from verify.gguf import gguf_check
+from verify.gguf_files import gguf_check
 
 torch.set_num_threads(1)
 LENGTHS = (64, 128, 256)

@@ -154,7 +154,7 @@ def aoti_steps(path: str, build: dict, cfg, fallback: str):
 
 
 def gguf_forward(path: str, max_length: int):
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     context = gguf_check.read_gguf(path)["context_length"]  # a damaged file fails before llama.cpp
     if context != max_length:

@@ -99,7 +99,7 @@ def test_the_grammar_constrains_llama_cpp_itself(env):
     import llama_cpp
 
     from data import teacher
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     grammar = _ask(env, "--print_grammar")
     assert grammar.count(" | ") == len(teacher.ANSWERS) - 1

@@ -46,7 +46,7 @@ def shipped():
     from conversion import torchscript
     from data import prompt
     from ood import questions
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     tokenizer, model = shipped_env.student(env)
     ood = questions.load()

@@ -31,7 +31,7 @@ def shipped():
     env = shipped_env.require(ENV)
     from conversion import torchscript
     from data import dataset
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     tokenizer, model = shipped_env.student(env)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)

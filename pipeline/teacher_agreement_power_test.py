@@ -25,7 +25,7 @@ def compared():
     env = shipped_env.require(NAMES)
     from data import dataset
     from verify.behaviour import teacher_agreement
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     tokenizer, model = shipped_env.student(env)
     heldout = sorted(dataset.read_dataset(env["M8B_DATASET"]).split("heldout"), key=lambda r: r.id)

@@ -21,7 +21,7 @@ from conversion import aoti_decoder, coreml, coreml_stateful, gguf_export, kv_de
 from training import model as model_lib
 from verify import frozen_students, verification
 from verify.coreml import coreml_stateful_steps, mil_executor
-from verify.gguf import gguf_check, gguf_reference
+from verify.gguf_files import gguf_check, gguf_reference
 
 # The faulted tensor: a projection in the middle of the network, not the output head, so a fault
 # must travel through later blocks to show.

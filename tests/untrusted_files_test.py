@@ -30,7 +30,7 @@ from conversion import torchscript, torchscript_archive
 from tests import harness, spoil
 from training import checkpoint
 from verify.coreml import mil_executor, npz_arrays
-from verify.gguf import gguf_check
+from verify.gguf_files import gguf_check
 
 A = harness.artifact
 # Scripting the payload modules is the point here, deprecated or not.
@@ -532,7 +532,7 @@ def test_no_loader_in_the_project_can_unpickle():
     sources = _project_sources()
     rels = {os.path.relpath(p, harness.runfiles_root()) for p in sources}
     # The scan must see the loaders it is about, or it proves nothing.
-    assert {"training/checkpoint.py", "conversion/torchscript.py", "verify/gguf/gguf_check.py"} <= rels
+    assert {"training/checkpoint.py", "conversion/torchscript.py", "verify/gguf_files/gguf_check.py"} <= rels
     problems = []
     for path in sources:
         with open(path, encoding="utf-8") as handle:

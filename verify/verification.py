@@ -228,7 +228,7 @@ def check_inputs(paths: Paths) -> Inputs:
             mlpackage_manifest.root_model_path(package)  # the layout; the spec is read later
     for gguf_path in (getattr(paths, field) for field in GGUF_FIELDS):
         if gguf_path:
-            from verify.gguf import gguf_check
+            from verify.gguf_files import gguf_check
 
             gguf_check.read_gguf(gguf_path)  # header and tensor table; llama.cpp loads it later
     settings = inputs_lib.Settings(**contract.gates["inputs"])
@@ -405,7 +405,7 @@ def compressed_coreml_backend(name: str, path: str, contract, program=None) -> B
 def check_gguf_tokenizer(report, llama, tokenizer, strings, name: str = GGUF, ours_by_text=None) -> None:
     """llama.cpp must tokenize every dataset string (prompts and completions) exactly as we do.
     ours_by_text: our ids of the strings (Inputs.string_ids), or None to encode them here."""
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     mismatches = gguf_check.tokenize_mismatches(llama, tokenizer, strings, ours_by_text)
     for text, theirs, ours in mismatches[:3]:
@@ -420,12 +420,12 @@ GGUF_VARIANTS = {GGUF: "f32", GGUF_F16: "f16", GGUF_Q8_0: "Q8_0", GGUF_Q4_0: "Q4
 
 def check_gguf_content(report, path: str, model, name: str) -> None:
     """Every tensor of the file against the checkpoint stored as the variant says, exactly
-    (verify/gguf/gguf_content.py: Q8_0 and Q4_0 blocks against an independent reference of ggml's
+    (verify/gguf_files/gguf_content.py: Q8_0 and Q4_0 blocks against an independent reference of ggml's
     quantizers). A tensor missing, extra or in another type or shape than the variant's plan fails
     weights_tensors_mismatched; every element stored otherwise counts in weights_elements_changed.
     The logits bounds cannot see a small fault in a quantized file (every block scale of a matrix
     x1.003 sits below the quantization noise: //tests:gate_power); this check sees one bit."""
-    from verify.gguf import gguf_content
+    from verify.gguf_files import gguf_content
 
     result = gguf_content.check(path, model, GGUF_VARIANTS[name])
     all_ = report_lib.ALL
@@ -491,7 +491,7 @@ def gguf_backend(name: str, path: str, inputs: Inputs) -> Backend:
     """A GGUF file through llama.cpp (an f16 KV cache for GGUF_KV_F16), with its own checks once per
     file: the tokenizer and the exact content (GGUF_VARIANTS). //tests:gate_power builds faulted
     copies through here."""
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     llama = gguf_check.load(path, f32_kv_cache=name != GGUF_KV_F16)
     check = None

@@ -60,8 +60,8 @@ def test_an_import_inside_a_function_counts():
 
 
 def test_the_tests_column_admits_tests_only():
-    assert problems({"conversion/x_test.py": "import verify.gguf.gguf_check\n"}) == []
-    assert len(problems({"conversion/x.py": "import verify.gguf.gguf_check\n"})) == 1
+    assert problems({"conversion/x_test.py": "import verify.gguf_files.gguf_check\n"}) == []
+    assert len(problems({"conversion/x.py": "import verify.gguf_files.gguf_check\n"})) == 1
 
 
 def test_nothing_may_import_the_top():

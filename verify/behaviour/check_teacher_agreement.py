@@ -22,7 +22,7 @@ from common.errors import InputError
 from data import dataset as dataset_lib
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
-from verify.gguf import gguf_check
+from verify.gguf_files import gguf_check
 
 flags.DEFINE_string("weights", None, "Student checkpoint weights (required).")
 flags.DEFINE_string("metadata", None, "Student checkpoint metadata JSON (required).")

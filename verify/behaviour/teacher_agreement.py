@@ -84,7 +84,7 @@ def teacher_logprobs(llama, replies: Replies) -> np.ndarray:
 
     llama: a llama_cpp.Llama made with logits_all (verify/gguf_check.load_llama, f32 KV cache).
     """
-    from verify.gguf import gguf_check
+    from verify.gguf_files import gguf_check
 
     rows = []
     for index, prompt in enumerate(replies.prompts):

@@ -21,7 +21,7 @@ from data import dataset, generate
 from training import checkpoint
 from training.model import ModelConfig, Student, init_weights
 from verify.behaviour import teacher_agreement
-from verify.gguf import gguf_check
+from verify.gguf_files import gguf_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)  # the source tree and Bazel runfiles alike

@@ -65,7 +65,7 @@ position of the rows compared there (1 / (rows x T)): an emulation that happens 
 does not make a single near-tie flip a failure.
 
 Independent references (REFERENCES): each lossy variant's weights are also quantized by code
-written from the format's definition, not by the exporter's (verify/gguf/gguf_reference.py for ggml's
+written from the format's definition, not by the exporter's (verify/gguf_files/gguf_reference.py for ggml's
 Q8_0 and Q4_0, verify/coreml/coreml_reference.py for Core ML's int8 and int4), with the variant's plan
 (which tensor gets which type) stated here. The reference's KL and top-1 disagreement bound the
 variant's own (conversion/gates.py, quality bounds): a regression in the exporter's plan moves the
@@ -98,9 +98,10 @@ METHODS = {
     "int8": "float16 eager with the Core ML int8 package's weight matrices (per channel), vs float32 eager",
     "int4": "float16 eager with the Core ML int4 package's weight matrices (blocks of 32), vs float32 eager",
     "ref_q8_0": "float64 eager, weight matrices quantized to Q8_0 by an independent NumPy reference of "
-    "ggml's format (verify/gguf/gguf_reference.py), projection inputs through Q8_0 blocks, vs float32 eager",
+    "ggml's format (verify/gguf_files/gguf_reference.py), projection inputs through Q8_0 blocks, "
+    "vs float32 eager",
     "ref_q4_0": "float64 eager, weight matrices quantized to Q4_0 (the output projection Q8_0) by an "
-    "independent NumPy reference of ggml's formats (verify/gguf/gguf_reference.py), projection inputs "
+    "independent NumPy reference of ggml's formats (verify/gguf_files/gguf_reference.py), projection inputs "
     "through Q8_0 blocks, vs float32 eager",
     "ref_int8": "float16 eager, weight matrices quantized int8 linear symmetric per output channel by an "
     "independent NumPy reference (verify/coreml/coreml_reference.py), vs float32 eager",
@@ -294,7 +295,7 @@ def _with_compressed_weights(model: torch.nn.Module, compression: str) -> torch.
 def _through_reference_q8_0(module, inputs):
     """_round_input_through_q8_0 with the independent reference's Q8_0 blocks."""
     del module
-    from verify.gguf import gguf_reference
+    from verify.gguf_files import gguf_reference
 
     x = inputs[0]
     values = np.ascontiguousarray(x.detach().to(torch.float32).numpy())
@@ -305,7 +306,7 @@ def _through_reference_q8_0(module, inputs):
 def _gguf_reference(twin: torch.nn.Module, matrix_type: str, overrides: dict) -> torch.nn.Module:
     """The reference of a quantized GGUF (module docstring): float64, every weight matrix through
     the independent reference's blocks of its planned type, projection inputs through Q8_0."""
-    from verify.gguf import gguf_reference
+    from verify.gguf_files import gguf_reference
 
     if twin.cfg.tie_embeddings:  # a GGUF file stores the output projection as a tensor of its own
         twin.lm_head.weight = torch.nn.Parameter(twin.embed.weight.detach().clone())

@@ -122,9 +122,9 @@ def test_a_reference_with_the_variants_weights_has_the_variants_floors(model, to
 
 @pytest.mark.parametrize("reference", ["ref_q8_0", "ref_q4_0"])
 def test_a_gguf_reference_holds_the_formats_blocks_with_its_own_plan(model, reference):
-    """Every matrix through verify/gguf/gguf_reference.py's blocks of the type its plan states (Q4_0's
+    """Every matrix through verify/gguf_files/gguf_reference.py's blocks of the type its plan states (Q4_0's
     output projection Q8_0), float64; today that is exactly what the exporter's emulation holds."""
-    from verify.gguf import gguf_reference
+    from verify.gguf_files import gguf_reference
 
     twin = floors.emulation(model, reference)
     emulated = dict(

@@ -2,7 +2,7 @@
 
 Written from ggml's reference quantizers (quantize_row_q8_0_ref / quantize_row_q4_0_ref in
 ggml-quants.c, the code llama-quantize uses to create model files) and its block structs, not from
-the exporter's quantizer (gguf.quants, conversion/gguf_quant.py): verify/gguf/gguf_content.py holds each
+the exporter's quantizer (gguf.quants, conversion/gguf_quant.py): verify/gguf_files/gguf_content.py holds each
 GGUF file to the checkpoint quantized here, so a quantizer bug, a corrupted scale or a moved quant
 level shows as stored blocks that differ from these.
 

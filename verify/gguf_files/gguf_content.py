@@ -7,7 +7,7 @@ otherwise:
   f32    each value, bit for bit;
   f16    each value rounded to half (NumPy's round-to-nearest-even), bit for bit;
   Q8_0,  each block's scale and each quant, against the checkpoint quantized by ggml's reference
-  Q4_0   semantics (verify/gguf/gguf_reference.py, not gguf.quants, which the exporter writes with).
+  Q4_0   semantics (verify/gguf_files/gguf_reference.py, not gguf.quants, which the exporter writes with).
 
 Which type each tensor has is the variant's plan (conversion/gguf_quant.py plan: norms f32, Q4_0's
 output projection Q8_0); a tensor the plan does not name, a missing one, or one stored in another
@@ -27,7 +27,7 @@ import numpy as np
 
 from common.errors import InputError
 from conversion import gguf_quant
-from verify.gguf import gguf_reference
+from verify.gguf_files import gguf_reference
 
 # The unquantized GGUF types and the NumPy dtype each stores its values in (the quantized ones are
 # gguf_reference's).

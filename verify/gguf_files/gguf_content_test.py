@@ -1,4 +1,4 @@
-"""verify/gguf/gguf_content.py on GGUF files of a seeded student, as the exporter writes them and with
+"""verify/gguf_files/gguf_content.py on GGUF files of a seeded student, as the exporter writes them and with
 small faults planted in copies: every variant passes untouched, and each fault is counted exactly."""
 
 import gguf
@@ -10,7 +10,7 @@ from common.errors import InputError
 from conversion import gguf_export, gguf_quant
 from data import generate
 from training.model import ModelConfig, Student, init_weights
-from verify.gguf import gguf_content, gguf_reference
+from verify.gguf_files import gguf_content, gguf_reference
 
 torch.set_num_threads(1)
 MATRIX = "blk.1.ffn_down.weight"

@@ -1,6 +1,6 @@
-"""verify/gguf/gguf_reference.py against ggml's Q8_0 / Q4_0 semantics, on blocks worked out by hand.
+"""verify/gguf_files/gguf_reference.py against ggml's Q8_0 / Q4_0 semantics, on blocks worked out by hand.
 
-Every expected byte below follows from ggml's reference quantizers as verify/gguf/gguf_reference.py's
+Every expected byte below follows from ggml's reference quantizers as verify/gguf_files/gguf_reference.py's
 docstring states them; the comments show the arithmetic. A last test compares the reference with
 the `gguf` package's quantizer (what the exporter writes with) on random rows: the two were
 written apart, so agreement there is evidence for both.
@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from verify.gguf import gguf_reference as ref
+from verify.gguf_files import gguf_reference as ref
 
 
 def _block(values: dict[int, float]) -> np.ndarray:
