@@ -35,6 +35,7 @@ pins: loading a package runs its shared object's code.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -231,6 +232,13 @@ def load(path: str, so_sha256: str):
     from conversion import pt2_archive
 
     pt2_archive.check_aoti_file(path, so_sha256)
+    # The loader unpacks the package into an aotinductor_* folder under TMPDIR and removes it when it
+    # is destroyed, but leaves it behind when it refuses the package (one per failed `ask`). So it
+    # unpacks into a folder of ours, removed once it returns: the shared object is mapped by then and
+    # the loader reads nothing more from the folder (conversion/aoti_decoder_test.py runs it after).
+    scratch = tempfile.mkdtemp(prefix="m8b-aoti-")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = scratch
     try:
         # run_single_threaded: one caller thread at a time (AOTISteps), so no runner pool or locks.
         return torch._C._aoti.AOTIModelPackageLoader(path, MODEL_NAME, True, 1, -1)
@@ -239,6 +247,12 @@ def load(path: str, so_sha256: str):
             f"{path}: AOTInductor cannot load it ({str(error).splitlines()[0][:200]}); "
             "re-run the export on this machine"
         ) from None
+    finally:
+        if previous is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class AOTISteps(Steps):

@@ -3,6 +3,7 @@ through the archive check, and decoding what eager and the TorchScript decoder d
 
 import concurrent.futures
 import os
+import tempfile
 
 import pytest
 import torch
@@ -145,6 +146,21 @@ def test_inputs_the_package_was_not_compiled_for_are_refused_before_the_call(com
         with pytest.raises(InputError, match="decoder"):
             steps.check_inputs(inputs)
             pytest.fail(f"{what} was accepted")
+
+
+def test_a_load_leaves_nothing_in_tmpdir_loaded_or_refused(compiled, tmp_path, monkeypatch):
+    _, path, so_sha256, _ = compiled
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    runner = aoti_decoder.load(path, so_sha256)
+    assert os.listdir(tmp_path) == []
+    logits = aoti_decoder.AOTISteps(runner, CFG).prefill([1, 2, 3])  # runs with its folder gone
+    assert torch.isfinite(logits).all()
+    monkeypatch.setattr(aoti_decoder, "MODEL_NAME", "not_in_the_package")
+    with pytest.raises(InputError, match="AOTInductor cannot load it"):
+        aoti_decoder.load(path, so_sha256)
+    assert os.listdir(tmp_path) == []
+    assert os.environ["TMPDIR"] == str(tmp_path)
+    assert not [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("m8b-aoti-")]
 
 
 def test_another_pin_or_machine_stops_the_load(compiled):
