@@ -6,9 +6,9 @@ Prints the fault table (fault x artifact -> the checks that caught it), and for 
 test that fails it (tests/artifact_faults.py SHOWN_ELSEWHERE): a fault caught on one artifact is no
 proof for another, whose bounds are its own. So the suite runs artifact by artifact, one test
 each, and Bazel's shards split the artifacts between them (tests/shard_plugin.py). No false alarms:
-the untouched artifacts of two student seeds, the wide configuration and the GGUF teacher's
-student pass every gate (//pipeline:gates_test, //pipeline:seed1_gates_test,
-//pipeline:wide_gates_test, //pipeline:from_wide_gates_test).
+the untouched artifacts of three student seeds and the wide configuration pass every gate
+(//pipeline:gates_test, //pipeline:seed1_gates_test, //pipeline:seed2_gates_test,
+//pipeline:wide_gates_test).
 """
 
 import dataclasses
