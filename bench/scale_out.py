@@ -59,7 +59,7 @@ def _train(inputs: list[str], directory: str, extra: list[str], **env) -> dict:
     """One trainer run: tokens, loop seconds, second-half tokens and seconds, wall seconds, weights sha."""
     weights = os.path.join(directory, "w.safetensors")
     flags_ = [f"--out_weights={weights}", f"--out_metadata={os.path.join(directory, 'm.json')}"]
-    flags_ += [f"--steps={FLAGS.steps}", "--batch_size=64", "--heldout_every=0", *extra]
+    flags_ += [f"--steps={FLAGS.steps}", "--batch_size=64", "--heldout_every=0", "--verbosity=0", *extra]
     start = time.perf_counter()
     result = _run(["training.run_toy_distill", *inputs, *flags_], **env)
     wall = time.perf_counter() - start

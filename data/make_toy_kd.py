@@ -37,7 +37,7 @@ import time
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, cli, quiet
 from common.errors import InputError
 from data import dataset, generate
 from data import tokenizer as tokenizer_lib
@@ -281,6 +281,11 @@ def _write_teacher_dataset(spec: source.Spec, tok: tokenizer_lib.Tokenizer) -> N
 def main(argv: list[str]) -> None:
     del argv
     spec = source.parse_spec(FLAGS.teacher)
+    if spec.kind != "openai":
+        # A pipeline stage prints nothing on success (common/quiet.py); --verbosity=0 brings the
+        # log back. A capture from a server runs by hand, outside the graph, for minutes to hours:
+        # it keeps its progress line, retries and cache hits.
+        quiet.own_logs()
     _check_teacher_flags(spec)
     _check_mode(spec)
     outputs = {"out": FLAGS.out, "tokenizer_out": FLAGS.tokenizer_out}

@@ -28,7 +28,7 @@ import sys
 
 from absl import flags, logging
 
-from common import atomic, child_python, cli
+from common import atomic, child_python, cli, quiet
 from common.errors import InputError
 from data import dataset as kd_dataset
 from data.tokenizer import Tokenizer
@@ -182,6 +182,10 @@ def history_csv(history: list[dict]) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    # A pipeline stage prints nothing on success but the parameter count (common/quiet.py): the
+    # per-step progress reaches Bazel's terminal only once the action has ended. --verbosity=0
+    # brings it back.
+    quiet.own_logs()
     _check_flags()
     in_path = FLAGS["in"].value
     tokenizer = Tokenizer.load(FLAGS.tokenizer)

@@ -86,7 +86,10 @@ def _pip_install_impl(rctx):
         ],
         environment = environment,
         timeout = 3600,
-        quiet = False,
+        # pip's output is printed when it fails (below). On success it held only warnings about
+        # the machine's own pip configuration (an index directory that does not exist: one line
+        # per package, 60 lines of a newcomer's first run), nothing about this install.
+        quiet = True,
     )
     if result.return_code != 0:
         fail("pip could not install %s (exit %d). pip said:\n%s\n%s\n" % (
