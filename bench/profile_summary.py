@@ -4,11 +4,13 @@
     python3.11 bench/profile_summary.py /tmp/cold.prof [ACTIONS]
 
 Prints the phase start times, each repository fetch that took over a second, and the slot time of
-all actions (their durations summed: on 2 cores, at most twice the execution phase). With ACTIONS,
+all actions (their durations summed: on 2 cores, at most twice the execution phase), split into the
+tests (every shard and run) and each pipeline mnemonic. With ACTIONS,
 a substring such as `//pipeline:wide_`, also each action whose description contains it, with its
 duration (e.g. the stage times of one pipeline configuration).
 """
 
+import collections
 import gzip
 import json
 import sys
@@ -35,8 +37,14 @@ def summary(events: list, actions: str | None = None) -> list[str]:
             and actions in event.get("name", "")
         ):
             lines.append(f"{seconds(event['ts'] - start)}  action {event['name']}: {seconds(event['dur'])}")
-    slot = sum(e.get("dur", 0) for e in events if e.get("ph") == "X" and e.get("cat") == "action processing")
-    lines.append(f"action slot time: {seconds(slot).strip()}")
+    kinds = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("cat") == "action processing":
+            # "Testing //pkg:test (shard 1 of 4)" or "<Mnemonic> //pkg:target": the first word.
+            name = event.get("name", "")
+            kinds["tests" if name.startswith("Testing ") else name.split(" ", 1)[0]] += event.get("dur", 0)
+    lines.append(f"action slot time: {seconds(sum(kinds.values())).strip()}")
+    lines += [f"  {seconds(micros)}  {kind}" for kind, micros in kinds.most_common()]
     return lines
 
 
