@@ -17,7 +17,7 @@ import time
 
 from absl import flags, logging
 
-from common import atomic, cli
+from common import atomic, cli, quiet
 from common.errors import InputError
 from data import dataset as dataset_lib
 from data import tokenizer as tokenizer_lib
@@ -74,6 +74,7 @@ def check_inputs(tokenizer, metadata: dict, dataset, teacher_facts: dict) -> Non
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet.own_logs()  # a stage prints nothing on success (common/quiet.py); e2e prints the verdict
     for name in ("weights", "metadata", "tokenizer", "dataset", "teacher_gguf", "out"):
         cli.require_flag(FLAGS[name].value, name)
     cli.check_output_path(FLAGS.out, "out")
