@@ -188,10 +188,18 @@ def load(weights_path: str, metadata_path: str, expected_vocab_size: int | None 
         tensors = safetensors.torch.load(data)
     except (safetensors.SafetensorError, ValueError, OSError) as error:
         raise InputError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    # The expected shapes from a model on the meta device (no memory): a config that asks for a huge
-    # model is refused by its shapes before anything that size is allocated.
-    with torch.device("meta"):
-        expected = Student(cfg).state_dict()
+    # A config that asks for a huge model is refused by its shapes before anything that size is
+    # allocated. The model itself is built only when the file holds at least as many values as its
+    # config's parameters (so no more memory than the file took); otherwise the expected shapes come
+    # from a model on the meta device. Not always on the meta device: its first use imports
+    # torch._dynamo, over a second in every process that loads a checkpoint.
+    model = None
+    if sum(tensor.numel() for tensor in tensors.values()) >= cfg.parameter_count:
+        model = Student(cfg)
+        expected = model.state_dict()
+    else:
+        with torch.device("meta"):
+            expected = Student(cfg).state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -205,7 +213,7 @@ def load(weights_path: str, metadata_path: str, expected_vocab_size: int | None 
                 f"{weights_path}: {name}: shape {tuple(tensor.shape)} {tensor.dtype}, "
                 f"expected {tuple(expected[name].shape)} {expected[name].dtype}"
             )
-    model = Student(cfg)
+    model = model or Student(cfg)
     model.load_state_dict(tensors)
     model.eval()
     return model, metadata
