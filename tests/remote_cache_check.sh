@@ -17,16 +17,35 @@
 #   5. corrupt:     one cached blob overwritten; Bazel notices, reruns the action, same bytes.
 # Exits 1 if any step fails. Needs nginx (Debian/Ubuntu: sudo apt-get install nginx-light; macOS:
 # brew install nginx) and curl.
+#
+#   tests/remote_cache_check.sh --filled STORE
+#
+# takes a cache store that a build of //pipeline:e2e in this workspace has just filled (.ci/run's
+# test command fills one): step 1 is then that build, not a second cold one, and its outputs in
+# this workspace's bazel-bin are the expected bytes; the check's output base is new, so step 2 needs
+# no clean, and it proves the hits in another directory and output base, as a teammate gets them.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON_BIN:-python3.11}
+filled=
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --filled) filled=$2; shift 2 ;;
+    *) echo "remote_cache_check.sh: unknown argument: $1 (usage: $0 [--filled STORE])" >&2; exit 2 ;;
+  esac
+done
 work=$(mktemp -d)
 tree=$work/tree
 base=$work/output-base
 # copy_workspace, free_port, now_seconds, sha256_files
 source "$repo/tools/scratch/scratch.sh"
 port=$(free_port)
-cache=("$repo/tools/remote_cache/cache.sh" --port "$port" --store "$work/store" --run "$work/run")
+store=${filled:-$work/store}
+if [[ -n $filled && ! -d $filled/cas ]]; then
+  echo "remote_cache_check.sh: --filled $filled holds no cache entries ($filled/cas is missing)" >&2
+  exit 2
+fi
+cache=("$repo/tools/remote_cache/cache.sh" --port "$port" --store "$store" --run "$work/run")
 remote=(--config=remote "--remote_cache=http://127.0.0.1:$port")
 # The M8b* stages of pipeline/defs.bzl: training and conversion must never rerun needlessly.
 upstream=M8bTokenizer,M8bDatasetShard,M8bDataset,M8bTrain,M8bTorchScript,M8bCoreML,M8bGGUF
@@ -48,16 +67,24 @@ digest() { (cd "$(bazel info bazel-bin 2>/dev/null)/pipeline" && sha256_files kd
 copy_workspace "$repo" "$tree"
 "${cache[0]}" start "${cache[@]:1}"
 
-step "1. cold build, filling the cache"
-bazel fetch //pipeline:e2e
-start=$(now)
-bazel build "${remote[@]}" --execution_log_json_file="$work/cold.json" //pipeline:e2e
-cold=$("$python" -c "print($(now) - $start)")
-spawns "$work/cold.json"
-expected=$(digest)
+if [[ -z $filled ]]; then
+  step "1. cold build, filling the cache"
+  bazel fetch //pipeline:e2e
+  start=$(now)
+  bazel build "${remote[@]}" --execution_log_json_file="$work/cold.json" //pipeline:e2e
+  cold=$("$python" -c "print($(now) - $start)")
+  spawns "$work/cold.json"
+  expected=$(digest)
 
-step "2. bazel clean --expunge, then the same build from the cache"
-bazel clean --expunge
+  step "2. bazel clean --expunge, then the same build from the cache"
+  bazel clean --expunge
+else
+  step "1. the cache the build in $repo filled"
+  expected=$(cd "$repo/bazel-bin/pipeline" && sha256_files kd.jsonl tokenizer.json)
+  echo "  $(find "$store/cas" -type f | wc -l | tr -d ' ') entries; kd.jsonl and tokenizer.json from $repo/bazel-bin"
+
+  step "2. a new output base in another directory: the same build from the cache"
+fi
 start=$(now)
 bazel fetch //pipeline:e2e
 fetch=$("$python" -c "print($(now) - $start)")
@@ -67,8 +94,14 @@ bazel build "${remote[@]}" --execution_log_json_file="$work/cached.json" //pipel
 cached=$("$python" -c "print($(now) - $start)")
 grep -E 'INFO: [0-9]+ processes' "$work/cached.log" || true
 spawns "$work/cached.json" --all_remote_hits
-"$python" -c "print(f'  wall time: cold build {$cold:.1f} s, cached build {$cached:.1f} s, ratio {$cached / $cold:.3f}' \
-  f' (re-fetching the locked packages after --expunge: {$fetch:.1f} s, not counted)')"
+[[ "$(digest)" == "$expected" ]] || { echo "FAIL: dataset bytes from the cache differ from the build's" >&2; exit 1; }
+if [[ -z $filled ]]; then
+  "$python" -c "print(f'  wall time: cold build {$cold:.1f} s, cached build {$cached:.1f} s, ratio {$cached / $cold:.3f}' \
+    f' (re-fetching the locked packages after --expunge: {$fetch:.1f} s, not counted)')"
+else
+  "$python" -c "print(f'  wall time: cached build {$cached:.1f} s (fetching the locked packages: {$fetch:.1f} s, not counted;' \
+    ' the cold build was the one that filled the cache)')"
+fi
 bazel run "${remote[@]}" //pipeline:e2e -- --out_dir="$work/dist" | tail -n 3
 
 step "3. a verify/-only change reruns only verification"
@@ -89,7 +122,7 @@ echo "  dataset rebuilt locally, same sha256"
 
 step "5. a corrupted cached blob is detected and the action reruns"
 "${cache[0]}" start "${cache[@]:1}"
-blob=$work/store/cas/$(echo "$expected" | awk '$2 == "kd.jsonl" {print $1}')
+blob=$store/cas/$(echo "$expected" | awk '$2 == "kd.jsonl" {print $1}')
 [[ -f $blob ]] || { echo "FAIL: no cached blob for kd.jsonl at $blob" >&2; exit 1; }
 printf 'corrupted by remote_cache_check\n' >"$blob"
 bazel clean
