@@ -64,6 +64,19 @@ A count metric (top-1 disagreement) is never floored below its resolution at tha
 position of the rows compared there (1 / (rows x T)): an emulation that happens to flip nothing
 does not make a single near-tie flip a failure.
 
+Two workers: each precision's floors are independent of every other's, so measure() first does
+the work they share (eager's logits at every length, along the replay and along the decode steps,
+and every emulation, the SAME_COMPUTATION pairs resolved as before), then forks up to two worker
+processes (workers_default: both cores where there are two) that measure the precisions' lengths
+and replay, and their decode steps, as separate jobs, the costly float16 ones first. Each job
+computes single threaded on inputs it inherits, so its floors are the same to the bit in any worker
+and in any order; they are assembled in the precisions' order. The decode steps stay one forward per
+step through forced_logits' groups of equal prompt lengths: regrouping them (rows of different
+prompts at the same position in one batch) is not bit-identical on CPU, where a product's rows round
+differently with the batch (float32 below 4 rows, float64 in a batch's last rows past a multiple of
+4, float16 for a batch of one), so it would move the floors and the decode reference verification
+uses.
+
 Independent references (REFERENCES): each lossy variant's weights are also quantized by code
 written from the format's definition, not by the exporter's (verify/gguf_files/gguf_reference.py for ggml's
 Q8_0 and Q4_0, verify/coreml/coreml_reference.py for Core ML's int8 and int4), with the variant's plan
