@@ -386,7 +386,11 @@ def _floored(comparison: parity.Comparison) -> dict[str, float]:
 
 
 def workers_default() -> int:
-    """Both cores where the process may run on two (measure's pool, module docstring)."""
+    """Both cores where the process may run on two (module docstring, "Two workers"). Linux only:
+    elsewhere (macOS has no sched_getaffinity, and forking a process that has loaded its system
+    frameworks is not safe there) the precisions are measured in this process."""
+    if not hasattr(os, "sched_getaffinity"):
+        return 1
     return min(2, len(os.sched_getaffinity(0)))
 
 
