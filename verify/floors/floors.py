@@ -397,7 +397,7 @@ def workers_default() -> int:
 # What every job reads: set by measure() before the pool forks, so the workers inherit it.
 _SHARED: dict = {}
 # A job's cost relative to a float32 one (balance only, never results): CPU PyTorch has no fast
-# float16 matmul, and rounding every projection input through Q8_0 blocks costs about as much again.
+# float16 matmul, and an input hook on every projection (Q8_0 blocks) costs about as much again.
 _COST = {torch.float16: 3.0, torch.float64: 1.5, torch.float32: 1.0}
 
 
@@ -445,13 +445,14 @@ def _run_jobs(jobs: list, workers: int) -> dict:
     if workers <= 1:
         return {job: _measure_job(job) for job in ordered}
     context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_worker_init) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init
+    ) as pool:
         futures = {job: pool.submit(_measure_job, job) for job in ordered}
         try:
             return {job: future.result() for job, future in futures.items()}
         except BaseException:
-            for future in futures.values():
-                future.cancel()
+            pool.shutdown(cancel_futures=True)  # the jobs not started yet would be wasted
             raise
 
 
