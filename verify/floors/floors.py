@@ -64,6 +64,19 @@ A count metric (top-1 disagreement) is never floored below its resolution at tha
 position of the rows compared there (1 / (rows x T)): an emulation that happens to flip nothing
 does not make a single near-tie flip a failure.
 
+Two workers: each precision's floors are independent of every other's, so measure() first does
+the work they share (eager's logits at every length, along the replay and along the decode steps,
+and every emulation, the SAME_COMPUTATION pairs resolved as before), then forks up to two worker
+processes (workers_default: both cores where there are two) that measure the precisions' lengths
+and replay, and their decode steps, as separate jobs, the costly float16 ones first. Each job
+computes single threaded on inputs it inherits, so its floors are the same to the bit in any worker
+and in any order; they are assembled in the precisions' order. The decode steps stay one forward per
+step through forced_logits' groups of equal prompt lengths: regrouping them (rows of different
+prompts at the same position in one batch) is not bit-identical on CPU, where a product's rows round
+differently with the batch (float32 below 4 rows, float64 in a batch's last rows past a multiple of
+4, float16 for a batch of one), so it would move the floors and the decode reference verification
+uses.
+
 Independent references (REFERENCES): each lossy variant's weights are also quantized by code
 written from the format's definition, not by the exporter's (verify/gguf_files/gguf_reference.py for ggml's
 Q8_0 and Q4_0, verify/coreml/coreml_reference.py for Core ML's int8 and int4), with the variant's plan
@@ -72,8 +85,11 @@ variant's own (conversion/gates.py, quality bounds): a regression in the exporte
 emulation's floor along with the artifact, but not the reference.
 """
 
+import concurrent.futures
 import copy
 import math
+import multiprocessing
+import os
 
 import numpy as np
 import torch
@@ -369,11 +385,90 @@ def _floored(comparison: parity.Comparison) -> dict[str, float]:
     return values
 
 
-def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisions) -> dict:
+def workers_default() -> int:
+    """Both cores where the process may run on two (module docstring, "Two workers"). Linux only:
+    elsewhere (macOS has no sched_getaffinity, and forking a process that has loaded its system
+    frameworks is not safe there) the precisions are measured in this process."""
+    if not hasattr(os, "sched_getaffinity"):
+        return 1
+    return min(2, len(os.sched_getaffinity(0)))
+
+
+# What every job reads: set by measure() before the pool forks, so the workers inherit it.
+_SHARED: dict = {}
+# A job's cost relative to a float32 one (balance only, never results): CPU PyTorch has no fast
+# float16 matmul, and an input hook on every projection (Q8_0 blocks) costs about as much again.
+_COST = {torch.float16: 3.0, torch.float64: 1.5, torch.float32: 1.0}
+
+
+def _cost(job) -> float:
+    emulated = _SHARED["emulations"][job[0]]
+    hooked = any(m._forward_pre_hooks for m in emulated.modules())
+    return _COST[next(emulated.parameters()).dtype] * (2.0 if hooked else 1.0)
+
+
+def _measure_job(job) -> dict[str, dict[str, float]]:
+    """The scopes of one job: (precision, "logits") = every length and the replay, (precision,
+    DECODE) = the decode steps. Reads only _SHARED, so a forked worker computes what the parent would."""
+    from verify import decode_parity
+
+    shared = _SHARED
+    precision, part = job
+    emulated = shared["emulations"][precision]
+    if part == DECODE:
+        decoded = np.concatenate(decode_parity.forced_logits(emulated, shared["seqs"]))
+        return {DECODE: _floored(parity.compare_logits(shared["decode_refs"][None], decoded[None]))}
+    twin = torch_forward(emulated)
+    rows_by_length, replay_args = shared["rows_by_length"], shared["replay_args"]
+    scopes = {}
+    for length, ref in shared["refs"].items():
+        got = np.concatenate([twin(row) for row in rows_by_length[length]], axis=1)
+        scopes[scope(length)] = _floored(parity.compare_logits(ref, got))
+    replay = parity.behaviour_check(
+        shared["eager"], twin, *replay_args, 0.0, artifact_batch=64, reference=shared["reference"]
+    )
+    if replay.comparison is None:
+        raise ValueError("the behaviour replay compared no positions; give questions that fit the lengths")
+    scopes[REPLAY] = _floored(replay.comparison)
+    return scopes
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+
+
+def _run_jobs(jobs: list, workers: int) -> dict:
+    """{job: _measure_job(job)}, the most costly jobs first so the cheap ones fill in at the end.
+    A worker's exception is raised here (with its traceback as the cause); a worker that dies
+    breaks the pool (BrokenProcessPool) instead of leaving measure waiting."""
+    ordered = sorted(jobs, key=_cost, reverse=True)
+    if workers <= 1:
+        return {job: _measure_job(job) for job in ordered}
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init
+    ) as pool:
+        futures = {job: pool.submit(_measure_job, job) for job in ordered}
+        try:
+            return {job: future.result() for job, future in futures.items()}
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the jobs not started yet would be wasted
+            raise
+
+
+def measure(
+    model, rows_by_length, prompts, continuations, pad_id: int, precisions, workers: int | None = None
+) -> dict:
     """{precision: {scope: {metric: floor}}} for the rows of each length (each its own floors), the
     behaviour replay and multi-step decoding (the decode parity's sequences, through each
     emulation's KV cache). A reference precision (REFERENCES' values) bounds no KV-cache artifact,
-    so it has no decode scope."""
+    so it has no decode scope.
+
+    The work every precision shares (eager's logits, its replay and decode steps, the emulations)
+    is done first; then each precision's lengths and replay, and its decode steps, are independent
+    jobs, run by `workers` forked processes (default: workers_default()). Every job computes single
+    threaded on the same inputs, so the floors are the same to the bit whatever the worker count or
+    the order the jobs finish in (verify/floors/floors_test.py)."""
     from verify import decode_parity
 
     eager = torch_forward(model.eval())
@@ -383,37 +478,39 @@ def measure(model, rows_by_length, prompts, continuations, pad_id: int, precisio
     }
     # Eager's side of the behaviour replay, the same for every precision: computed once.
     reference = parity.replay(eager, prompts, continuations, lengths, pad_id)
-    decode_refs = None
-    out = {}
-    measured = {}  # precision -> its emulation, for SAME_COMPUTATION
+    emulations, copies = {}, {}  # precision -> its emulation, or -> the partner it computes as
     for precision in precisions:
         emulated = emulation(model, precision)
         partner = SAME_COMPUTATION.get(precision)
-        if partner in measured and _same_tensors(measured[partner], emulated):
-            # Its logits would be the partner's, bit for bit: the same scopes (it has no decode scope).
-            out[precision] = {
-                where: dict(values) for where, values in out[partner].items() if where != DECODE
-            }
-            continue
-        measured[precision] = emulated
-        twin = torch_forward(emulated)
-        scopes = {}
-        for length in lengths:
-            got = np.concatenate([twin(row) for row in rows_by_length[length]], axis=1)
-            scopes[scope(length)] = _floored(parity.compare_logits(refs[length], got))
-        replay = parity.behaviour_check(
-            eager, twin, prompts, continuations, lengths, pad_id, 0.0, artifact_batch=64, reference=reference
-        )
-        if replay.comparison is None:
-            raise ValueError(
-                "the behaviour replay compared no positions; give questions that fit the lengths"
-            )
-        scopes[REPLAY] = _floored(replay.comparison)
-        if precision not in gates_lib.REFERENCE_PRECISIONS:
-            if decode_refs is None:
-                seqs, _ = decode_parity.sequences(prompts, continuations, rows_by_length[lengths[-1]])
-                decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
-            decoded = np.concatenate(decode_parity.forced_logits(emulated, seqs))
-            scopes[DECODE] = _floored(parity.compare_logits(decode_refs[None], decoded[None]))
-        out[precision] = scopes
+        if partner in emulations and _same_tensors(emulations[partner], emulated):
+            copies[precision] = partner  # its logits would be the partner's, bit for bit
+        else:
+            emulations[precision] = emulated
+    jobs = [(precision, "logits") for precision in emulations]
+    jobs += [(p, DECODE) for p in emulations if p not in gates_lib.REFERENCE_PRECISIONS]
+    seqs = decode_refs = None
+    if any(part == DECODE for _, part in jobs):
+        seqs, _ = decode_parity.sequences(prompts, continuations, rows_by_length[lengths[-1]])
+        decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
+    _SHARED.update(
+        eager=eager,
+        refs=refs,
+        reference=reference,
+        rows_by_length=rows_by_length,
+        replay_args=(prompts, continuations, lengths, pad_id),
+        emulations=emulations,
+        seqs=seqs,
+        decode_refs=decode_refs,
+    )
+    try:
+        results = _run_jobs(jobs, workers_default() if workers is None else workers)
+    finally:
+        _SHARED.clear()
+    out = {}
+    for precision in precisions:
+        if precision in copies:  # the partner's scopes; a reference has no decode scope
+            partner = out[copies[precision]]
+            out[precision] = {where: dict(values) for where, values in partner.items() if where != DECODE}
+        else:  # its lengths and replay, then its decode steps
+            out[precision] = {**results[precision, "logits"], **results.get((precision, DECODE), {})}
     return out

@@ -1,5 +1,9 @@
 """The quantized-GGUF floors emulate exactly the weights the file holds, and cost what they should."""
 
+import concurrent.futures
+import json
+import os
+
 import gguf
 import numpy as np
 import pytest
@@ -200,3 +204,36 @@ def test_activations_round_through_q8_0_as_gguf_quantizes_them_bit_for_bit():
             assert got.numpy().tobytes() == stored.astype(np.float64).tobytes(), (shape, scale)
     with pytest.raises(ValueError, match="do not divide"):
         floors._round_input_through_q8_0(None, (torch.zeros(2, 48),))
+
+
+def test_the_pool_measures_what_one_process_measures(model, tokenizer):
+    """Two forked workers and one process give the same floors to the bit, in the same order: every
+    job computes single threaded on the same inputs, and results are assembled by precision."""
+    rows, prompts, continuations = _inputs(tokenizer, model, lengths=(16, 32))
+    precisions = ["f32", "fp16", "int8", "kv_f16", "ref_int8", "ref_q8_0", "w_q8_0"]
+    serial = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, precisions, workers=1)
+    pooled = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, precisions, workers=2)
+    assert json.dumps(pooled) == json.dumps(serial)  # values and order, exactly
+    assert list(pooled) == precisions and sorted(pooled["ref_int8"]) == ["T16", "T32", floors.REPLAY]
+
+
+def _fails(*args, **kwargs):
+    raise RuntimeError("a worker failed")
+
+
+def _dies(job):
+    os._exit(3)
+
+
+@pytest.mark.parametrize("fault", ["raises", "dies"])
+def test_a_failing_worker_fails_measure(model, tokenizer, monkeypatch, fault):
+    """A job's exception is raised by measure; a worker that dies breaks the pool: nothing hangs."""
+    rows, prompts, continuations = _inputs(tokenizer, model, lengths=(16,))
+    if fault == "raises":
+        monkeypatch.setattr(parity, "behaviour_check", _fails)  # the forked workers inherit it
+        expected = pytest.raises(RuntimeError, match="a worker failed")
+    else:
+        monkeypatch.setattr(floors, "_measure_job", _dies)
+        expected = pytest.raises(concurrent.futures.process.BrokenProcessPool)
+    with expected:
+        floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["f32", "w_f16"], workers=2)

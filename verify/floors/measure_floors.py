@@ -9,7 +9,8 @@ eager PyTorch is compared with fp32 eager on exactly the inputs verification use
 (verify/inputs.py): each length's rows (each length its own floors), the behaviour replay, and the
 decode parity's steps. The independent references of the lossy variants (ref_*) are measured the
 same way, at every length and over the replay. The export step turns the floors into the
-contract's bounds.
+contract's bounds. The precisions are measured by two forked workers where the process may use two cores
+(verify/floors/floors.py, "Two workers"); the file does not depend on it.
 Floats are kept to 4 significant digits, so the file is the same on machines whose BLAS differ in
 the last bits. Bad input exits 2 before torch is imported, and nothing is written.
 """
