@@ -1093,11 +1093,12 @@ def _run_pool(work: Callable, names: list[str], workers: int) -> dict:
 
 def _pool_worker(end, work: Callable) -> None:
     """A forked worker: work(name) for each name the parent sends, until it sends None."""
+    import sys
     import traceback
 
-    import torch
-
-    torch.set_num_threads(1)  # as load_model: two workers on two cores, no oversubscription
+    torch = sys.modules.get("torch")  # loaded before the fork (load_model) when verify_all runs this
+    if torch is not None:
+        torch.set_num_threads(1)  # as load_model: two workers on two cores, no oversubscription
     while (name := end.recv()) is not None:
         try:
             end.send(("ok", work(name)))
