@@ -91,3 +91,22 @@ def test_a_worker_that_dies_is_an_error_naming_its_backend_not_a_hang():
 
     with pytest.raises(RuntimeError, match=r"died \(exit code 3\) while checking dies"):
         verification._run_pool(work, ["dies", "fine"], 2)
+
+
+def test_eager_shared_work_is_reused_only_for_the_same_model_weights_and_inputs(monkeypatch):
+    import torch
+
+    class Made:
+        def __init__(self, model, inputs):
+            self.model, self.inputs = model, inputs
+
+    monkeypatch.setattr(verification, "Shared", Made)
+    monkeypatch.setattr(verification, "_last_shared", [])
+    model, inputs = torch.nn.Linear(2, 2), object()
+    first = verification.shared_work(model, inputs)
+    assert verification.shared_work(model, inputs) is first
+    assert verification.shared_work(model, object()) is not first  # other inputs
+    first = verification.shared_work(model, inputs)
+    with torch.no_grad():
+        model.weight[0, 0] += 1  # the same object, another weight: eager's side changes
+    assert verification.shared_work(model, inputs) is not first
