@@ -21,6 +21,13 @@ disagreement already fails the replay's max_abs).
 A KV-cache artifact (the TorchScript decoder) also decodes token by token through its own cache,
 whole replies and up to the longest contract length, against eager's KV cache: identical tokens and
 every step's logits within the "decode" bounds (verify/decode_parity.py).
+
+Eager's side of these checks is the same for every backend: computed once (Shared). verify_all,
+what verify_contracts runs, then spreads the backends over forked workers (one per core, at most
+two): each loads the backends the parent hands it, costliest first, and checks each into a report
+of its own; the parent merges them in the backends' order, so report.json is the same bytes
+whatever the worker count. verify() checks backends already loaded, one after another, in this
+process (//tests:gate_power's faulted ones).
 """
 
 import dataclasses
