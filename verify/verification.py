@@ -1104,6 +1104,7 @@ def _run_pool(work: Callable, names: list[str], workers: int) -> dict:
     from multiprocessing import connection
 
     context = multiprocessing.get_context("fork")
+    workers = min(workers, len(names))  # a worker with nothing to do is not started
     pending, results, busy = list(names), {}, {}
     processes = []
     try:
@@ -1175,7 +1176,7 @@ def _prepare(shared: Shared, inputs: Inputs, names: list[str], workers: int) -> 
         pieces["decode_inputs"] = (shared, lambda: shared.decode_inputs)
     if any(name in GGUF_VARIANTS for name in names):  # the GGUF tokenizer checks
         pieces["string_ids"] = (inputs, lambda: inputs.string_ids)
-    values = _run_pool(lambda piece: pieces[piece][1](), list(pieces), workers) if pieces else {}
+    values = _run_pool(lambda piece: pieces[piece][1](), list(pieces), workers)
     for piece, value in values.items():
         pieces[piece][0].__dict__[piece] = value  # where functools.cached_property keeps it
 

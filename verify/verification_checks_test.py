@@ -110,3 +110,8 @@ def test_eager_shared_work_is_reused_only_for_the_same_model_weights_and_inputs(
     with torch.no_grad():
         model.weight[0, 0] += 1  # the same object, another weight: eager's side changes
     assert verification.shared_work(model, inputs) is not first
+
+
+def test_the_pool_starts_no_worker_without_work():
+    assert verification._run_pool(lambda name: name, [], 2) == {}
+    assert verification._run_pool(lambda name: name, ["only"], 2) == {"only": "only"}
