@@ -21,6 +21,13 @@ disagreement already fails the replay's max_abs).
 A KV-cache artifact (the TorchScript decoder) also decodes token by token through its own cache,
 whole replies and up to the longest contract length, against eager's KV cache: identical tokens and
 every step's logits within the "decode" bounds (verify/decode_parity.py).
+
+Eager's side of these checks is the same for every backend: computed once (Shared). verify_all,
+what verify_contracts runs, then spreads the backends over forked workers (one per core, at most
+two): each loads the backends the parent hands it, costliest first, and checks each into a report
+of its own; the parent merges them in the backends' order, so report.json is the same bytes
+whatever the worker count. verify() checks backends already loaded, one after another, in this
+process (//tests:gate_power's faulted ones).
 """
 
 import dataclasses
@@ -438,53 +445,54 @@ def check_gguf_content(report, path: str, model, name: str) -> None:
         logging.error("%s content: %s", name, line)
 
 
+def backend_names(contract) -> list[str]:
+    """The backends the contract names, in the order they are checked and reported."""
+    return sorted(contract.gates["backends"], key=list(gates_lib.DEFAULT_BACKENDS).index)
+
+
 def load_backends(inputs: Inputs) -> list[Backend]:
     """Every backend the contract names, loaded up front: a missing or unreadable artifact is bad
     input before any work."""
+    return [load_backend(inputs, name) for name in backend_names(inputs.contract)]
+
+
+def load_backend(inputs: Inputs, name: str) -> Backend:
+    """One backend the contract names, loaded from its artifact."""
     from conversion import torchscript
     from verify.coreml import mil_executor
 
     paths, contract = inputs.paths, inputs.contract
     # A package's states and inputs are held to the checkpoint's sizes before anything is allocated.
     bounds = mil_executor.Bounds.for_model(checkpoint.check_metadata(paths.metadata)[1])
-    backends = []
-    for name in sorted(contract.gates["backends"], key=list(gates_lib.DEFAULT_BACKENDS).index):
-        path = paths.artifact(name)
-        if name == TORCHSCRIPT:
-            backends.append(Backend(name, path, torchscript.numpy_forward(torchscript.load(path))))
-        elif name == TORCHSCRIPT_DECODER:
-            backends.append(decoder_backend(path, torchscript.load(path), paths.metadata))
-        elif name == TORCH_EXPORT:
-            from conversion import export_program
+    path = paths.artifact(name)
+    if name == TORCHSCRIPT:
+        return Backend(name, path, torchscript.numpy_forward(torchscript.load(path)))
+    if name == TORCHSCRIPT_DECODER:
+        return decoder_backend(path, torchscript.load(path), paths.metadata)
+    if name == TORCH_EXPORT:
+        from conversion import export_program
 
-            backends.append(Backend(name, path, export_program.numpy_forward(export_program.load(path))))
-        elif name == AOTI_DECODER:
-            backends.append(aoti_backend(path, contract, paths.metadata))
-        elif name in COREML_COMPRESSED:
-            program = mil_executor.load_mlpackage(path, bounds)
-            backends.append(compressed_coreml_backend(name, path, contract, program))
-        elif name == COREML_STATEFUL:
-            program = mil_executor.load_mlpackage(path, bounds)
-            backends.append(stateful_coreml_backend(path, inputs.tokenizer.pad_id, program))
-        elif name in (COREML, COREML_FP32):
-            program = mil_executor.load_mlpackage(path, bounds)
-            input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
-            backends.append(
-                Backend(
-                    name,
-                    path,
-                    lambda ids, program=program, i=input_name, o=output_name: mil_executor.run(
-                        program, ids, i, o
-                    ),
-                    lambda report, contract, model, path=path, program=program, name=name: (
-                        check_coreml_interface(report, contract, path, name),
-                        check_coreml_weights(report, program, model, name),
-                    ),
-                )
-            )
-        else:
-            backends.append(gguf_backend(name, path, inputs))
-    return backends
+        return Backend(name, path, export_program.numpy_forward(export_program.load(path)))
+    if name == AOTI_DECODER:
+        return aoti_backend(path, contract, paths.metadata)
+    if name in COREML_COMPRESSED:
+        return compressed_coreml_backend(name, path, contract, mil_executor.load_mlpackage(path, bounds))
+    if name == COREML_STATEFUL:
+        program = mil_executor.load_mlpackage(path, bounds)
+        return stateful_coreml_backend(path, inputs.tokenizer.pad_id, program)
+    if name in (COREML, COREML_FP32):
+        program = mil_executor.load_mlpackage(path, bounds)
+        input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
+        return Backend(
+            name,
+            path,
+            lambda ids: mil_executor.run(program, ids, input_name, output_name),
+            lambda report, contract, model: (
+                check_coreml_interface(report, contract, path, name),
+                check_coreml_weights(report, program, model, name),
+            ),
+        )
+    return gguf_backend(name, path, inputs)
 
 
 def gguf_backend(name: str, path: str, inputs: Inputs) -> Backend:
@@ -844,6 +852,179 @@ def check_sampled(
     )
 
 
+# The backends with a step function (Backend.steps): they need eager's decode parity inputs.
+DECODE_BACKENDS = (TORCHSCRIPT_DECODER, AOTI_DECODER, COREML_STATEFUL)
+
+
+class Shared:
+    """Eager's side of every check, the same for every backend: computed once, before any backend
+    is checked (verify_all computes what its backends need before the workers fork, and they
+    inherit it). The sampled replies and the decode parity's inputs are computed on first use: a
+    verification without a sampled or a KV-cache backend (//tests:gate_power's faults of one
+    backend each) does without them."""
+
+    def __init__(self, model, inputs: Inputs):
+        contract, tokenizer, settings = inputs.contract, inputs.tokenizer, inputs.settings
+        from verify.floors import floors
+
+        self.model, self.inputs = model, inputs
+        self.eager = floors.torch_forward(model.eval())  # fp32 eager as a logits function
+        self.rows = inputs_lib.numeric_rows(
+            contract.lengths, contract.vocab_size, tokenizer, inputs.heldout, settings
+        )
+        self.refs = {length: [self.eager(row) for row in self.rows[length]] for length in contract.lengths}
+        self.prompts = inputs_lib.replay_prompts(tokenizer, inputs.heldout, settings)
+        began = time.monotonic()
+        self.continuations = inputs_lib.replay_continuations(model, tokenizer, self.prompts, settings)
+        logging.info(
+            "eager greedy replies to %d questions in %.2f s", len(self.prompts), time.monotonic() - began
+        )
+        # Eager's side of the behaviour replay, the same for every backend: computed once.
+        self.replay_reference = parity.replay(
+            self.eager, self.prompts, self.continuations, contract.lengths, tokenizer.pad_id
+        )
+
+    @functools.cached_property
+    def proposals(self) -> dict:
+        """(question, seed) -> eager's sampled reply, for the sampled-behaviour check."""
+        from training import sampling
+
+        tokenizer, settings = self.inputs.tokenizer, self.inputs.settings
+        began = time.monotonic()
+        proposals = sampled_behaviour.proposals_from_eager(
+            self.model,
+            self.prompts,
+            sampled_behaviour.SEEDS,
+            tokenizer.eos_id,
+            settings.max_new_tokens,
+            sampling.DEFAULT,
+        )
+        logging.info("eager sampled replies (proposals) in %.2f s", time.monotonic() - began)
+        return proposals
+
+    @functools.cached_property
+    def decode_inputs(self) -> tuple:
+        """(sequences, eager's tokens, eager's forced logits) for the decode parity."""
+        from verify import decode_parity
+
+        longest = self.rows[max(self.inputs.contract.lengths)]
+        seqs, eager_tokens = decode_parity.sequences(self.prompts, self.continuations, longest)
+        return seqs, eager_tokens, decode_parity.forced_logits(self.model, seqs)
+
+
+def _weights_digest(model) -> str:
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().flatten().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# The last Shared made, with the digest of its model's weights: //tests:gate_power verifies one
+# faulted backend at a time against the same eager model and inputs, and eager's side (~2.5 s of
+# replies and logits) is the same for each.
+_last_shared: list = []
+
+
+def shared_work(model, inputs: Inputs) -> Shared:
+    """Shared(model, inputs), or the last one made when the model (the same object, with the same
+    weights: a changed weight gives a new one) and the inputs are the same."""
+    digest = _weights_digest(model)
+    if _last_shared:
+        shared, held = _last_shared[0]
+        if shared.model is model and shared.inputs is inputs and held == digest:
+            return shared
+    shared = Shared(model, inputs)
+    _last_shared[:] = [(shared, digest)]
+    return shared
+
+
+def _new_report(inputs: Inputs) -> report_lib.Report:
+    paths = inputs.paths
+    return report_lib.Report(inputs.contract.model_name, checkpoint.sha256_file(paths.contract))
+
+
+def verify_backend(
+    model,
+    inputs: Inputs,
+    backend: Backend,
+    shared: Shared,
+    sampled_min_canonical_rate: float,
+    agreement: bool,
+) -> report_lib.Report:
+    """Every check of one backend, into a report of its own (merged in the backends' order)."""
+    from verify.behaviour import greedy_agreement
+
+    paths, contract, tokenizer, settings = inputs.paths, inputs.contract, inputs.tokenizer, inputs.settings
+    report = _new_report(inputs)
+    began = time.monotonic()
+    described = report.add_artifact(backend.name, backend.path)
+    if backend.name in contract.artifacts:
+        expected = contract.artifacts[backend.name]
+        report.check(
+            backend.name, report_lib.ALL, "sha256_matches_contract", described["sha256"], "==", expected
+        )
+    margin = gates_lib.near_tie_margin(contract.gates, backend.name)
+    report.note(backend.name, report_lib.ALL, "near_tie_margin", margin)
+    if backend.interface_check:
+        backend.interface_check(report, contract, model)
+    if backend.name in greedy_agreement.MEASURED:  # the greedy replies reuse the replay's forwards
+        backend = dataclasses.replace(
+            backend, forward=padded_memoised(backend.forward, contract.lengths, tokenizer.pad_id)
+        )
+    check_outputs(report, backend, contract, shared.rows, shared.refs, paths)
+    check_behaviour(
+        report,
+        backend,
+        shared.eager,
+        contract,
+        shared.prompts,
+        shared.continuations,
+        tokenizer.pad_id,
+        paths,
+        shared.replay_reference,
+    )
+    if agreement and backend.name in greedy_agreement.MEASURED:
+        check_greedy_agreement(
+            report,
+            backend,
+            shared.eager,
+            shared.prompts,
+            shared.continuations,
+            contract,
+            tokenizer,
+            settings,
+            paths,
+        )
+    if backend.steps:
+        check_decode(report, backend, shared.decode_inputs, tokenizer.eos_id, contract, paths)
+    if backend.name in SAMPLED_BACKENDS:
+        check_sampled(
+            report,
+            backend,
+            tokenizer,
+            shared.prompts,
+            shared.proposals,
+            settings.max_new_tokens,
+            max(contract.lengths),
+            sampled_min_canonical_rate,
+            paths,
+        )
+    logging.info("%s verified in %.2f s", backend.name, time.monotonic() - began)
+    return report
+
+
+def _report_with_inputs(inputs: Inputs) -> report_lib.Report:
+    report = _new_report(inputs)
+    report.add_artifact("weights", inputs.paths.weights)
+    report.add_artifact("tokenizer", inputs.paths.tokenizer)
+    return report
+
+
 def verify(
     model,
     inputs: Inputs,
@@ -851,91 +1032,164 @@ def verify(
     sampled_min_canonical_rate: float | None = None,
     agreement: bool = True,
 ) -> report_lib.Report:
-    """Runs every check of every backend against fp32 eager `model`; returns the report.
+    """Runs every check of every backend against fp32 eager `model`, one backend after another, in
+    this process; returns the report.
 
     sampled_min_canonical_rate: the sampled-behaviour bound (default: the product target).
     agreement: measure the greedy behaviour agreement (information only, and the slowest part for
     a faulted Core ML variant, whose every reply is regenerated: //tests:gate_power skips it)."""
-    from training import sampling
-    from verify.behaviour import greedy_agreement
-    from verify.floors import floors
-
     if sampled_min_canonical_rate is None:
         sampled_min_canonical_rate = sampled_behaviour.MIN_CANONICAL_RATE
-
-    paths, contract, tokenizer, settings = inputs.paths, inputs.contract, inputs.tokenizer, inputs.settings
-    report = report_lib.Report(contract.model_name, checkpoint.sha256_file(paths.contract))
-    report.add_artifact("weights", paths.weights)
-    report.add_artifact("tokenizer", paths.tokenizer)
+    report = _report_with_inputs(inputs)
+    shared = shared_work(model, inputs)
     for backend in backends:
-        described = report.add_artifact(backend.name, backend.path)
-        if backend.name in contract.artifacts:
-            expected = contract.artifacts[backend.name]
-            report.check(
-                backend.name, report_lib.ALL, "sha256_matches_contract", described["sha256"], "==", expected
-            )
-    eager = floors.torch_forward(model.eval())
-    rows = inputs_lib.numeric_rows(contract.lengths, contract.vocab_size, tokenizer, inputs.heldout, settings)
-    refs = {length: [eager(row) for row in rows[length]] for length in contract.lengths}
-    prompts = inputs_lib.replay_prompts(tokenizer, inputs.heldout, settings)
-    began = time.monotonic()
-    continuations = inputs_lib.replay_continuations(model, tokenizer, prompts, settings)
-    logging.info("eager greedy replies to %d questions in %.2f s", len(prompts), time.monotonic() - began)
-    began = time.monotonic()
-    proposals = sampled_behaviour.proposals_from_eager(
-        model, prompts, sampled_behaviour.SEEDS, tokenizer.eos_id, settings.max_new_tokens, sampling.DEFAULT
-    )
-    logging.info("eager sampled replies (proposals) in %.2f s", time.monotonic() - began)
-    # Eager's side of the behaviour replay, the same for every backend: computed once.
-    replay_reference = parity.replay(eager, prompts, continuations, contract.lengths, tokenizer.pad_id)
-    decode_inputs = None
-    if any(backend.steps for backend in backends):
-        from verify import decode_parity
-
-        seqs, eager_tokens = decode_parity.sequences(prompts, continuations, rows[max(contract.lengths)])
-        decode_inputs = (seqs, eager_tokens, decode_parity.forced_logits(model, seqs))
-    for backend in backends:
-        began = time.monotonic()
-        margin = gates_lib.near_tie_margin(contract.gates, backend.name)
-        report.note(backend.name, report_lib.ALL, "near_tie_margin", margin)
-        if backend.interface_check:
-            backend.interface_check(report, contract, model)
-        if backend.name in greedy_agreement.MEASURED:  # the greedy replies reuse the replay's forwards
-            backend = dataclasses.replace(
-                backend, forward=padded_memoised(backend.forward, contract.lengths, tokenizer.pad_id)
-            )
-        check_outputs(report, backend, contract, rows, refs, paths)
-        check_behaviour(
-            report,
-            backend,
-            eager,
-            contract,
-            prompts,
-            continuations,
-            tokenizer.pad_id,
-            paths,
-            replay_reference,
-        )
-        if agreement and backend.name in greedy_agreement.MEASURED:
-            check_greedy_agreement(
-                report, backend, eager, prompts, continuations, contract, tokenizer, settings, paths
-            )
-        if backend.steps:
-            check_decode(report, backend, decode_inputs, tokenizer.eos_id, contract, paths)
-        if backend.name in SAMPLED_BACKENDS:
-            check_sampled(
-                report,
-                backend,
-                tokenizer,
-                prompts,
-                proposals,
-                settings.max_new_tokens,
-                max(contract.lengths),
-                sampled_min_canonical_rate,
-                paths,
-            )
-        logging.info("%s verified in %.2f s", backend.name, time.monotonic() - began)
+        report.merge(verify_backend(model, inputs, backend, shared, sampled_min_canonical_rate, agreement))
     return report
+
+
+# Each backend's share of the default student's verification time (seconds, measured on one core):
+# the pool hands out the costliest first, so the last one to finish is a short one.
+COST = {
+    COREML_STATEFUL: 9.0,
+    TORCHSCRIPT_DECODER: 4.0,
+    AOTI_DECODER: 3.2,
+    GGUF: 3.0,
+    TORCHSCRIPT: 2.5,
+    COREML_INT4: 2.6,
+    COREML_INT8: 2.5,
+    GGUF_KV_F16: 2.3,
+    COREML: 2.2,
+}
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on, at most two."""
+    return min(2, len(os.sched_getaffinity(0)))
+
+
+def verify_all(
+    model, inputs: Inputs, sampled_min_canonical_rate: float | None = None, workers: int = 1
+) -> report_lib.Report:
+    """verify() of every backend the contract names, spread over `workers` forked processes (each
+    loads the backends it checks); the report is the same bytes whatever the worker count, since
+    each backend's checks go into a report of its own, merged in the backends' order."""
+    names = backend_names(inputs.contract)
+    workers = min(workers, len(names))
+    if workers <= 1:
+        return verify(model, inputs, load_backends(inputs), sampled_min_canonical_rate)
+    if sampled_min_canonical_rate is None:
+        sampled_min_canonical_rate = sampled_behaviour.MIN_CANONICAL_RATE
+    report = _report_with_inputs(inputs)
+    shared = shared_work(model, inputs)
+    _prepare(shared, inputs, names, workers)
+    _import_runtimes(names)  # once here, not once per worker
+
+    def check(name: str) -> report_lib.Report:
+        backend = load_backend(inputs, name)
+        return verify_backend(model, inputs, backend, shared, sampled_min_canonical_rate, True)
+
+    order = sorted(names, key=lambda name: -COST.get(name, 1.0))  # stable: ties keep the contract's order
+    fragments = _run_pool(check, order, workers)
+    for name in names:
+        report.merge(fragments[name])
+    return report
+
+
+def _run_pool(work: Callable, names: list[str], workers: int) -> dict:
+    """{name: work(name)} for every name, computed by `workers` forked processes: each takes the next
+    name as soon as it is free, in `names`' order. A worker's exception is raised here (its traceback
+    added as a note); a worker that dies is a RuntimeError naming the backend it was checking. Either
+    ends every worker before raising: nothing is left running or waiting."""
+    import multiprocessing
+    from multiprocessing import connection
+
+    context = multiprocessing.get_context("fork")
+    workers = min(workers, len(names))  # a worker with nothing to do is not started
+    pending, results, busy = list(names), {}, {}
+    processes = []
+    try:
+        for _ in range(workers):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=_pool_worker, args=(child_end, work), daemon=True)
+            process.start()
+            child_end.close()  # the parent's copy: without it a dead worker's pipe never reads EOF
+            processes.append((process, parent_end))
+            busy[parent_end] = pending.pop(0) if pending else None
+            parent_end.send(busy[parent_end])
+        while len(results) < len(names):
+            for end in connection.wait([end for end, name in busy.items() if name is not None]):
+                name = busy[end]
+                try:
+                    outcome = end.recv()
+                except EOFError:
+                    process = next(p for p, e in processes if e is end)
+                    process.join()
+                    raise RuntimeError(
+                        f"a verification worker died (exit code {process.exitcode}) while checking {name}"
+                    ) from None
+                if outcome[0] == "error":
+                    error, trace = outcome[1], outcome[2]
+                    error.add_note(f"in the verification worker checking {name}:\n{trace}")
+                    raise error
+                results[name] = outcome[1]
+                busy[end] = pending.pop(0) if pending else None
+                end.send(busy[end])
+    finally:
+        for process, end in processes:
+            if process.is_alive() and busy.get(end) is not None:
+                process.terminate()  # only after a failure: a worker still checking is not needed
+            process.join()
+            end.close()
+    return results
+
+
+def _pool_worker(end, work: Callable) -> None:
+    """A forked worker: work(name) for each name the parent sends, until it sends None."""
+    import sys
+    import traceback
+
+    torch = sys.modules.get("torch")  # loaded before the fork (load_model) when verify_all runs this
+    if torch is not None:
+        torch.set_num_threads(1)  # as load_model: two workers on two cores, no oversubscription
+    while (name := end.recv()) is not None:
+        try:
+            end.send(("ok", work(name)))
+        except BaseException as error:  # every failure goes to the parent, which raises it
+            trace = traceback.format_exc()
+            try:
+                end.send(("error", error, trace))
+            except Exception:  # an exception that does not pickle: its text still does
+                end.send(("error", RuntimeError(f"{type(error).__name__}: {error}"), trace))
+            return
+    end.close()
+
+
+def _prepare(shared: Shared, inputs: Inputs, names: list[str], workers: int) -> None:
+    """Computes what the backends will need of eager's side and of the inputs before the workers
+    fork, so that each is computed once, not once per worker; the independent pieces side by side in
+    forked processes (the sampled replies, the decode parity's inputs, our tokenizer's ids of every
+    dataset string: ~3 s one after another), stored where their cached properties keep them."""
+    pieces = {}
+    if any(name in SAMPLED_BACKENDS for name in names):
+        pieces["proposals"] = (shared, lambda: shared.proposals)
+    if any(name in DECODE_BACKENDS for name in names):
+        pieces["decode_inputs"] = (shared, lambda: shared.decode_inputs)
+    if any(name in GGUF_VARIANTS for name in names):  # the GGUF tokenizer checks
+        pieces["string_ids"] = (inputs, lambda: inputs.string_ids)
+    values = _run_pool(lambda piece: pieces[piece][1](), list(pieces), workers)
+    for piece, value in values.items():
+        pieces[piece][0].__dict__[piece] = value  # where functools.cached_property keeps it
+
+
+def _import_runtimes(names) -> None:
+    """The modules the backends load through, imported before the workers fork so that they share
+    them instead of each importing its own (coremltools alone takes ~0.6 s)."""
+    from conversion import torchscript  # noqa: F401
+    from verify.behaviour import greedy_agreement  # noqa: F401
+    from verify.coreml import mil_executor  # noqa: F401
+
+    if any(name in GGUF_VARIANTS or name == GGUF_KV_F16 for name in names):
+        import llama_cpp  # noqa: F401
 
 
 def load_model(inputs: Inputs):

@@ -7,9 +7,12 @@ package's declared type is gated by its spec). //tests:gate_power names these te
 (artifact, output_shape) and (artifact, output_dtype) pairs no fault of its own trips.
 """
 
+import os
+
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from conversion import gates as gates_lib
 from conversion import gates_testing
 from verify import verification
@@ -56,3 +59,59 @@ def test_float16_logits_fail_output_dtype_where_the_runtime_can_return_them(name
         assert entry["ok"] is False
     else:
         assert "ok" not in entry and entry["implied_by"] == verification.OUTPUT_DTYPE_IMPLIED_BY[name]
+
+
+# The worker pool verify_all spreads the backends over (verification._run_pool).
+
+
+def test_the_pool_returns_every_result_by_name_whatever_worker_computed_it():
+    names = [f"backend{i}" for i in range(7)]
+    results = verification._run_pool(lambda name: (name, os.getpid()), names, 2)
+    assert sorted(results) == sorted(names)
+    assert all(results[name][0] == name for name in names)
+    assert os.getpid() not in {pid for _, pid in results.values()}  # computed in the workers
+
+
+def test_a_worker_exception_is_raised_in_the_parent_with_its_traceback():
+    def work(name):
+        if name == "bad":
+            raise InputError(f"{name}: cannot load it")
+        return name
+
+    with pytest.raises(InputError, match="bad: cannot load it") as info:
+        verification._run_pool(work, ["good", "bad", "other"], 2)
+    assert any("in the verification worker checking bad" in note for note in info.value.__notes__)
+
+
+def test_a_worker_that_dies_is_an_error_naming_its_backend_not_a_hang():
+    def work(name):
+        if name == "dies":
+            os._exit(3)
+        return name
+
+    with pytest.raises(RuntimeError, match=r"died \(exit code 3\) while checking dies"):
+        verification._run_pool(work, ["dies", "fine"], 2)
+
+
+def test_eager_shared_work_is_reused_only_for_the_same_model_weights_and_inputs(monkeypatch):
+    import torch
+
+    class Made:
+        def __init__(self, model, inputs):
+            self.model, self.inputs = model, inputs
+
+    monkeypatch.setattr(verification, "Shared", Made)
+    monkeypatch.setattr(verification, "_last_shared", [])
+    model, inputs = torch.nn.Linear(2, 2), object()
+    first = verification.shared_work(model, inputs)
+    assert verification.shared_work(model, inputs) is first
+    assert verification.shared_work(model, object()) is not first  # other inputs
+    first = verification.shared_work(model, inputs)
+    with torch.no_grad():
+        model.weight[0, 0] += 1  # the same object, another weight: eager's side changes
+    assert verification.shared_work(model, inputs) is not first
+
+
+def test_the_pool_starts_no_worker_without_work():
+    assert verification._run_pool(lambda name: name, [], 2) == {}
+    assert verification._run_pool(lambda name: name, ["only"], 2) == {"only": "only"}

@@ -86,6 +86,14 @@ flags.DEFINE_float(
     "are not Magic 8 Ball answers.",
 )
 
+flags.DEFINE_integer(
+    "workers",
+    None,
+    "Processes that check the backends side by side (default: one per core, at most two); the "
+    "report is the same bytes whatever the count.",
+    lower_bound=1,
+)
+
 FLAGS = flags.FLAGS
 
 # Failed checks printed at most; the rest are in report.json and report.html.
@@ -158,7 +166,8 @@ def main(argv: list[str]) -> None:
     )
     inputs = verification.check_inputs(paths)
     model = verification.load_model(inputs)
-    report = verification.verify(model, inputs, verification.load_backends(inputs), rate)
+    workers = FLAGS.workers or verification.default_workers()
+    report = verification.verify_all(model, inputs, rate, workers)
     report.save(FLAGS.out_report)
     print_failures(report.to_dict(), FLAGS.out_report)
     logging.info("verification took %.2f s; report %s", time.monotonic() - started, FLAGS.out_report)

@@ -99,6 +99,12 @@ def test_good_artifacts_pass_with_a_deterministic_report(artifacts, tmp_path):
     assert (tmp_path / "again.json").read_bytes() == (tmp_path / "report.json").read_bytes()
 
 
+def test_the_report_is_the_same_bytes_from_one_worker_or_two(artifacts, tmp_path):
+    run(artifacts, tmp_path / "one.json", workers=1)
+    run(artifacts, tmp_path / "two.json", workers=2)
+    assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+
+
 def test_sampled_replies_below_the_bound_fail_the_gates(artifacts, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run(artifacts, tmp_path / "report.json", sampled_min_canonical_rate=0.995)

@@ -32,6 +32,7 @@ each enumerated length. verify/coreml/coreml_runtime_test.py runs the real runti
 """
 
 import dataclasses
+import functools
 import operator
 import os
 
@@ -96,11 +97,12 @@ def _load_program(spec, weights_dir: str):
     return _milproto_load.load(spec, spec.specificationVersion, file_weights_dir=weights_dir)
 
 
-def _set_value(var, value: np.ndarray, info: tuple | None = None) -> None:
-    """info: the var's (is a tensor, builtin dtype), as _Step gives them, to save the lookups."""
+def _set_value(var, value: np.ndarray, info: tuple | None = None, sym_type=None) -> None:
+    """info: the var's (is a tensor, builtin dtype), as _Step gives them, to save the lookups;
+    sym_type: the tensor type of value's shape, when the caller has it already."""
     is_tensor, dtype = info[:2] if info is not None else (_types.is_tensor(var.sym_type), var.dtype)
     if is_tensor:
-        var._sym_type = _types.tensor(dtype, value.shape)
+        var._sym_type = sym_type or _types.tensor(dtype, value.shape)
     elif value.ndim == 0:
         value = value[()]  # scalars are NumPy scalars in coremltools, not 0-d arrays
     var._sym_val = _Value(value)
@@ -136,6 +138,19 @@ def _binary(operator_fn):
     return lambda v, op: operator_fn(v["x"], v["y"])
 
 
+def _pow(v, op):
+    # Same as value_inference (x ** y). A float16 array squared (every RMS norm's x ** 2) goes
+    # through np.square: NumPy's float16 power rounds powf(x, 2) of the float32 values to float16,
+    # its square rounds x * x; the square of a float16 is exact in float32, so both round the same
+    # number, and the square is three times faster (verify/coreml/mil_executor_test.py checks every
+    # float16 value).
+    x, y = v["x"], v["y"]
+    if isinstance(x, np.ndarray) and x.dtype == np.float16 and np.ndim(y) == 0:
+        if np.asarray(y).dtype == np.float16 and y == 2:
+            return np.square(x)
+    return operator.pow(x, y)
+
+
 def _rsqrt(v, op):
     # Same as value_inference.
     x = v["x"]
@@ -143,11 +158,17 @@ def _rsqrt(v, op):
     return np.array(result) if x.ndim == 0 else result
 
 
+@functools.lru_cache(maxsize=64)
+def _cast_nptype(op_class, dtype: str):
+    """The NumPy type cast converts to: worked out once per (op class, dtype), not on every call."""
+    if dtype not in op_class.supported_dtypes():
+        raise NotImplementedError(f"cast to {dtype} is not supported")
+    return _string_to_nptype(dtype)
+
+
 def _cast(v, op):
     # Same as value_inference (cast.get_cast_value on a value that is not symbolic).
-    if v["dtype"] not in type(op).supported_dtypes():
-        raise NotImplementedError(f"cast to {v['dtype']} is not supported")
-    nptype = _string_to_nptype(v["dtype"])
+    nptype = _cast_nptype(type(op), str(v["dtype"]))
     x = v["x"]
     return x.astype(dtype=nptype) if hasattr(x, "astype") else nptype(x)
 
@@ -183,8 +204,7 @@ def _expand_dims(v, op):
 
 
 def _slices(v, shape):
-    return _solve_slice(
-        shape,
+    args = (
         v["begin"],
         v["end"],
         v.get("stride"),
@@ -192,6 +212,16 @@ def _slices(v, shape):
         v.get("end_mask"),
         v.get("squeeze_mask"),
     )
+    return _solved_slices(tuple(shape), *(None if a is None else tuple(np.ravel(a).tolist()) for a in args))
+
+
+@functools.lru_cache(maxsize=4096)
+def _solved_slices(shape, begin, end, stride, begin_mask, end_mask, squeeze_mask) -> tuple:
+    """The index the slice inputs give on `shape`, solved once per distinct set (a decode step slices
+    with the same values every call, and solving them was most of a slice's time). The inputs are
+    hashable tuples of their values; the solver gets them back as arrays, as from a program."""
+    arrays = (None if a is None else np.asarray(a) for a in (stride, begin_mask, end_mask, squeeze_mask))
+    return tuple(_solve_slice(shape, np.asarray(begin), np.asarray(end), *arrays))
 
 
 def _slice_by_index(v, op):
@@ -365,7 +395,7 @@ OVERRIDES = {
     "add": _binary(operator.add),
     "sub": _binary(operator.sub),
     "mul": _binary(operator.mul),
-    "pow": _binary(operator.pow),
+    "pow": _pow,
     "less_equal": _binary(operator.le),
     "rsqrt": _rsqrt,
     "cast": _cast,
@@ -592,9 +622,9 @@ class _Step:
     (coremltools' type queries were a third of an evaluation): its kernel (None: value_inference),
     its input vars, and per output var (is a tensor, builtin dtype, NumPy dtype; a var's dtype never
     changes, evaluate() only replaces its shape), its declared dims, and the last shape found to
-    agree with them."""
+    agree with them with its tensor type."""
 
-    __slots__ = ("op", "kernel", "inputs", "outputs", "checked")
+    __slots__ = ("op", "kernel", "inputs", "outputs", "checked", "constexpr")
 
     def __init__(self, program: Program, op):
         self.op = op
@@ -609,7 +639,8 @@ class _Step:
             (var, (_types.is_tensor(var.sym_type), var.dtype, _np_dtype(var)), program.declared.get(id(var)))
             for var in op.outputs
         )
-        self.checked = [None] * len(op.outputs)
+        self.checked = [(None, None)] * len(op.outputs)  # (shape, its tensor type)
+        self.constexpr = op.op_type in CONSTEXPR_OPS
 
     def values(self) -> dict:
         """The kernel's v: each input's value. Read from the var's slot, not through Var.val, which
@@ -660,17 +691,22 @@ def _evaluate_op(program: Program, step: _Step) -> None:
             f"{program.path}: op {op.name!r} ({op.op_type}) failed on shapes {shapes}: {error} ({hint})"
         ) from None
     results = result if isinstance(result, tuple) else (result,)
-    if len(results) != len(step.outputs) or any(r is None for r in results):
+    # (one output, the common case, without a generator: this runs for every op of every call)
+    if len(results) != len(step.outputs) or (
+        results[0] is None if len(results) == 1 else any(r is None for r in results)
+    ):
         raise InputError(
             f"{program.path}: op {op.name!r} ({op.op_type}) produced no value; "
             "add an override in verify/coreml/mil_executor.py"
         )
     for i, ((var, info, declared), value) in enumerate(zip(step.outputs, results, strict=True)):
         value = np.asarray(value).astype(info[2], copy=False)
-        if value.shape != step.checked[i]:
+        shape, sym_type = step.checked[i]
+        if value.shape != shape:
             _check_declared(program, op, declared, value.shape)
-            step.checked[i] = value.shape
-        _set_value(var, value, info)
+            sym_type = _types.tensor(info[1], value.shape) if info[0] else None
+            step.checked[i] = value.shape, sym_type
+        _set_value(var, value, info, sym_type)
 
 
 def _check_state(program: Program, state: State | None) -> None:
@@ -730,8 +766,8 @@ def evaluate(
             raise InputError(f"{program.path}: input {name!r} dtype {value.dtype}, expected {expected}")
         _set_value(var, value.astype(_np_dtype(var)))
     for step in _plan(program):
-        op = step.op
-        if op.op_type in CONSTEXPR_OPS:
+        if step.constexpr:
+            op = step.op
             sources = tuple(var._sym_val for var in op.inputs.values())
             held = program.materialized_from.get(id(op))
             if held is not None and all(a is b for a, b in zip(held, sources, strict=True)):

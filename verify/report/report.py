@@ -117,6 +117,18 @@ class Report:
             entry["implied_by"] = implied_by
         self._slot(artifact, where, name)[name] = entry
 
+    def merge(self, other: "Report") -> None:
+        """Adds another report's artifacts and entries (one backend's, checked apart), after this
+        one's; an entry recorded in both is an error, as recording it twice is."""
+        if (other.model_name, other.contract_sha256) != (self.model_name, self.contract_sha256):
+            raise ValueError("merging the report of another model or contract")
+        for name, described in other.artifacts.items():
+            if name in self.artifacts:
+                raise ValueError(f"artifact {name}: described twice")
+            self.artifacts[name] = described
+        for artifact, where, name, entry in other._checks():
+            self._slot(artifact, where, name)[name] = entry
+
     def _checks(self):
         for artifact, scopes in self.results.items():
             for where, checks in scopes.items():

@@ -103,3 +103,22 @@ def test_each_scope_carries_its_own_floor():
     results = report.to_dict()["results"]["coreml"]
     assert results["T64"]["top1_disagreement"]["floor"] == 0.007812
     assert results["T256"]["top1_disagreement"]["floor"] == 0.001953
+
+
+def test_reports_checked_apart_merge_into_the_bytes_of_one_report(tmp_path):
+    whole = report_lib.Report("magic-8-ball", "00" * 32)
+    parts = [report_lib.Report("magic-8-ball", "00" * 32) for _ in range(2)]
+    for report, artifact in ((whole, "torchscript"), (parts[0], "torchscript")):
+        report.check(artifact, "T64", "max_abs_diff", 1e-6, "<=", 1e-4)
+        report.note(artifact, "all", "behaviour_questions", 6)
+    for report in (whole, parts[1]):
+        report.check("coreml", "T64", "max_abs_diff", 0.2, "<=", 0.1)
+    merged = report_lib.Report("magic-8-ball", "00" * 32)
+    for part in parts:
+        merged.merge(part)
+    assert merged.to_bytes() == whole.to_bytes()
+    assert not merged.gates_ok
+    with pytest.raises(ValueError, match="recorded twice"):
+        merged.merge(parts[1])
+    with pytest.raises(ValueError, match="another model"):
+        merged.merge(report_lib.Report("other", "00" * 32))
