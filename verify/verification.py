@@ -23,11 +23,12 @@ whole replies and up to the longest contract length, against eager's KV cache: i
 every step's logits within the "decode" bounds (verify/decode_parity.py).
 
 Eager's side of these checks is the same for every backend: computed once (Shared). verify_all,
-what verify_contracts runs, then spreads the backends over forked workers (one per core, at most
-two): each loads the backends the parent hands it, costliest first, and checks each into a report
-of its own; the parent merges them in the backends' order, so report.json is the same bytes
-whatever the worker count. verify() checks backends already loaded, one after another, in this
-process (//tests:gate_power's faulted ones).
+what verify_contracts runs, loads every backend first (bad input is refused before any work), then
+spreads them over forked workers (one per core, at most two), which inherit them: each checks the
+backends the parent hands it, costliest first, each into a report of its own; the parent merges
+them in the backends' order, so report.json is the same bytes whatever the worker count.
+verify() checks backends already loaded, one after another, in this process (//tests:gate_power's
+faulted ones).
 """
 
 import dataclasses
@@ -1070,23 +1071,24 @@ def default_workers() -> int:
 def verify_all(
     model, inputs: Inputs, sampled_min_canonical_rate: float | None = None, workers: int = 1
 ) -> report_lib.Report:
-    """verify() of every backend the contract names, spread over `workers` forked processes (each
-    loads the backends it checks); the report is the same bytes whatever the worker count, since
-    each backend's checks go into a report of its own, merged in the backends' order."""
-    names = backend_names(inputs.contract)
+    """verify() of every backend the contract names, spread over `workers` forked processes; the
+    report is the same bytes whatever the worker count, since each backend's checks go into a
+    report of its own, merged in the backends' order. Every backend is loaded here first, as
+    verify() needs them: a missing, unreadable or hostile artifact is bad input before any work,
+    and the workers inherit the loaded backends."""
+    backends = {backend.name: backend for backend in load_backends(inputs)}
+    names = list(backends)
     workers = min(workers, len(names))
     if workers <= 1:
-        return verify(model, inputs, load_backends(inputs), sampled_min_canonical_rate)
+        return verify(model, inputs, list(backends.values()), sampled_min_canonical_rate)
     if sampled_min_canonical_rate is None:
         sampled_min_canonical_rate = sampled_behaviour.MIN_CANONICAL_RATE
     report = _report_with_inputs(inputs)
     shared = shared_work(model, inputs)
     _prepare(shared, inputs, names, workers)
-    _import_runtimes(names)  # once here, not once per worker
 
     def check(name: str) -> report_lib.Report:
-        backend = load_backend(inputs, name)
-        return verify_backend(model, inputs, backend, shared, sampled_min_canonical_rate, True)
+        return verify_backend(model, inputs, backends[name], shared, sampled_min_canonical_rate, True)
 
     order = sorted(names, key=lambda name: -COST.get(name, 1.0))  # stable: ties keep the contract's order
     fragments = _run_pool(check, order, workers)
@@ -1179,17 +1181,6 @@ def _prepare(shared: Shared, inputs: Inputs, names: list[str], workers: int) -> 
     values = _run_pool(lambda piece: pieces[piece][1](), list(pieces), workers)
     for piece, value in values.items():
         pieces[piece][0].__dict__[piece] = value  # where functools.cached_property keeps it
-
-
-def _import_runtimes(names) -> None:
-    """The modules the backends load through, imported before the workers fork so that they share
-    them instead of each importing its own (coremltools alone takes ~0.6 s)."""
-    from conversion import torchscript  # noqa: F401
-    from verify.behaviour import greedy_agreement  # noqa: F401
-    from verify.coreml import mil_executor  # noqa: F401
-
-    if any(name in GGUF_VARIANTS or name == GGUF_KV_F16 for name in names):
-        import llama_cpp  # noqa: F401
 
 
 def load_model(inputs: Inputs):
