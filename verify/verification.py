@@ -398,6 +398,20 @@ def compressed_coreml_backend(name: str, path: str, contract, program=None) -> B
     from verify.coreml import mil_executor
 
     program = program or mil_executor.load_mlpackage(path)
+    return coreml_backend(
+        name,
+        path,
+        contract,
+        program,
+        lambda report, model: check_coreml_compressed(report, program, path, model, name),
+    )
+
+
+def coreml_backend(name: str, path: str, contract, program, weights_check: Callable) -> Backend:
+    """A Core ML package's program through the MIL executor, with the package's interface check and
+    `weights_check(report, model)` of what it holds."""
+    from verify.coreml import mil_executor
+
     input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
     return Backend(
         name,
@@ -405,7 +419,7 @@ def compressed_coreml_backend(name: str, path: str, contract, program=None) -> B
         lambda ids: mil_executor.run(program, ids, input_name, output_name),
         lambda report, contract, model: (
             check_coreml_interface(report, contract, path, name),
-            check_coreml_compressed(report, program, path, model, name),
+            weights_check(report, model),
         ),
     )
 
@@ -483,16 +497,11 @@ def load_backend(inputs: Inputs, name: str) -> Backend:
         return stateful_coreml_backend(path, inputs.tokenizer.pad_id, program)
     if name in (COREML, COREML_FP32):
         program = mil_executor.load_mlpackage(path, bounds)
-        input_name, output_name = contract.inputs[0].name, contract.outputs[0].name
-        return Backend(
-            name,
-            path,
-            lambda ids: mil_executor.run(program, ids, input_name, output_name),
-            lambda report, contract, model: (
-                check_coreml_interface(report, contract, path, name),
-                check_coreml_weights(report, program, model, name),
-            ),
-        )
+
+        def weights_check(report, model):
+            check_coreml_weights(report, program, model, name)
+
+        return coreml_backend(name, path, contract, program, weights_check)
     return gguf_backend(name, path, inputs)
 
 
