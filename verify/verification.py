@@ -1073,7 +1073,11 @@ COST = {
 
 
 def default_workers() -> int:
-    """One worker per core this process may run on, at most two."""
+    """One worker per core this process may run on, at most two. Linux only: elsewhere (macOS has
+    no sched_getaffinity, and forking a process that has loaded its system frameworks is not safe
+    there) the backends are checked in this process."""
+    if not hasattr(os, "sched_getaffinity"):
+        return 1
     return min(2, len(os.sched_getaffinity(0)))
 
 
