@@ -25,22 +25,57 @@ def run(*flags: str, binary: str = BINARY) -> subprocess.CompletedProcess:
     )
 
 
-def test_writes_a_valid_dataset_and_tokenizer_twice_byte_identical(tmp_path):
-    outputs = []
+# Each run of the binary trains the tokenizer (most of its run time), so the runs several tests
+# look at are made once per module: two default-teacher runs with these flags, and one run that
+# writes the tokenizer alone.
+DEFAULT_RUN = ("--n=40", "--seed=5", "--topk=3")
+
+
+@pytest.fixture(scope="module")
+def default_runs(tmp_path_factory):
+    """The directory holding a.jsonl/a.tok.json and b.jsonl/b.tok.json: two runs with DEFAULT_RUN
+    and no --teacher (the default, rules), and nothing else."""
+    directory = tmp_path_factory.mktemp("default_runs")
     for name in ("a", "b"):
-        kd, tok = str(tmp_path / f"{name}.jsonl"), str(tmp_path / f"{name}.tok.json")
-        result = run(f"--out={kd}", f"--tokenizer_out={tok}", "--n=40", "--seed=5", "--topk=3")
+        kd, tok = str(directory / f"{name}.jsonl"), str(directory / f"{name}.tok.json")
+        result = run(f"--out={kd}", f"--tokenizer_out={tok}", *DEFAULT_RUN)
         assert result.returncode == 0, result.stderr
-        outputs.append((open(kd, "rb").read(), open(tok, "rb").read()))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tokenizer_alone(tmp_path_factory):
+    """The tokenizer written by a run given --tokenizer_out and no --out."""
+    path = str(tmp_path_factory.mktemp("tokenizer_alone") / "alone.tok.json")
+    result = run(f"--tokenizer_out={path}")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """(tokenizer, header, path of the dataset file) of data/generate.py in-process, with the
+    DEFAULT_RUN settings and the default held-out fraction."""
+    tok, header, records = generate.generate(40, 5, 0.2, 3)
+    path = str(tmp_path_factory.mktemp("generated") / "expected.jsonl")
+    dataset.write_dataset(path, header, records)
+    return tok, header, path
+
+
+def test_writes_a_valid_dataset_and_tokenizer_twice_byte_identical(default_runs):
+    outputs = [
+        ((default_runs / f"{name}.jsonl").read_bytes(), (default_runs / f"{name}.tok.json").read_bytes())
+        for name in ("a", "b")
+    ]
     assert outputs[0] == outputs[1]
 
-    data = dataset.read_dataset(str(tmp_path / "a.jsonl"))
-    tokenizer = tk.Tokenizer.load(str(tmp_path / "a.tok.json"))
+    data = dataset.read_dataset(str(default_runs / "a.jsonl"))
+    tokenizer = tk.Tokenizer.load(str(default_runs / "a.tok.json"))
     assert data.header["tokenizer_sha256"] == tokenizer.digest == hashlib.sha256(outputs[0][1]).hexdigest()
     assert (data.header["topk"], data.header["seed"], len(data.records)) == (3, 5, 40)
     assert sum(r.split == "heldout" for r in data.records) == 8
     assert all(len(row) <= 3 for r in data.records for row in r.topk_ids)
-    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "a.tok.json", "b.jsonl", "b.tok.json"]
+    assert sorted(os.listdir(default_runs)) == ["a.jsonl", "a.tok.json", "b.jsonl", "b.tok.json"]
 
 
 @pytest.mark.parametrize(
@@ -90,12 +125,10 @@ def _shards(tmp_path, count: int) -> list[str]:
     return paths
 
 
-def test_merged_shards_are_the_unsharded_bytes_in_any_order(tmp_path):
+def test_merged_shards_are_the_unsharded_bytes_in_any_order(tmp_path, tokenizer_alone):
     kd, tok = str(tmp_path / "kd.jsonl"), str(tmp_path / "tok.json")
     assert run(f"--out={kd}", f"--tokenizer_out={tok}", *SMALL).returncode == 0
-    alone = str(tmp_path / "alone.tok.json")
-    result = run(f"--tokenizer_out={alone}")  # the tokenizer alone: the same file
-    assert result.returncode == 0, result.stderr
+    alone = tokenizer_alone  # the tokenizer alone: the same file
     assert open(alone, "rb").read() == open(tok, "rb").read()
     shards = _shards(tmp_path, 3)
     merged = str(tmp_path / "merged.jsonl")
@@ -107,10 +140,9 @@ def test_merged_shards_are_the_unsharded_bytes_in_any_order(tmp_path):
     assert [len(open(p, "rb").read().splitlines()) - 1 for p in shards] == [16, 17, 17]
 
 
-def test_bad_shards_exit_2_and_merge_writes_nothing(tmp_path):
+def test_bad_shards_exit_2_and_merge_writes_nothing(tmp_path, tokenizer_alone):
     shards = _shards(tmp_path, 2)
-    tok = str(tmp_path / "tok.json")
-    assert run(f"--tokenizer_out={tok}", "--n=50").returncode == 0
+    tok = tokenizer_alone  # the shards' tokenizer (test_merged_shards_are_the_unsharded_bytes_in_any_order)
     merged = str(tmp_path / "merged.jsonl")
     cases = [
         ([shards[0]], "error: --shard: 1 of 2 shards given, records 0..24 of 50; pass every shard"),
@@ -165,28 +197,25 @@ def test_no_warning_at_the_default_top_k(tmp_path):
     assert result.returncode == 0 and "--topk=" not in result.stderr, result.stderr
 
 
-def test_the_default_rules_teacher_writes_what_generate_writes(tmp_path):
+def test_the_default_rules_teacher_writes_what_generate_writes(tmp_path, default_runs, generated):
     """--teacher=rules (the default, named or not) is the version-1 dataset of data/generate.py."""
-    expected = str(tmp_path / "expected.jsonl")
-    tok, header, records = generate.generate(40, 5, 0.2, 3)
-    dataset.write_dataset(expected, header, records)
-    for name, flags in (("default", ()), ("named", ("--teacher=rules",))):
-        kd, tok_out = str(tmp_path / f"{name}.jsonl"), str(tmp_path / f"{name}.tok.json")
-        result = run(f"--out={kd}", f"--tokenizer_out={tok_out}", "--n=40", "--seed=5", "--topk=3", *flags)
-        assert result.returncode == 0, result.stderr
+    tok, header, expected = generated
+    named = (str(tmp_path / "named.jsonl"), str(tmp_path / "named.tok.json"))
+    result = run(f"--out={named[0]}", f"--tokenizer_out={named[1]}", *DEFAULT_RUN, "--teacher=rules")
+    assert result.returncode == 0, result.stderr
+    # The default: the module's run with the same flags and no --teacher.
+    default = (str(default_runs / "a.jsonl"), str(default_runs / "a.tok.json"))
+    for kd, tok_out in (default, named):
         assert open(kd, "rb").read() == open(expected, "rb").read()
         assert open(tok_out, "rb").read() == tok.to_bytes()
     assert header["version"] == 1
 
 
-def test_an_existing_tokenizer_replaces_the_trained_one(tmp_path):
-    tok_path, kd = str(tmp_path / "tok.json"), str(tmp_path / "kd.jsonl")
-    assert run(f"--tokenizer_out={tok_path}").returncode == 0
-    result = run(f"--out={kd}", f"--tokenizer={tok_path}", "--n=40", "--seed=5", "--topk=3")
+def test_an_existing_tokenizer_replaces_the_trained_one(tmp_path, tokenizer_alone, generated):
+    kd = str(tmp_path / "kd.jsonl")
+    result = run(f"--out={kd}", f"--tokenizer={tokenizer_alone}", *DEFAULT_RUN)
     assert result.returncode == 0, result.stderr
-    expected = str(tmp_path / "expected.jsonl")
-    dataset.write_dataset(expected, *generate.generate(40, 5, 0.2, 3)[1:])
-    assert open(kd, "rb").read() == open(expected, "rb").read()
+    assert open(kd, "rb").read() == open(generated[2], "rb").read()
 
 
 @pytest.mark.parametrize(
