@@ -97,12 +97,9 @@ def _load_program(spec, weights_dir: str):
     return _milproto_load.load(spec, spec.specificationVersion, file_weights_dir=weights_dir)
 
 
-def _set_value(var, value: np.ndarray, info: tuple | None = None, sym_type=None) -> None:
-    """info: the var's (is a tensor, builtin dtype), as _Step gives them, to save the lookups;
-    sym_type: the tensor type of value's shape, when the caller has it already."""
-    is_tensor, dtype = info[:2] if info is not None else (_types.is_tensor(var.sym_type), var.dtype)
-    if is_tensor:
-        var._sym_type = sym_type or _types.tensor(dtype, value.shape)
+def _set_value(var, value: np.ndarray) -> None:
+    if _types.is_tensor(var.sym_type):
+        var._sym_type = _types.tensor(var.dtype, value.shape)
     elif value.ndim == 0:
         value = value[()]  # scalars are NumPy scalars in coremltools, not 0-d arrays
     var._sym_val = _Value(value)
@@ -499,7 +496,7 @@ class Program:
     # the runtime decompresses once at load, and so does evaluate() (it was a third of an int4
     # forward).
     materialized_from: dict[int, tuple] = dataclasses.field(default_factory=dict, repr=False)
-    plan: list | None = dataclasses.field(default=None, repr=False)  # _Step per op, made by _plan
+    plan: "_Plan | None" = dataclasses.field(default=None, repr=False)  # made by _plan
 
     @property
     def op_types(self) -> list[str]:
@@ -618,13 +615,14 @@ def load_mlpackage(path: str, bounds: Bounds = LIMITS) -> Program:
 
 
 class _Step:
-    """One op of a program as evaluate() runs it, with what it looks up worked out once per program
-    (coremltools' type queries were a third of an evaluation): its kernel (None: value_inference),
-    its input vars, and per output var (is a tensor, builtin dtype, NumPy dtype; a var's dtype never
-    changes, evaluate() only replaces its shape), its declared dims, and the last shape found to
-    agree with them with its tensor type."""
+    """One op of a program as evaluate() runs it, compiled once per program: in a small call (a
+    decode step) the per-op bookkeeping (building each kernel's inputs, making each result's type,
+    casting results already in their var's dtype) is a large share of the time. Holds its kernel (None:
+    value_inference), its inputs split into the values of consts (read here, once: set_const drops
+    the plan) and the vars read on every call, and `run`, which evaluates the op and stores its
+    results."""
 
-    __slots__ = ("op", "kernel", "inputs", "outputs", "checked", "constexpr")
+    __slots__ = ("op", "kernel", "fixed", "reads", "tuple_reads", "run")
 
     def __init__(self, program: Program, op):
         self.op = op
@@ -634,27 +632,108 @@ class _Step:
             self.kernel = kernel
         else:
             self.kernel = None
-        self.inputs = tuple((name, var, isinstance(var, (tuple, list))) for name, var in inputs.items())
-        self.outputs = tuple(
-            (var, (_types.is_tensor(var.sym_type), var.dtype, _np_dtype(var)), program.declared.get(id(var)))
-            for var in op.outputs
-        )
-        self.checked = [(None, None)] * len(op.outputs)  # (shape, its tensor type)
-        self.constexpr = op.op_type in CONSTEXPR_OPS
+        self.fixed, reads, tuple_reads = {}, [], []
+        for name, var in inputs.items():
+            if isinstance(var, (tuple, list)):
+                tuple_reads.append((name, tuple(var)))
+            elif var.op is not None and var.op.op_type == "const":
+                self.fixed[name] = var._sym_val.val
+            else:
+                reads.append((name, var))
+        self.reads, self.tuple_reads = tuple(reads), tuple(tuple_reads)
+        self.run = self._compile(program)
 
     def values(self) -> dict:
         """The kernel's v: each input's value. Read from the var's slot, not through Var.val, which
         tests it for symbols on every read: the executor only ever stores concrete arrays there."""
-        return {
-            name: tuple(item._sym_val.val for item in var) if is_tuple else var._sym_val.val
-            for name, var, is_tuple in self.inputs
-        }
+        v = self.fixed.copy()
+        for name, var in self.reads:
+            v[name] = var._sym_val.val
+        for name, tuple_vars in self.tuple_reads:
+            v[name] = tuple(var._sym_val.val for var in tuple_vars)
+        return v
+
+    def _compile(self, program: Program):
+        op, kernel, values = self.op, self.kernel, self.values
+        puts = tuple(_putter(program, op, var) for var in op.outputs)
+        single = len(puts) == 1
+
+        def run() -> None:
+            try:
+                result = kernel(values(), op) if kernel is not None else op.value_inference()
+            except (NotImplementedError, ValueError, TypeError, IndexError) as error:
+                raise _op_failure(program, op, error) from None
+            if single and result is not None and not isinstance(result, tuple):
+                puts[0](result)
+                return
+            for put, value in zip(puts, _results(program, op, result, len(puts)), strict=True):
+                put(value)
+
+        if op.op_type not in CONSTEXPR_OPS:
+            return run
+        sources_of = tuple(op.inputs.values())
+
+        def materialize() -> None:
+            # A constexpr op depends on consts only: while each is the same _Value object as when it
+            # last ran, its output var still holds the decompressed weights (Program.materialized_from).
+            sources = tuple(var._sym_val for var in sources_of)
+            held = program.materialized_from.get(id(op))
+            if held is not None and all(a is b for a, b in zip(held, sources, strict=True)):
+                return
+            run()
+            program.materialized_from[id(op)] = sources
+
+        return materialize
+
+
+def _putter(program: Program, op, var):
+    """A function that stores one result in `var`: cast to the var's dtype (in an fp16 program, this
+    is where every intermediate is rounded), held to the var's declared static dims (op None: a
+    program input, not checked), with its tensor type made once per shape the var takes."""
+    is_tensor, builtin_dtype = _types.is_tensor(var.sym_type), var.dtype
+    np_dtype = _np_dtype(var)
+    declared = program.declared.get(id(var)) if op is not None else None
+    agreed = {}  # shape -> its tensor type (False for a scalar var), for shapes that passed the check
+
+    def put(value) -> None:
+        if value.__class__ is not np.ndarray:
+            value = np.asarray(value)
+        if value.dtype is not np_dtype:  # an equal dtype that is another object: astype keeps it
+            value = value.astype(np_dtype, copy=False)
+        shape = value.shape
+        sym_type = agreed.get(shape)
+        if sym_type is None:
+            if op is not None:
+                _check_declared(program, op, declared, shape)
+            sym_type = agreed[shape] = _types.tensor(builtin_dtype, shape) if is_tensor else False
+        if is_tensor:
+            var._sym_type = sym_type
+        elif value.ndim == 0:
+            value = value[()]  # scalars are NumPy scalars in coremltools, not 0-d arrays
+        var._sym_val = _Value(value)
+
+    return put
+
+
+@dataclasses.dataclass
+class _Plan:
+    steps: list  # _Step per op but the consts, in program order
+    feeds: dict  # input name (not a state) -> (its NumPy dtype, its putter)
 
 
 def _plan(program: Program) -> list:
+    """The program's steps, compiled on its first evaluation (and again after set_const)."""
     if program.plan is None:
-        program.plan = [_Step(program, op) for op in program.function.operations if op.op_type != "const"]
-    return program.plan
+        function = program.function
+        program.plan = _Plan(
+            steps=[_Step(program, op) for op in function.operations if op.op_type != "const"],
+            feeds={
+                name: (_np_dtype(var), _putter(program, None, var))
+                for name, var in function.inputs.items()
+                if name not in program.state_specs
+            },
+        )
+    return program.plan.steps
 
 
 def _check_declared(program: Program, op, declared: tuple | None, shape: tuple) -> None:
@@ -671,42 +750,31 @@ def _check_declared(program: Program, op, declared: tuple | None, shape: tuple) 
         )
 
 
-def _evaluate_op(program: Program, step: _Step) -> None:
-    op = step.op
-    try:
-        result = step.kernel(step.values(), op) if step.kernel else op.value_inference()
-    except NotImplementedError as error:
-        raise InputError(
+def _op_failure(program: Program, op, error: Exception) -> InputError:
+    if isinstance(error, NotImplementedError):
+        return InputError(
             f"{program.path}: op {op.name!r} ({op.op_type}) has no NumPy implementation ({error}); "
             "add an override in verify/coreml/mil_executor.py"
-        ) from None
-    except (ValueError, TypeError, IndexError) as error:
-        hint = (
-            "an index is out of range (input ids outside the vocabulary?)"
-            if isinstance(error, IndexError)
-            else "if other enumerated lengths work, a length was frozen during conversion"
         )
-        shapes = [np.shape(v.val) for v in op.inputs.values() if hasattr(v, "val")]
-        raise InputError(
-            f"{program.path}: op {op.name!r} ({op.op_type}) failed on shapes {shapes}: {error} ({hint})"
-        ) from None
+    hint = (
+        "an index is out of range (input ids outside the vocabulary?)"
+        if isinstance(error, IndexError)
+        else "if other enumerated lengths work, a length was frozen during conversion"
+    )
+    shapes = [np.shape(v.val) for v in op.inputs.values() if hasattr(v, "val")]
+    return InputError(
+        f"{program.path}: op {op.name!r} ({op.op_type}) failed on shapes {shapes}: {error} ({hint})"
+    )
+
+
+def _results(program: Program, op, result, count: int) -> tuple:
     results = result if isinstance(result, tuple) else (result,)
-    # (one output, the common case, without a generator: this runs for every op of every call)
-    if len(results) != len(step.outputs) or (
-        results[0] is None if len(results) == 1 else any(r is None for r in results)
-    ):
+    if len(results) != count or any(r is None for r in results):
         raise InputError(
             f"{program.path}: op {op.name!r} ({op.op_type}) produced no value; "
             "add an override in verify/coreml/mil_executor.py"
         )
-    for i, ((var, info, declared), value) in enumerate(zip(step.outputs, results, strict=True)):
-        value = np.asarray(value).astype(info[2], copy=False)
-        shape, sym_type = step.checked[i]
-        if value.shape != shape:
-            _check_declared(program, op, declared, value.shape)
-            sym_type = _types.tensor(info[1], value.shape) if info[0] else None
-            step.checked[i] = value.shape, sym_type
-        _set_value(var, value, info, sym_type)
+    return results
 
 
 def _check_state(program: Program, state: State | None) -> None:
@@ -751,9 +819,8 @@ def evaluate(
     function = program.function
     for name in program.state_specs:
         function.inputs[name]._sym_val = _Value(state.values[name])
-    for name, var in function.inputs.items():
-        if name in program.state_specs:
-            continue
+    steps, feed_puts = _plan(program), program.plan.feeds
+    for name, (dtype, put) in feed_puts.items():
         value = np.asarray(feeds[name])
         allowed = program.input_shapes[name]
         if tuple(value.shape) not in allowed:
@@ -764,18 +831,9 @@ def evaluate(
         expected = program.input_dtypes[name]
         if value.dtype.kind != expected.kind:
             raise InputError(f"{program.path}: input {name!r} dtype {value.dtype}, expected {expected}")
-        _set_value(var, value.astype(_np_dtype(var)))
-    for step in _plan(program):
-        if step.constexpr:
-            op = step.op
-            sources = tuple(var._sym_val for var in op.inputs.values())
-            held = program.materialized_from.get(id(op))
-            if held is not None and all(a is b for a, b in zip(held, sources, strict=True)):
-                continue
-            _evaluate_op(program, step)
-            program.materialized_from[id(op)] = sources
-            continue
-        _evaluate_op(program, step)
+        put(value.astype(dtype))
+    for step in steps:
+        step.run()
     values = {var.name: var.val for var in function.outputs}
     for name in program.state_specs:
         state.values[name] = np.asarray(function.inputs[name].val)
@@ -822,6 +880,7 @@ def set_const(program: Program, name: str, value: np.ndarray) -> None:
             if value.shape != old.shape:
                 raise ValueError(f"const {name}: shape {value.shape}, expected {old.shape}")
             _set_value(op.outputs[0], value.astype(old.dtype))
+            program.plan = None  # it holds the consts' values
             return
     raise KeyError(f"no const named {name!r}")
 
