@@ -64,8 +64,9 @@ def forced_logits(model, seqs: Sequences, batch_size: int = 64) -> list[np.ndarr
         logits = model(torch.tensor([seqs.prompts[i] for i in group]), cache)[:, -1]
         rows, collected, step = list(group), {i: [] for i in group}, 0
         while True:
+            step_logits = logits.double().numpy()  # one cast per step, not one per row
             for r, row in enumerate(rows):
-                collected[row].append(logits[r].double().numpy())
+                collected[row].append(step_logits[r])
             keep = [len(seqs.fed[i]) > step for i in rows]
             if not any(keep):
                 break

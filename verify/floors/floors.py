@@ -66,9 +66,9 @@ does not make a single near-tie flip a failure.
 
 Two workers: each precision's floors are independent of every other's, so measure() first does
 the work they share (eager's logits at every length, along the replay and along the decode steps,
-and every emulation, the SAME_COMPUTATION pairs resolved as before), then forks up to two worker
-processes (workers_default: both cores where there are two) that measure the precisions' lengths
-and replay, and their decode steps, as separate jobs, the costly float16 ones first. Each job
+and every emulation, the SAME_COMPUTATION and SAME_WEIGHTS pairs resolved), then forks up to two
+worker processes (workers_default: both cores where there are two) that measure the precisions'
+lengths and replay, and their decode steps, as separate jobs, the costly float16 ones first. Each job
 computes single threaded on inputs it inherits, so its floors are the same to the bit in any worker
 and in any order; they are assembled in the precisions' order. The decode steps stay one forward per
 step through forced_logits' groups of equal prompt lengths: regrouping them (rows of different
@@ -82,7 +82,11 @@ written from the format's definition, not by the exporter's (verify/gguf_files/g
 Q8_0 and Q4_0, verify/coreml/coreml_reference.py for Core ML's int8 and int4), with the variant's plan
 (which tensor gets which type) stated here. The reference's KL and top-1 disagreement bound the
 variant's own (conversion/gates.py, quality bounds): a regression in the exporter's plan moves the
-emulation's floor along with the artifact, but not the reference.
+emulation's floor along with the artifact, but not the reference. A reference that computes as
+its variant's emulation to the bit (the same weights, and for a GGUF variant the same Q8_0 blocks of
+every projection input, checked while the variant's forwards run) would measure the same floors,
+so it is given them instead of running its own forwards (SAME_COMPUTATION, SAME_WEIGHTS); a plan
+or quantizer that differs anywhere makes it differ, and it is measured on its own.
 """
 
 import concurrent.futures
@@ -148,10 +152,13 @@ def scope(length: int) -> str:
 
 
 def torch_forward(model: torch.nn.Module):
-    """ids int [B, T] (NumPy) -> float64 logits [B, T, V] through `model`, in its own dtype."""
+    """ids int [B, T] (NumPy) -> float64 logits [B, T, V] through `model`, in its own dtype.
+
+    Under inference_mode rather than no_grad: the same kernels, so the same logits to the bit, but
+    no version counters or autograd bookkeeping on each operator, which counts in a small model."""
 
     def forward(ids) -> np.ndarray:
-        with torch.no_grad():
+        with torch.inference_mode():
             return model(torch.as_tensor(np.asarray(ids)).long()).to(torch.float64).numpy()
 
     return forward
@@ -196,6 +203,56 @@ class _F16CacheAttention(torch.nn.Module):
             return self.model(input_ids, cache)
         finally:
             F.scaled_dot_product_attention = original
+
+
+class _OncePerInput:
+    """A projection input hook that rounds each activation tensor once.
+
+    Q, K and V read the same tensor, and so do the feed-forward's gate and up projections: the
+    rounding is a function of the tensor alone, so while the same tensor object comes in, the first
+    result is returned again instead of being recomputed (the Q8_0 round trip is most of a quantized
+    emulation's extra cost). The model never writes an activation in place, and the hook holds the
+    tensor it saw, so that object cannot be freed and its identity taken by another."""
+
+    def __init__(self, round_input):
+        self.round_input = round_input
+        self.last = None  # (the input tensor, its rounded inputs)
+        # Set by _measure_job for a GGUF reference that shares this emulation's weights
+        # (SAME_WEIGHTS): another rounding, applied to every input too; differs turns True the
+        # first time its bits are not round_input's.
+        self.check = None
+        self.differs = False
+
+    def __call__(self, module, inputs):
+        if self.last is None or self.last[0] is not inputs[0]:
+            rounded = self.round_input(module, inputs)
+            if self.check is not None and not self.differs:
+                self.differs = not _same_bits(rounded[0], self.check(module, inputs)[0])
+            self.last = (inputs[0], rounded)
+        return self.last[1]
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to the bit (a NaN equals only the same NaN, -0.0 is not 0.0)."""
+    bits = [np.ascontiguousarray(t.numpy()).view(np.uint8) for t in (a, b)]
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(*bits)
+
+
+def _hook_projections(twin: torch.nn.Module, round_input) -> None:
+    """Every Linear of `twin` gets its input through round_input (one _OncePerInput per model)."""
+    hook = _OncePerInput(round_input)
+    for module in twin.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(hook)
+
+
+def _projection_hook(twin: torch.nn.Module) -> "_OncePerInput | None":
+    """The _OncePerInput of `twin`'s projections, if it has one."""
+    for module in twin.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, _OncePerInput):
+                return hook
+    return None
 
 
 def _round_input_through_q8_0(module, inputs):
@@ -270,9 +327,7 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     if precision in QUANTIZED_GGUF:
         _as_gguf_weights(twin, QUANTIZED_GGUF[precision])
         twin = twin.double()
-        for module in twin.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.register_forward_pre_hook(_round_input_through_q8_0)
+        _hook_projections(twin, _round_input_through_q8_0)
         return twin
     if precision in COMPRESSED:
         return _with_compressed_weights(twin.half(), precision)
@@ -285,9 +340,7 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
             for weight in twin.parameters():
                 if weight.ndim == 2:
                     weight.copy_(_f16(weight))
-        for module in twin.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.register_forward_pre_hook(_round_input_to_fp16)
+        _hook_projections(twin, _round_input_to_fp16)
         return twin
     wrapped = _F16CacheAttention(twin)
     wrapped.eval()
@@ -333,9 +386,7 @@ def _gguf_reference(twin: torch.nn.Module, matrix_type: str, overrides: dict) ->
                 blocks = gguf_reference.QUANTIZERS[overrides.get(name, matrix_type)](values)
                 weight.copy_(torch.from_numpy(gguf_reference.dequantize(blocks).reshape(values.shape)))
     twin = twin.double()
-    for module in twin.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.register_forward_pre_hook(_through_reference_q8_0)
+    _hook_projections(twin, _through_reference_q8_0)
     return twin
 
 
@@ -357,23 +408,31 @@ def _coreml_reference(model: torch.nn.Module, compression: str) -> torch.nn.Modu
 # are quantized independently either way (_coreml_reference), and a reference whose quantizer
 # disagrees anywhere is measured on its own.
 SAME_COMPUTATION = {"ref_int8": "int8", "ref_int4": "int4"}
+# A GGUF variant's reference computes as the variant's emulation does (float64, ggml's RoPE, every
+# weight matrix replaced, each projection input through Q8_0 blocks) except that its blocks, of
+# the weights and of the inputs, come from its own code (_gguf_reference). With the same weights to
+# the bit, its logits are the variant's wherever its Q8_0 blocks of every projection input are
+# gguf's to the bit, each layer then seeing the same inputs as the variant's: so the variant's
+# logits job rounds every input both ways (_OncePerInput.check), and if they never differ, measure()
+# gives the reference the variant's floors of that job instead of running its forwards again. A
+# reference whose weights or input blocks differ anywhere is measured on its own.
+SAME_WEIGHTS = {"ref_q8_0": "w_q8_0", "ref_q4_0": "w_q4_0"}
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    return any(m._forward_pre_hooks or m._forward_hooks for m in module.modules())
 
 
 def _same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """Every parameter and buffer of the two modules equal (name, dtype, value), and neither has a
-    forward hook that could make them compute differently."""
+    """The same module type, and every parameter and buffer of the two equal (name, dtype, value).
+    Their hooks are not compared: SAME_COMPUTATION requires none, SAME_WEIGHTS checks them."""
 
     def tensors(module):
         return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
-    def hooked(module):
-        return any(m._forward_pre_hooks or m._forward_hooks for m in module.modules())
-
     ta, tb = tensors(a), tensors(b)
     return (
         type(a) is type(b)
-        and not hooked(a)
-        and not hooked(b)
         and ta.keys() == tb.keys()
         and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
     )
@@ -407,17 +466,43 @@ def _cost(job) -> float:
     return _COST[next(emulated.parameters()).dtype] * (2.0 if hooked else 1.0)
 
 
-def _measure_job(job) -> dict[str, dict[str, float]]:
-    """The scopes of one job: (precision, "logits") = every length and the replay, (precision,
-    DECODE) = the decode steps. Reads only _SHARED, so a forked worker computes what the parent would."""
+def _measure_job(job) -> dict[str, dict[str, dict[str, float]]]:
+    """{precision: its scopes} of one job: (precision, "logits") = every length and the replay,
+    (precision, DECODE) = the decode steps; a logits job whose precision a GGUF reference shares
+    weights with (SAME_WEIGHTS) also gives the reference the same scopes, if the reference's input
+    blocks were the same to the bit throughout. Reads only _SHARED, so a forked worker computes what
+    the parent would."""
     from verify import decode_parity
 
     shared = _SHARED
     precision, part = job
     emulated = shared["emulations"][precision]
     if part == DECODE:
-        decoded = np.concatenate(decode_parity.forced_logits(emulated, shared["seqs"]))
-        return {DECODE: _floored(parity.compare_logits(shared["decode_refs"][None], decoded[None]))}
+        with torch.inference_mode():  # as torch_forward: the same steps, less bookkeeping per operator
+            decoded = np.concatenate(decode_parity.forced_logits(emulated, shared["seqs"]))
+        return {
+            precision: {DECODE: _floored(parity.compare_logits(shared["decode_refs"][None], decoded[None]))}
+        }
+    reference = shared["checked"].get(precision)
+    if reference is None:
+        return {precision: _logits_scopes(emulated)}
+    # The variant's rounding, and the reference's own alongside it on every input (SAME_WEIGHTS).
+    hook = _projection_hook(emulated)
+    hook.check = _projection_hook(shared["emulations"][reference]).round_input
+    hook.differs, hook.last = False, None
+    try:
+        scopes = _logits_scopes(emulated)
+        differs = hook.differs
+    finally:
+        hook.check, hook.differs, hook.last = None, False, None
+    if differs:
+        return {precision: scopes}
+    return {precision: scopes, reference: {where: dict(values) for where, values in scopes.items()}}
+
+
+def _logits_scopes(emulated: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Every length's scope and the replay's, of one emulation (_measure_job)."""
+    shared = _SHARED
     twin = torch_forward(emulated)
     rows_by_length, replay_args = shared["rows_by_length"], shared["replay_args"]
     scopes = {}
@@ -478,20 +563,27 @@ def measure(
     }
     # Eager's side of the behaviour replay, the same for every precision: computed once.
     reference = parity.replay(eager, prompts, continuations, lengths, pad_id)
-    emulations, copies = {}, {}  # precision -> its emulation, or -> the partner it computes as
-    for precision in precisions:
-        emulated = emulation(model, precision)
-        partner = SAME_COMPUTATION.get(precision)
-        if partner in emulations and _same_tensors(emulations[partner], emulated):
-            copies[precision] = partner  # its logits would be the partner's, bit for bit
-        else:
-            emulations[precision] = emulated
-    jobs = [(precision, "logits") for precision in emulations]
+    emulations = {precision: emulation(model, precision) for precision in precisions}
+    copies = {}  # precision -> the partner whose logits its own would be, bit for bit
+    for precision, partner in SAME_COMPUTATION.items():
+        if precision in emulations and partner in emulations:
+            pair = emulations[precision], emulations[partner]
+            if not any(map(_hooked, pair)) and _same_tensors(*pair):
+                copies[precision] = partner
+    checked = {}  # variant -> the GGUF reference whose input blocks its logits job checks
+    for precision, partner in SAME_WEIGHTS.items():
+        if precision in emulations and partner in emulations:
+            if _same_tensors(emulations[precision], emulations[partner]):
+                checked[partner] = precision
+    for precision in copies:
+        del emulations[precision]
+    jobs = [(p, "logits") for p in emulations if p not in checked.values()]
     jobs += [(p, DECODE) for p in emulations if p not in gates_lib.REFERENCE_PRECISIONS]
     seqs = decode_refs = None
     if any(part == DECODE for _, part in jobs):
         seqs, _ = decode_parity.sequences(prompts, continuations, rows_by_length[lengths[-1]])
-        decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
+        with torch.inference_mode():
+            decode_refs = np.concatenate(decode_parity.forced_logits(model, seqs))
     _SHARED.update(
         eager=eager,
         refs=refs,
@@ -499,18 +591,27 @@ def measure(
         rows_by_length=rows_by_length,
         replay_args=(prompts, continuations, lengths, pad_id),
         emulations=emulations,
+        checked=checked,
         seqs=seqs,
         decode_refs=decode_refs,
     )
+    workers = workers_default() if workers is None else workers
     try:
-        results = _run_jobs(jobs, workers_default() if workers is None else workers)
+        results = _run_jobs(jobs, workers)
+        # A checked reference whose input blocks differed from the variant's: measured on its own.
+        unchecked = [(p, "logits") for p in checked.values() if all(p not in r for r in results.values())]
+        results.update(_run_jobs(unchecked, workers) if unchecked else {})
     finally:
         _SHARED.clear()
+    measured = {}  # each precision's lengths and replay, then its decode steps
+    for job in [*jobs, *unchecked]:
+        for precision, scopes in results[job].items():
+            measured.setdefault(precision, {}).update(scopes)
     out = {}
     for precision in precisions:
         if precision in copies:  # the partner's scopes; a reference has no decode scope
-            partner = out[copies[precision]]
+            partner = measured[copies[precision]]
             out[precision] = {where: dict(values) for where, values in partner.items() if where != DECODE}
-        else:  # its lengths and replay, then its decode steps
-            out[precision] = {**results[precision, "logits"], **results.get((precision, DECODE), {})}
+        else:
+            out[precision] = measured[precision]
     return out

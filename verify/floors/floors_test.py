@@ -124,6 +124,45 @@ def test_a_reference_with_the_variants_weights_has_the_variants_floors(model, to
     assert off["ref_int8"] != {k: v for k, v in off["int8"].items() if k != floors.DECODE}
 
 
+def test_a_gguf_reference_with_the_variants_weights_and_blocks_has_the_variants_floors(
+    model, tokenizer, monkeypatch
+):
+    """ref_q8_0 beside w_q8_0 (the same weights, and its input blocks checked on every projection
+    input of w_q8_0's forwards): the floors it has measured alone, without running its own logits
+    job; with its input blocks off on one input, it is measured on its own (and differs)."""
+    rows, prompts, continuations = _inputs(tokenizer, model, lengths=(32,))
+    alone = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, ["ref_q8_0"], workers=1)
+    ran = []
+    measure_job = floors._measure_job
+
+    def recorded(job):
+        ran.append(job)
+        return measure_job(job)
+
+    monkeypatch.setattr(floors, "_measure_job", recorded)
+    precisions = ["ref_q8_0", "w_q8_0"]
+    both = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, precisions, workers=1)
+    assert both["ref_q8_0"] == alone["ref_q8_0"]
+    assert both["ref_q8_0"] == {k: v for k, v in both["w_q8_0"].items() if k != floors.DECODE}
+    assert ("ref_q8_0", "logits") not in ran and list(both) == precisions
+
+    through = floors._through_reference_q8_0
+
+    def one_off(module, inputs):
+        (rounded,) = through(module, inputs)
+        if module is not None and module.out_features == model.cfg.vocab_size:
+            rounded = rounded.clone()
+            rounded.view(-1)[0] += 1.0  # the output projection's input, one value
+        return (rounded,)
+
+    monkeypatch.setattr(floors, "_through_reference_q8_0", one_off)
+    ran.clear()
+    off = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, precisions, workers=1)
+    assert ("ref_q8_0", "logits") in ran
+    assert off["ref_q8_0"] != {k: v for k, v in off["w_q8_0"].items() if k != floors.DECODE}
+    assert off["w_q8_0"] == both["w_q8_0"]
+
+
 @pytest.mark.parametrize("reference", ["ref_q8_0", "ref_q4_0"])
 def test_a_gguf_reference_holds_the_formats_blocks_with_its_own_plan(model, reference):
     """Every matrix through verify/gguf_files/gguf_reference.py's blocks of the type its plan states (Q4_0's
