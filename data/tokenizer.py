@@ -43,6 +43,7 @@ import hashlib
 import heapq
 import json
 import math
+import operator
 import struct
 from collections.abc import Iterable
 
@@ -87,8 +88,10 @@ class Tokenizer:
         self.token_types = list(token_types)
         self.vocab_size = len(pieces)
         # llama.cpp looks a merged text up among all tokens; the vocabulary rule (module docstring) ensures
-        # that only normal pieces can be formed, so one map serves both lookups.
-        self._lookup = {p: (self.scores[i], i) for i, p in enumerate(pieces) if token_types[i] == NORMAL}
+        # that only normal pieces can be formed, so maps of the normal pieces serve both lookups.
+        self._token_ids = {p: i for i, p in enumerate(pieces) if token_types[i] == NORMAL}
+        self._rank = {p: -self.scores[i] for p, i in self._token_ids.items()}  # heap order: best first
+        self._space_bytes = [BYTE_OFFSET + b for b in SPACE.encode("utf-8")]  # a literal "▁"
         self._decoded = [
             _piece_bytes(i, p, t) for i, (p, t) in enumerate(zip(pieces, token_types, strict=True))
         ]
@@ -97,28 +100,33 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """llama.cpp SPM token ids of `text` (no bos/eos, no space prefix)."""
-        # None marks a literal "▁": it never merges and is written as bytes (see module docstring).
-        syms: list[str | None] = [SPACE if c == " " else None if c == SPACE else c for c in text]
+        # A literal "▁" never merges and is written as its bytes (see module docstring), so the
+        # symbols on either side of it never become neighbours: the text between two of them is
+        # encoded on its own, and each literal "▁" adds its byte tokens in between.
+        ids: list[int] = []
+        for index, part in enumerate(text.split(SPACE)):
+            if index:
+                ids += self._space_bytes
+            if part:
+                ids += self._encode_part(list(part.replace(" ", SPACE)))
+        return ids
+
+    def _encode_part(self, syms: list[str]) -> list[int]:
+        """The ids of symbols `syms` (one character each, spaces already "▁", no literal "▁")."""
         n = len(syms)
-        if n == 0:
-            return []
-        lookup = self._lookup
+        rank = self._rank
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prv = list(range(-1, n - 1))
-        heap: list[tuple[float, int, int, str]] = []
-
-        def push(left: int, right: int) -> None:
-            a, b = syms[left], syms[right]
-            if a is None or b is None:
-                return
-            hit = lookup.get(a + b)
-            if hit is not None:
-                # Highest score first, then leftmost: exactly llama.cpp's bigram comparator.
-                heapq.heappush(heap, (-hit[0], left, right, a + b))
-
-        for i in range(n - 1):
-            push(i, i + 1)
+        # Heap entries (-score, left, right, merged text): highest score first, then leftmost,
+        # exactly llama.cpp's bigram comparator. The entries are distinct or equal tuples, so the
+        # order they pop in does not depend on how the heap was built.
+        heap = [
+            (rank[merged], left, left + 1, merged)
+            for left, merged in enumerate(map(operator.add, syms, syms[1:]))
+            if merged in rank
+        ]
+        heapq.heapify(heap)
         while heap:
             _, left, right, merged = heapq.heappop(heap)
             a, b = syms[left], syms[right]
@@ -126,24 +134,27 @@ class Tokenizer:
             if not a or not b or a + b != merged or nxt[left] != right:
                 continue
             syms[left], syms[right] = merged, ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prv[nxt[right]] = left
-            if prv[left] >= 0:
-                push(prv[left], left)
-            if nxt[left] >= 0:
-                push(left, nxt[left])
+            before, after = prv[left], nxt[right]
+            nxt[left] = after
+            if after >= 0:
+                prv[after] = left
+                pair = merged + syms[after]
+                if pair in rank:
+                    heapq.heappush(heap, (rank[pair], left, after, pair))
+            if before >= 0:
+                pair = syms[before] + merged
+                if pair in rank:
+                    heapq.heappush(heap, (rank[pair], before, left, pair))
 
         ids: list[int] = []
+        token_ids = self._token_ids
         i = 0
         while i >= 0:
             sym = syms[i]
-            hit = lookup.get(sym) if sym is not None else None
-            if hit is not None:
-                ids.append(hit[1])
+            if sym in token_ids:
+                ids.append(token_ids[sym])
             else:
-                raw = (SPACE if sym is None else sym).encode("utf-8", "surrogatepass")
-                ids.extend(BYTE_OFFSET + b for b in raw)
+                ids.extend(BYTE_OFFSET + b for b in sym.encode("utf-8", "surrogatepass"))
             i = nxt[i]
         return ids
 
