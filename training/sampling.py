@@ -75,17 +75,34 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def _descending(logits: np.ndarray, top_k: int) -> np.ndarray:
+    """The first top_k ids (all when top_k is 0) of np.argsort(-logits, kind="stable"): highest
+    logit first, equal logits lower id first. logits: float64 [V], no NaN.
+
+    With top_k below V, sorting the whole vocabulary is most of the cost, and only a few ids are
+    needed. Let t be the top_k-th highest logit (with repeats). At least top_k ids have a logit
+    >= t and every other id is below all of them, so the full sort's first top_k ids all lie in
+    the pool of ids with logit >= t. np.flatnonzero lists the pool in id order, so a stable sort
+    of the pool orders it exactly as the full sort orders those ids (ties by lower id): its first
+    top_k ids are the full sort's, ties at t included.
+    """
+    if 0 < top_k < logits.size:
+        threshold = np.partition(logits, logits.size - top_k)[logits.size - top_k]
+        pool = np.flatnonzero(logits >= threshold)
+        return pool[np.argsort(-logits[pool], kind="stable")[:top_k]]
+    return np.argsort(-logits, kind="stable")
+
+
 def candidates(logits, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, probabilities) that survive the chain, most likely first; probabilities sum to 1.
 
     logits: one position, [V]. ValueError if it holds NaN or no finite value.
     """
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if logits.size == 0 or np.isnan(logits).any() or not np.isfinite(logits.max()):
+    # max() is NaN when any logit is NaN, and +inf or -inf when none is finite.
+    if logits.size == 0 or not np.isfinite(logits.max()):
         raise ValueError("logits: empty, NaN, or no finite value; the model output is broken")
-    order = np.argsort(-logits, kind="stable")  # descending; equal logits keep the lower id first
-    if settings.top_k > 0:
-        order = order[: settings.top_k]
+    order = _descending(logits, settings.top_k)
     kept = logits[order]
     if settings.top_p < 1:
         cumulative = np.cumsum(_softmax(kept))
