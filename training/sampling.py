@@ -99,7 +99,8 @@ def candidates(logits, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     logits: one position, [V]. ValueError if it holds NaN or no finite value.
     """
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-    # max() is NaN when any logit is NaN, and +inf or -inf when none is finite.
+    # max() is NaN when any logit is NaN (numpy propagates it), so one test refuses NaN, +inf and
+    # logits with no finite value.
     if logits.size == 0 or not np.isfinite(logits.max()):
         raise ValueError("logits: empty, NaN, or no finite value; the model output is broken")
     order = _descending(logits, settings.top_k)
