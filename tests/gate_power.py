@@ -56,28 +56,58 @@ def run_faults(ship: gate_faults.Shipped, faults=gate_faults.FAULTS) -> list[Row
     return rows
 
 
-def run_length_faults(ship: gate_faults.Shipped, faults) -> list[Row]:
-    """Each fault through the per-length output checks alone (verification.check_outputs, as
-    verify calls it), for faults whose point is a per-length check (a quality bound, the floor
-    ratio): seconds each, where a whole verification of a Core ML variant takes minutes."""
-    from verify import inputs as inputs_lib
-    from verify.floors import floors
-
-    inputs = ship.inputs
-    contract, settings = inputs.contract, inputs.settings
-    rows_by_length = inputs_lib.numeric_rows(
-        contract.lengths, contract.vocab_size, inputs.tokenizer, inputs.heldout, settings
-    )
-    eager = floors.torch_forward(ship.model.eval())
-    refs = {length: [eager(row) for row in rows_by_length[length]] for length in contract.lengths}
+def run_faults_staged(ship: gate_faults.Shipped, faults, whole: frozenset[str]) -> list[Row]:
+    """run_faults, with the first checks first: the per-length output checks, and a KV-cache
+    artifact's decode parity. A fault they catch is caught by the whole verification too, which
+    runs the same checks on the same inputs (verify_backend calls them on verification's shared
+    work, as here), so its row is theirs: a second or two, where a whole verification of one
+    artifact takes several. The whole verification runs for the faults they miss, and for the
+    faults named in `whole`: those show that the checks only it runs (the replay, the sampled
+    replies, the weights) can fail."""
+    first = _checks(ship, decode=True)
     rows = []
     for fault in faults:
         for artifact, inject in fault.inject.items():
-            backend = inject(ship)
-            report = report_lib.Report(contract.model_name, "")
-            verification.check_outputs(report, backend, contract, rows_by_length, refs, inputs.paths)
-            rows.append(Row(fault.name, artifact, report.gates_ok, failed_checks(report, artifact)))
+            if artifact not in ship.inputs.contract.gates["backends"]:
+                continue  # not verified in this configuration: nothing to prove
+            if fault.name not in whole:
+                row = first(fault.name, artifact, inject(ship))
+                if not row.gates_ok:
+                    rows.append(row)
+                    continue
+            rows.extend(run_faults(ship, [dataclasses.replace(fault, inject={artifact: inject})]))
     return rows
+
+
+def _checks(ship: gate_faults.Shipped, decode: bool):
+    """(fault name, artifact, faulted backend) -> Row of the per-length output checks alone (and
+    with `decode`, a KV-cache artifact's decode parity too), called as verify_backend calls them on
+    the held-out rows, eager's logits and the decode inputs of verification's shared work."""
+    inputs = ship.inputs
+    shared = verification.shared_work(ship.model, inputs)
+
+    def run(fault: str, artifact: str, backend: verification.Backend) -> Row:
+        report = report_lib.Report(inputs.contract.model_name, "")
+        verification.check_outputs(report, backend, inputs.contract, shared.rows, shared.refs, inputs.paths)
+        if decode and backend.steps:
+            verification.check_decode(
+                report, backend, shared.decode_inputs, inputs.tokenizer.eos_id, inputs.contract, inputs.paths
+            )
+        return Row(fault, artifact, report.gates_ok, failed_checks(report, artifact))
+
+    return run
+
+
+def run_length_faults(ship: gate_faults.Shipped, faults) -> list[Row]:
+    """Each fault through the per-length output checks alone, for faults whose point is a
+    per-length check (a quality bound, the floor ratio): seconds each, where a whole verification
+    of a Core ML variant takes minutes."""
+    checks = _checks(ship, decode=False)
+    return [
+        checks(fault.name, artifact, inject(ship))
+        for fault in faults
+        for artifact, inject in fault.inject.items()
+    ]
 
 
 def tripped(rows: list[Row]) -> set[tuple[str, str]]:

@@ -1,7 +1,9 @@
 """//tests:gate_power: every realistic fault turns gates_ok false, and every gated check of every
 artifact can fail.
 
-Prints the fault table (fault x artifact -> the checks that caught it), and for every gated
+Prints the fault table (fault x artifact -> the checks that caught it; a fault that the per-length
+output checks or the decode parity catch is listed with those checks alone, WHOLE below says why),
+and for every gated
 (artifact, check) pair of the shipped report.json the fault on that artifact that trips it, or the
 test that fails it (tests/artifact_faults.py SHOWN_ELSEWHERE): a fault caught on one artifact is no
 proof for another, whose bounds are its own. So the suite runs artifact by artifact, one test
@@ -29,10 +31,23 @@ def shipped(tmp_path_factory):
     return gate_power.shipped(paths, str(tmp_path_factory.mktemp("faults")))
 
 
-# Every fault, by kind: through the whole verification, through the artifact's own checks only,
-# through the per-length checks only, and the small content faults (artifact_faults.py says why).
+# The faults that always run through the whole verification, even where the per-length output
+# checks catch them first (gate_power.run_faults_staged): between them they trip the checks only the
+# whole verification runs (the replay, the sampled replies, the weights). Every other fault of the
+# "verify" kind runs through the whole verification only where the per-length checks miss it; the
+# coverage assertion below fails if these stop tripping a gated check no other fault trips.
+WHOLE = frozenset({"norm_eps_x10", "flair_row_zeroed", "output_rows_shifted", "frozen_length"})
+
+
+def _staged(ship, faults):
+    return gate_power.run_faults_staged(ship, faults, WHOLE)
+
+
+# Every fault, by kind: through the whole verification (staged, as above), through the artifact's own
+# checks only, through the per-length checks only, and the small content faults (artifact_faults.py
+# says why).
 KINDS = (
-    ("verify", gate_power.run_faults, gate_faults.FAULTS + artifact_faults.ARTIFACT_FAULTS),
+    ("verify", _staged, gate_faults.FAULTS + artifact_faults.ARTIFACT_FAULTS),
     ("checks", gate_power.run_content_faults, artifact_faults.CHECK_FAULTS),
     ("lengths", gate_power.run_length_faults, artifact_faults.LENGTH_FAULTS),
     ("content", gate_power.run_content_faults, gate_faults.CONTENT_FAULTS),
@@ -45,12 +60,13 @@ ARTIFACTS = sorted({artifact for _, _, faults in KINDS for fault in faults for a
 # the two slowest, a compiled faulty AOTInductor package and the GGUF faults, beside others:
 # shards of 26 s to 115 s). Rough seconds from one run's test.xml; scheduling only, no verdict.
 SHARD_WEIGHTS = {
-    "aoti_decoder": 58,
-    "gguf": 58,
-    "coreml_stateful": 36,
-    "torchscript_decoder": 34,
-    "coreml": 33,
-    "torchscript": 24,
+    "aoti_decoder": 40,
+    "coreml_stateful": 22,
+    "gguf": 22,
+    "torchscript_decoder": 20,
+    "coreml": 18,
+    "coreml_int4": 12,
+    "gguf_kv_f16": 10,
 }
 
 
