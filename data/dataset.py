@@ -485,11 +485,11 @@ def _check_record_v2(obj, header: dict) -> Record:
 
 
 def _record_object(record: Record, header: dict) -> dict:
-    """The record as its version's JSON object: version 1 never carries topk_tail."""
-    obj = dataclasses.asdict(record)
-    if header.get("version") != VERSION_2:
-        del obj["topk_tail"]
-    return obj
+    """The record as its version's JSON object: version 1 never carries topk_tail. Its lists as they
+    are: the object is only serialised (dataclasses.asdict's deep copy of every top-k list took a
+    fifth of a GGUF teacher's dataset time)."""
+    fields = FIELDS_V2 if header.get("version") == VERSION_2 else FIELDS
+    return {name: getattr(record, name) for name in fields}
 
 
 def _parse_line(line: bytes):
