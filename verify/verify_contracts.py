@@ -165,8 +165,8 @@ def main(argv: list[str]) -> None:
         mlpackage_stateful=FLAGS.mlpackage_stateful,
     )
     inputs = verification.check_inputs(paths)
-    # Every artifact before the checkpoint's model: a missing, unreadable or hostile one is bad
-    # input before any work, and fails without the model's load first.
+    # The artifacts before the model (the Core ML packages first): a damaged or hostile one is
+    # refused before anything else loads.
     backends = verification.load_backends(inputs)
     model = verification.load_model(inputs)
     workers = FLAGS.workers or verification.default_workers()
