@@ -20,23 +20,17 @@ import os
 # busy 2-core machine. An explicit setting in the environment wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import torch
 from absl import flags, logging
 
-from bench import (
-    decode_bound,
-    executor_decode,
-    forward_latency,
-    generation_speed,
-    stages,
-    table,
-    training_speed,
-)
+from bench import stages, table
 from common import cli
 from common.errors import InputError
-from conversion import torchscript
 from data import tokenizer as tokenizer_lib
 from training import checkpoint
+
+# torch, coremltools and the row modules that import them are imported in main(), after the flags
+# and the checkpoint are checked: a bad checkpoint fails in well under a second, not after their
+# seconds of imports (as every loader does: conversion/export_gguf.py).
 
 GROUPS = ("training", "forward", "generation", "executor", "stages")
 
@@ -82,6 +76,13 @@ def main(argv: list[str]) -> None:
         raise InputError(f"--lengths: {FLAGS.lengths} must be whole numbers") from None
     extra = _extra_rows(FLAGS.rows) if FLAGS.rows else []
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
+    checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+
+    import torch
+
+    from bench import decode_bound, executor_decode, forward_latency, generation_speed, training_speed
+    from conversion import torchscript
+
     model, _ = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     rows: list[table.Row] = []
     if "training" not in FLAGS.skip:

@@ -153,17 +153,21 @@ def aoti_steps(path: str, build: dict, cfg, fallback: str):
     return torchscript_steps(fallback, cfg)
 
 
-def gguf_forward(path: str, max_length: int):
+def gguf_steps(path: str, max_length: int):
+    """The GGUF file through llama.cpp as training.decode.Steps (each step recomputes the reply)."""
     from verify.gguf_files import gguf_check
 
-    context = gguf_check.read_gguf(path)["context_length"]  # a damaged file fails before llama.cpp
+    # A damaged file fails before torch (training.decode) and llama.cpp are imported.
+    context = gguf_check.read_gguf(path)["context_length"]
     if context != max_length:
         raise InputError(
             f"--gguf: {path} has context_length {context}, but --metadata says max_seq_len {max_length}; "
             "pass the GGUF exported from that checkpoint"
         )
+    from training import decode
+
     llama = gguf_check.load_llama(path)
-    return lambda ids: gguf_check.gguf_logits(llama, ids.numpy())
+    return decode.Recompute(lambda ids: gguf_check.gguf_logits(llama, ids.numpy()))
 
 
 def _sampler() -> sampling.Settings | None:
@@ -255,16 +259,17 @@ def main(argv: list[str]) -> None:
             f"question: {len(ids)} tokens with the prompt; at most {max_length - trie.longest} fit the "
             f"model's {max_length}-token context with room for a reply; ask a shorter question"
         )
-    from training import decode
-
+    # Each backend checks its file before it imports torch: a damaged one fails fast.
     if FLAGS.backend == "aoti":
         model = aoti_steps(path, build, cfg, FLAGS.torchscript_decoder)
     elif FLAGS.backend == "torchscript":
         model = torchscript_steps(path, cfg)
     else:
-        model = decode.Recompute(gguf_forward(path, max_length))
+        model = gguf_steps(path, max_length)
     if FLAGS.constrain:
         model = _constrained(model, trie)
+
+    from training import decode
 
     new = decode.generate(
         model,

@@ -467,8 +467,13 @@ def backend_names(contract) -> list[str]:
 
 def load_backends(inputs: Inputs) -> list[Backend]:
     """Every backend the contract names, loaded up front: a missing or unreadable artifact is bad
-    input before any work."""
-    return [load_backend(inputs, name) for name in backend_names(inputs.contract)]
+    input before any work. The Core ML packages are loaded first, so that a damaged one is refused
+    before the seconds that loading the TorchScript and torch.export artifacts takes; the list is in
+    backend_names' order."""
+    names = backend_names(inputs.contract)
+    coreml = (COREML, COREML_FP32, *COREML_COMPRESSED, COREML_STATEFUL)
+    loaded = {name: load_backend(inputs, name) for name in sorted(names, key=lambda name: name not in coreml)}
+    return [loaded[name] for name in names]
 
 
 def load_backend(inputs: Inputs, name: str) -> Backend:
@@ -1082,14 +1087,17 @@ def default_workers() -> int:
 
 
 def verify_all(
-    model, inputs: Inputs, sampled_min_canonical_rate: float | None = None, workers: int = 1
+    model,
+    inputs: Inputs,
+    loaded: list[Backend],
+    sampled_min_canonical_rate: float | None = None,
+    workers: int = 1,
 ) -> report_lib.Report:
-    """verify() of every backend the contract names, spread over `workers` forked processes; the
-    report is the same bytes whatever the worker count, since each backend's checks go into a
-    report of its own, merged in the backends' order. Every backend is loaded here first, as
-    verify() needs them: a missing, unreadable or hostile artifact is bad input before any work,
-    and the workers inherit the loaded backends."""
-    backends = {backend.name: backend for backend in load_backends(inputs)}
+    """verify() of the backends `loaded` (load_backends(inputs)), spread over `workers` forked
+    processes; the report is the same bytes whatever the worker count, since each backend's checks
+    go into a report of its own, merged in the backends' order. The workers inherit the loaded
+    backends."""
+    backends = {backend.name: backend for backend in loaded}
     names = list(backends)
     workers = min(workers, len(names))
     if workers <= 1:

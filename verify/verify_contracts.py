@@ -165,9 +165,12 @@ def main(argv: list[str]) -> None:
         mlpackage_stateful=FLAGS.mlpackage_stateful,
     )
     inputs = verification.check_inputs(paths)
+    # The artifacts before the model (the Core ML packages first): a damaged or hostile one is
+    # refused before anything else loads.
+    backends = verification.load_backends(inputs)
     model = verification.load_model(inputs)
     workers = FLAGS.workers or verification.default_workers()
-    report = verification.verify_all(model, inputs, rate, workers)
+    report = verification.verify_all(model, inputs, backends, rate, workers)
     report.save(FLAGS.out_report)
     print_failures(report.to_dict(), FLAGS.out_report)
     logging.info("verification took %.2f s; report %s", time.monotonic() - started, FLAGS.out_report)

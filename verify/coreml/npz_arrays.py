@@ -8,7 +8,7 @@ arrays are refused: loading them would run code.
 """
 
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -36,9 +36,9 @@ def _header(archive: zipfile.ZipFile, member: str, where: str) -> tuple[tuple[in
     return tuple(shape), dtype
 
 
-def read(path: str, check: Check) -> dict[str, np.ndarray]:
-    """{name: array} of every member of the .npz at `path`; InputError for a damaged file, a member
-    that is not a numeric array, or one `check` refuses (before any array data is read)."""
+def _members(path: str) -> Iterator[tuple[str, tuple[int, ...], np.dtype]]:
+    """(name, shape, dtype) of each member of the .npz at `path`, one header at a time; InputError
+    for a damaged file or a member that is not a numeric array."""
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -52,7 +52,21 @@ def read(path: str, check: Check) -> dict[str, np.ndarray]:
         for member in members:
             if not member.endswith(".npy"):
                 raise InputError(f"{path}: unexpected member {member}; an .npz holds only .npy arrays")
-            check(member[: -len(".npy")], *_header(archive, member, path))
+            yield (member[: -len(".npy")], *_header(archive, member, path))
+
+
+def check_headers(path: str) -> None:
+    """InputError for a damaged file or a member that is not a numeric array; reads no array data.
+    For a caller that has no `check` yet (run_mlpackage, before it loads the package)."""
+    for _ in _members(path):
+        pass
+
+
+def read(path: str, check: Check) -> dict[str, np.ndarray]:
+    """{name: array} of every member of the .npz at `path`; InputError for a damaged file, a member
+    that is not a numeric array, or one `check` refuses (before any array data is read)."""
+    for name, shape, dtype in _members(path):
+        check(name, shape, dtype)
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return {name: arrays[name] for name in arrays.files}

@@ -68,3 +68,13 @@ def test_damaged_or_unsafe_files_are_refused(tmp_path, write, message):
 def test_a_missing_file_says_so(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         npz_arrays.read(str(tmp_path / "absent.npz"), _accept)
+
+
+def test_check_headers_refuses_what_read_refuses_by_its_headers_and_reads_no_data(tmp_path):
+    path = str(tmp_path / "objects.npz")
+    np.savez(path, o=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="Python objects"):
+        npz_arrays.check_headers(path)
+    # A truncated array's data is read (and refused) by read() alone: check_headers reads headers.
+    _truncated(str(tmp_path / "cut.npz"))
+    npz_arrays.check_headers(str(tmp_path / "cut.npz"))

@@ -80,6 +80,11 @@ def _state_check(program):
 def main(argv: list[str]) -> None:
     del argv
     _check_flags()
+    # The .npz files before coremltools (seconds to import, torch with it): a damaged or pickled one
+    # fails fast. Their arrays' names and shapes are checked against the package once it is loaded.
+    for name in ("inputs", "state_in"):
+        if FLAGS[name].value:
+            npz_arrays.check_headers(FLAGS[name].value)
     from verify.coreml import mil_executor  # coremltools: after the flags are known to be good
 
     program = mil_executor.load_mlpackage(FLAGS.mlpackage)

@@ -15,7 +15,6 @@ import io
 import json
 import time
 
-import torch
 from absl import flags, logging
 
 from common import atomic, cli, digest, quiet
@@ -23,8 +22,11 @@ from common.errors import InputError
 from data import dataset as dataset_lib
 from data import teacher
 from data import tokenizer as tokenizer_lib
-from training import checkpoint, evaluate
-from verify.report import report_html
+from training import checkpoint
+
+# torch (training/evaluate.py) and matplotlib (verify/report/report_figures.py) are imported in
+# main(), after the checkpoint is checked: a bad one fails in well under a second, not after their
+# seconds of imports.
 
 flags.DEFINE_string("report", None, "report.json from //verify:verify_contracts (required).")
 flags.DEFINE_string("contract", None, "contract.json the report was checked against (required).")
@@ -118,11 +120,18 @@ def main(argv: list[str]) -> None:
     if FLAGS.questions < 1:
         raise InputError(f"--questions: {FLAGS.questions}; must be at least 1")
     cli.check_output_path(FLAGS.out_html, "out_html")
-    # One thread: the measured distributions (and so the page's bytes) must not depend on it.
-    torch.set_num_threads(1)
     report = _read_json(FLAGS.report, "report")
     contract = _read_json(FLAGS.contract, "contract")
     tokenizer = tokenizer_lib.Tokenizer.load(FLAGS.tokenizer)
+    checkpoint.check(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
+
+    import torch
+
+    from training import evaluate
+    from verify.report import report_html
+
+    # One thread: the measured distributions (and so the page's bytes) must not depend on it.
+    torch.set_num_threads(1)
     model, metadata = checkpoint.load(FLAGS.weights, FLAGS.metadata, expected_vocab_size=tokenizer.vocab_size)
     _same_run(report, metadata, tokenizer, contract)
     history = _read_history(FLAGS.history)
