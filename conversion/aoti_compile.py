@@ -19,9 +19,10 @@ What is pinned, and why (docs/architecture.md, "The AOTInductor decoder"):
   - absolute paths: the cache directory and torch's directory differ between checkouts, Bazel
     output bases and sandboxes. The compiler runs through a wrapper adding -ffile-prefix-map for
     both, no line tables are emitted, the generated files get fixed names instead of hashes of
-    their paths, and the same two prefixes are rewritten in the package's text files (the compile
-    commands Inductor appends as comments). The .so is then searched for either path: a path that
-    got through is an error, not a silently irreproducible file;
+    their paths, and the same prefixes, with the interpreter's include and library directories,
+    are rewritten in the package's text files (the compile commands Inductor appends as
+    comments). The .so is then searched for these paths (the library directory aside): a path
+    that got through is an error, not a silently irreproducible file;
   - the archive: records sorted, a serialization id derived from them (conversion/pt2_files.py).
 """
 
@@ -49,7 +50,12 @@ FLAGS = flags.FLAGS
 ISAS = {"avx2": (256, "x86-64-v3")}
 MODEL_FILES = "decoder"  # the generated files' fixed name (Inductor's default is a hash of paths)
 # What each absolute prefix becomes: the compile cache, torch's site directory, Python's headers.
-PREFIXES = {"cache": "/aoti", "torch": "/torch-site", "python": "/python-include"}
+PREFIXES = {
+    "cache": "/aoti",
+    "torch": "/torch-site",
+    "python": "/python-include",
+    "python_lib": "/python-lib",
+}
 TEXT_SUFFIXES = (".cpp", ".json", ".h")
 
 
@@ -68,7 +74,11 @@ def _prefix_maps(cache_dir: str, torch_site: str) -> dict[str, str]:
     import sysconfig
 
     maps = {}
-    paths = (("cache", cache_dir), ("torch", torch_site), ("python", sysconfig.get_paths()["include"]))
+    paths = [("cache", cache_dir), ("torch", torch_site), ("python", sysconfig.get_paths()["include"])]
+    # The interpreter's library directory is on the link line Inductor writes into the .cpp files
+    # (a pyenv install under the user's home, say): the package's bytes would name the machine.
+    if sysconfig.get_config_var("LIBDIR"):
+        paths.append(("python_lib", sysconfig.get_config_var("LIBDIR")))
     for key, path in paths:
         for spelling in {os.path.abspath(path), os.path.realpath(path)}:
             maps[spelling] = PREFIXES[key]
@@ -156,7 +166,11 @@ def compile_program(program: str, threads: int, isa: str, cache_dir: str) -> tup
                 text = text.replace(old, new)
             entries[name] = text.encode("utf-8")
         else:
-            leaked = [old for old in maps if old.encode() in data]
+            # Not the library directory: only the link line names it, and a system interpreter's
+            # (/usr/lib/<triplet>) may stand in a shared object for reasons of its own.
+            leaked = [
+                old for old, new in maps.items() if new != PREFIXES["python_lib"] and old.encode() in data
+            ]
             if leaked:
                 raise InputError(
                     f"the compiled {name} holds the build path {leaked[0]}: it would differ between "
