@@ -113,7 +113,8 @@ def inductor_options(threads: int, isa: str, compiler: str) -> dict:
         # products are one row each, where the call into ATen and BLAS costs about as much as the
         # arithmetic (13% less time per step, measured). With the template as the only backend each
         # product has one candidate, so nothing is benchmarked: the choice cannot depend on the
-        # build machine's load (two compiles gave the same bytes, //conversion:aoti_decoder_test).
+        # build machine's load (//conversion:aoti_decoder_test's compile gives the export stage's
+        # bytes).
         "max_autotune": True,
         "max_autotune_gemm_backends": "CPP",
         # The ISA is pinned above, so Inductor's check that it works on the build machine (a C++
