@@ -11,6 +11,7 @@ import tempfile
 import pytest
 import torch
 
+from common import required_env
 from common.errors import InputError
 from conversion import aoti_decoder, kv_decoder, pt2_archive, pt2_files
 from training import checkpoint, decode
@@ -26,13 +27,7 @@ ARTIFACTS = ("M8B_WEIGHTS", "M8B_METADATA", "M8B_AOTI_DECODER", "M8B_CONTRACT")
 @pytest.fixture(scope="module")
 def shipped():
     """{variable: path} of ARTIFACTS; skipped without them (plain pytest), failed under CI=true."""
-    missing = [name for name in ARTIFACTS if not os.environ.get(name)]
-    if missing:
-        message = f"set {', '.join(missing)} to the pipeline's files (conversion/BUILD.bazel)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return {name: os.environ[name] for name in ARTIFACTS}
+    return required_env.require(ARTIFACTS, "to the pipeline's files (conversion/BUILD.bazel)")
 
 
 @pytest.fixture(scope="module")

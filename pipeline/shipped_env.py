@@ -4,20 +4,12 @@ A test run without them (plain pytest outside Bazel) has no subject: it is skipp
 naming the variables, and under CI=true it fails, since a skip there would read as a pass.
 """
 
-import os
-
-import pytest
+from common import required_env
 
 
 def require(names) -> dict[str, str]:
     """{name: value} of the environment variables `names`; skip (fail under CI=true) if any is unset."""
-    missing = [name for name in names if not os.environ.get(name)]
-    if missing:
-        message = f"set {', '.join(missing)} to the pipeline's artifacts (see the module docstring)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return {name: os.environ[name] for name in names}
+    return required_env.require(names, "to the pipeline's artifacts (see pipeline/shipped_env.py)")
 
 
 def student(env: dict[str, str]) -> tuple:

@@ -42,6 +42,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from common import required_env
 from data import dataset
 from data.remote import fake_openai, local_server
 
@@ -53,13 +54,7 @@ ROUNDING = 1e-6
 
 
 def _subjects() -> dict[str, str]:
-    missing = [name for name in ENV if not os.environ.get(name)]
-    if missing:
-        message = f"set {', '.join(missing)} (tests/BUILD.bazel passes them to //tests:teacher_server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return {name: os.environ[name] for name in ENV}
+    return required_env.require(ENV, "(tests/BUILD.bazel passes them to //tests:teacher_server)")
 
 
 KEY = "sk-local-3c1d5e7f9a-NEVER-WRITTEN"

@@ -44,17 +44,13 @@ QUESTIONS = 1000
 def metrics():
     import torch
 
+    from common import required_env
     from data import dataset
     from data.tokenizer import Tokenizer
     from training import checkpoint, evaluate
 
-    paths = {name: os.environ.get(var) for name, var in ENV.items()}
-    missing = [ENV[name] for name, path in paths.items() if not path]
-    if missing:
-        message = f"set {', '.join(missing)} to the trained checkpoint's files (see the module docstring)"
-        if os.environ.get("CI") == "true":  # CI must have its subject: a skip there is a failure
-            pytest.fail(message)
-        pytest.skip(message)
+    env = required_env.require(ENV.values(), "to the trained checkpoint's files (see the module docstring)")
+    paths = {name: env[var] for name, var in ENV.items()}
     torch.set_num_threads(int(os.environ.get("M8B_THREADS", "2")))
     tokenizer = Tokenizer.load(paths["tokenizer"])
     model, metadata = checkpoint.load(paths["weights"], paths["metadata"], tokenizer.vocab_size)
