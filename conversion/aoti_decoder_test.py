@@ -184,7 +184,15 @@ def test_a_load_leaves_nothing_in_tmpdir_loaded_or_refused(compiled, tmp_path, m
         aoti_decoder.load(path, so_sha256)
     assert os.listdir(tmp_path) == []
     assert os.environ["TMPDIR"] == str(tmp_path)
-    assert not [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("m8b-aoti-")]
+    left = [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("m8b-aoti-")]
+    # What a leftover holds says which step left it (the compile's folder holds its cache and
+    # program, a load's an aotinductor_* folder): seen once, under load, and not reproduced.
+    held = [
+        (root, files)
+        for name in left
+        for root, _, files in os.walk(os.path.join(tempfile.gettempdir(), name))
+    ]
+    assert not left, held
 
 
 def test_another_pin_or_machine_stops_the_load(compiled):

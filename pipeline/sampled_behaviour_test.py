@@ -6,17 +6,17 @@ first 200 held-out questions and seeds 0..4, at least 99.5% of sampled replies a
 
 Regression: before the sampler had top-k/top-p/min-p, `ask` sampled from the full softmax with a
 torch generator seeded by --seed alone, so at the default seed 0 every question reused one draw,
-and that draw landed in the tail on the same rare token (" good.") for most questions.
-test_todays_sampling_fails_the_gate replays exactly that decoder on the shipped TorchScript.
+and that draw landed in the tail on the same rare token (" good.") for most questions. Whether that
+decoder leaks depends on the student (a default student trained on an AVX-512 machine gave 199 of
+200 canonical replies at seed 0, and 200 at seeds 1 to 4), so no test replays it any more: the
+seed rule is training/sampling_test.py's, the tail cut's too, and a sampler that lets the tail in
+fails the gate below.
 
 Inputs from the environment (pipeline/BUILD.bazel sets them): M8B_WEIGHTS, M8B_METADATA,
 M8B_DATASET, M8B_TOKENIZER, M8B_TORCHSCRIPT, M8B_GGUF. Without them the tests are skipped with a
 message, and fail under CI=true.
 """
 
-import collections
-
-import numpy as np
 import pytest
 
 from pipeline import shipped_env
@@ -96,31 +96,3 @@ def test_sampling_that_lets_the_tail_in_fails_the_gate(shipped):
     result = _gate(shipped, "torchscript", leaky)
     print(f"leaky sampler: {result.canonical} of {result.replies} canonical; e.g. {result.failures[:3]}")
     assert result.rate < sampled_behaviour.MIN_CANONICAL_RATE
-
-
-def _todays_reply(forward, prompt, eos_id, seed):
-    """What `ask` did before: softmax(logits / 0.8) over all tokens, torch generator seeded by seed."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    ids, new = list(prompt), []
-    while len(new) < MAX_NEW_TOKENS:
-        logits = torch.as_tensor(forward(np.asarray([ids])))[0, -1].double()
-        token = int(torch.multinomial(torch.softmax(logits / 0.8, dim=-1), 1, generator=generator))
-        ids.append(token)
-        new.append(token)
-        if token == eos_id:
-            break
-    return new
-
-
-def test_todays_sampling_fails_the_gate(shipped):
-    from data import teacher
-    from verify.behaviour import sampled_behaviour
-
-    tokenizer, _, prompts, backends = shipped
-    replies = [_todays_reply(backends["torchscript"], p, tokenizer.eos_id, seed=0) for p in prompts]
-    rate = sum(teacher.canonical_reply(r, tokenizer) is not None for r in replies) / len(replies)
-    texts = collections.Counter(tokenizer.decode(r[:-1]) for r in replies)
-    print(f"seed 0 without the cut: {rate:.1%} canonical; most common replies {texts.most_common(3)}")
-    assert rate < sampled_behaviour.MIN_CANONICAL_RATE

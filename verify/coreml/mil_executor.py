@@ -4,7 +4,8 @@ MLModel.predict exists only on macOS. The package's ML Program is plain data, th
 back with coremltools' milproto loader (weights from Data/com.apple.CoreML/weights/weight.bin)
 and evaluate its ops in order, each through its own NumPy `value_inference`, in the precision the
 program declares: in an fp16 program every intermediate is rounded to float16 (matmuls accumulate
-in float32 first, as GPU matrix units do).
+in float32 first, as GPU matrix units do). An fp32 program is computed in float64, and its outputs
+rounded to float32 once (`_putter` says why).
 
 Before each op runs, the types of its inputs are set to the concrete runtime shapes. The stock
 value_inference code was written for static shapes (it is coremltools' constant folder), and
@@ -258,8 +259,10 @@ def _softmax(v, op):
 
 
 def _silu(v, op):
-    # No value_inference at all in coremltools 9.0. Computed in float32, rounded to the op's dtype.
-    x = v["x"].astype(np.float32)
+    # No value_inference at all in coremltools 9.0. Computed in float32 (float64 in an fp32 program),
+    # rounded to the op's dtype.
+    x = v["x"]
+    x = x.astype(np.float32) if x.dtype == np.float16 else x
     return x / (1.0 + np.exp(-x))
 
 
@@ -295,30 +298,39 @@ def _band_part(v, op):
     return np.where(keep, x, np.zeros((), dtype=x.dtype))
 
 
-def _as_float32(op, name: str, value):
-    """A weight's float32 copy, made once: kept on the op until the weight's value object changes
+def _accumulator(*arrays) -> type:
+    """The dtype a product sums in: float32 for float16 operands (as GPU matrix units accumulate;
+    NumPy's float16 matmul is an unvectorised loop, three times slower and no more faithful), rounded
+    to float16 by the store; float64 in an fp32 program (`_putter`)."""
+    return np.float32 if any(a.dtype == np.float16 for a in arrays) else np.float64
+
+
+def _weight_as(op, name: str, value, dtype):
+    """A weight's copy in `dtype`, made once: kept on the op until the weight's value object changes
     (set_const, or a constexpr decompressed again). Converting every matrix on every call was a
     fifth of a decode step."""
-    held = op.__dict__.setdefault("_executor_float32", {})
+    held = op.__dict__.setdefault("_executor_weights", {})
     source = getattr(op, name)._sym_val
-    cached = held.get(name)
+    cached = held.get((name, dtype))
     if cached is None or cached[0] is not source:
-        cached = held[name] = (source, value.astype(np.float32))
+        cached = held[(name, dtype)] = (source, value.astype(dtype))
     return cached[1]
 
 
 def _linear(v, op):
-    # Float32 accumulation, rounded to the op's dtype afterwards (as GPU matrix units accumulate):
-    # NumPy's float16 matmul is an unvectorised loop, three times slower, and no more faithful.
-    result = np.matmul(v["x"].astype(np.float32), _as_float32(op, "weight", v["weight"]).T)
+    # Accumulated in _accumulator's dtype, rounded to the op's dtype afterwards.
+    x, weight = v["x"], v["weight"]
+    dtype = _accumulator(x, weight)
+    result = np.matmul(x.astype(dtype), _weight_as(op, "weight", weight, dtype).T)
     if v.get("bias") is not None:
-        result = result + _as_float32(op, "bias", v["bias"])
+        result = result + _weight_as(op, "bias", v["bias"], dtype)
     return result
 
 
 def _matmul(v, op):
-    # Float32 accumulation as in _linear.
-    x, y = v["x"].astype(np.float32), v["y"].astype(np.float32)
+    # Accumulated as in _linear.
+    dtype = _accumulator(v["x"], v["y"])
+    x, y = v["x"].astype(dtype), v["y"].astype(dtype)
     if v.get("transpose_x") is not None and v["transpose_x"]:
         x = np.swapaxes(x, -1, -2)
     if v.get("transpose_y") is not None and v["transpose_y"]:
@@ -361,13 +373,14 @@ def _constexpr(v, op):
 
 
 def _scaled_dot_product_attention(v, op):
-    # Float32 accumulation as in _linear, rounded to the op's dtype afterwards; the stock version
-    # multiplies in the inputs' float16 (NumPy's slow loop) and rounds every partial sum.
-    q, k, value = (v[name].astype(np.float32) for name in ("query", "key", "value"))
-    scores = np.matmul(q, np.swapaxes(k, -1, -2)) / np.sqrt(np.float32(q.shape[-1]))
+    # Accumulated as in _linear, rounded to the op's dtype afterwards; the stock version multiplies
+    # in the inputs' float16 (NumPy's slow loop) and rounds every partial sum.
+    dtype = _accumulator(*(v[name] for name in ("query", "key", "value")))
+    q, k, value = (v[name].astype(dtype) for name in ("query", "key", "value"))
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) / np.sqrt(dtype(q.shape[-1]))
     if v.get("attn_mask") is not None:
         mask = v["attn_mask"]
-        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask.astype(np.float32)
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask.astype(dtype)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
     return np.matmul(scores / scores.sum(-1, keepdims=True), value)
 
@@ -689,16 +702,26 @@ class _Step:
 def _putter(program: Program, op, var):
     """A function that stores one result in `var`: cast to the var's dtype (in an fp16 program, this
     is where every intermediate is rounded), held to the var's declared static dims (op None: a
-    program input, not checked), with its tensor type made once per shape the var takes."""
+    program input, not checked), with its tensor type made once per shape the var takes.
+
+    A float32 var keeps a float64 value: an fp32 program is computed in float64, rounded to float32
+    where it casts and at its outputs (evaluate). Its float32 rounding is the runtime's own, which
+    NumPy cannot reproduce: rounded after every op, with the products summed in the order of the BLAS
+    kernel this CPU selects, the fp32 package of the default student came out at 13x the float32
+    floor's KL at one position on an AVX-512 machine, a false alarm on an untouched package that
+    another machine did not raise. Computed in float64, the package differs from eager by eager's
+    own float32 error, which is what its floor (float64 vs float32 eager) measures, on every machine;
+    a program that computes something else than the model still shows."""
     is_tensor, builtin_dtype = _types.is_tensor(var.sym_type), var.dtype
     np_dtype = _np_dtype(var)
+    kept = (np_dtype, np.dtype(np.float64)) if np_dtype == np.float32 else (np_dtype,)
     declared = program.declared.get(id(var)) if op is not None else None
     agreed = {}  # shape -> its tensor type (False for a scalar var), for shapes that passed the check
 
     def put(value) -> None:
         if value.__class__ is not np.ndarray:
             value = np.asarray(value)
-        if value.dtype is not np_dtype:  # an equal dtype that is another object: astype keeps it
+        if value.dtype not in kept:
             value = value.astype(np_dtype, copy=False)
         shape = value.shape
         sym_type = agreed.get(shape)
@@ -834,9 +857,10 @@ def evaluate(
         put(value.astype(dtype))
     for step in steps:
         step.run()
-    values = {var.name: var.val for var in function.outputs}
+    values = {var.name: np.asarray(var.val).astype(_np_dtype(var), copy=False) for var in function.outputs}
     for name in program.state_specs:
-        state.values[name] = np.asarray(function.inputs[name].val)
+        var = function.inputs[name]
+        state.values[name] = np.asarray(var.val).astype(_np_dtype(var), copy=False)
     return {name: values[name] for name in program.output_names}
 
 
