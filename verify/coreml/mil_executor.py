@@ -710,8 +710,9 @@ def _putter(program: Program, op, var):
     kernel this CPU selects, the fp32 package of the default student came out at 13x the float32
     floor's KL at one position on an AVX-512 machine, a false alarm on an untouched package that
     another machine did not raise. Computed in float64, the package differs from eager by eager's
-    own float32 error, which is what its floor (float64 vs float32 eager) measures, on every machine;
-    a program that computes something else than the model still shows."""
+    own float32 error, which its floor (float64 vs float32 eager) measures on the same machine, and
+    by its outputs' rounding to float32 (that position: 0.80 of the bound); a program that computes
+    something else than the model still shows."""
     is_tensor, builtin_dtype = _types.is_tensor(var.sym_type), var.dtype
     np_dtype = _np_dtype(var)
     kept = (np_dtype, np.dtype(np.float64)) if np_dtype == np.float32 else (np_dtype,)
