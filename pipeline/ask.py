@@ -26,6 +26,13 @@ a question that leaves no room in the context for the longest reply, --max_new_t
 
 Seed rule: the draws come from a generator seeded with (--seed, sha256 of the question's token
 ids). The same seed and question give the same answer; another question gets other draws.
+
+--batch reads the questions from standard input, one per line, and prints one reply per line, line i
+for question i, with the model loaded once: each reply is the one `ask` gives that question alone
+with the same flags (the seed rule is per question). Every line is checked before anything is
+loaded or printed: a bad one (empty, a control character, too long for the context, not UTF-8) is
+one "error: standard input line N: ..." and exit 2, with no reply printed. A line break the model
+writes inside a reply is printed as the two characters \\n, so that the lines stay aligned.
 """
 
 import sys
@@ -94,6 +101,12 @@ flags.DEFINE_bool(
     "Decode only token paths that spell a canonical reply (one of the 20 answers, its group's flair, "
     "the end token; a trie exact through the tokenizer). A guarantee layered on top of the model: the "
     "quality numbers (robustness_test, student_quality_test) measure the model without it.",
+)
+flags.DEFINE_bool(
+    "batch",
+    False,
+    "Read the questions from standard input, one per line, and print one reply per line (the model "
+    "loads once; each reply is the one the question gets alone).",
 )
 flags.DEFINE_bool(
     "print_grammar",
@@ -209,19 +222,65 @@ def _constrained(steps, trie: canonical_trie.CanonicalTrie):
     return Constrained()
 
 
+USAGE = 'usage: ask [--backend=aoti|torchscript|gguf] -- "Will it rain tomorrow?" (or: ask --batch < FILE)'
+# A --batch line longer than this is refused before it is decoded or tokenized: far beyond any context.
+MAX_LINE_BYTES = 1 << 16
+
+
+def _questions(argv: list[str]) -> list[tuple[str, str]]:
+    """[(where, question)]: the command line's question, or with --batch each line of stdin; the
+    text is checked here (UTF-8), the prompt rules later (data/prompt.py)."""
+    asked = " ".join(argv[1:]).strip()
+    if FLAGS.batch:
+        if argv[1:]:
+            raise InputError("--batch reads the questions from standard input; give none on the command line")
+        return list(_stdin_questions(sys.stdin.buffer))
+    if not asked:
+        raise InputError(f"no question: {USAGE}")
+    try:
+        asked.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise InputError("question: holds bytes that are not UTF-8; ask in UTF-8 text") from None
+    return [("", asked)]
+
+
+def _stdin_questions(stream):
+    """(where, question) for each line of `stream` (bytes), its line ending removed."""
+    number = 0
+    while line := stream.readline(MAX_LINE_BYTES + 2):  # room for the line's own CR LF
+        number += 1
+        where = f"standard input line {number}: "
+        if len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+            raise InputError(f"{where}longer than {MAX_LINE_BYTES} bytes; ask a shorter question")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{where}holds bytes that are not UTF-8; ask in UTF-8 text") from None
+        yield where, text.removesuffix("\n").removesuffix("\r").strip()
+    if number == 0:
+        raise InputError(f"no question: standard input is empty; {USAGE}")
+
+
+def _model_input(tokenizer, trie, where: str, question: str, max_length: int) -> list[int]:
+    """The question's model input; InputError (prefixed `where`) where the prompt rules refuse it or
+    it leaves no room in the context for the longest reply."""
+    try:
+        ids = prompt.build_model_input(tokenizer, question)
+    except InputError as error:
+        raise InputError(f"{where}{error}") from None
+    if len(ids) + trie.longest > max_length:  # refused, not truncated: a cut question is another question
+        raise InputError(
+            f"{where}question: {len(ids)} tokens with the prompt; at most {max_length - trie.longest} fit "
+            f"the model's {max_length}-token context with room for a reply; ask a shorter question"
+        )
+    return ids
+
+
 def main(argv: list[str]) -> None:
     if FLAGS.print_grammar:
         print(canonical_trie.gbnf(), end="")
         return
-    question = " ".join(argv[1:]).strip()
-    if not question:
-        raise InputError(
-            'no question: usage: ask [--backend=aoti|torchscript|gguf] -- "Will it rain tomorrow?"'
-        )
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
-        raise InputError("question: holds bytes that are not UTF-8; ask in UTF-8 text") from None
+    questions = _questions(argv)
     if FLAGS.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens: {FLAGS.max_new_tokens}; must be at least 1")
     sampler = _sampler()
@@ -247,18 +306,14 @@ def main(argv: list[str]) -> None:
         cli.require_flag(FLAGS.contract, "contract")
         build = aoti_build(FLAGS.contract, FLAGS.metadata)
         pt2_archive.check_aoti_file(path, build["so_sha256"])
-    ids = prompt.build_model_input(tokenizer, question)
     trie = canonical_trie.CanonicalTrie(tokenizer)
     if FLAGS.constrain and FLAGS.max_new_tokens < trie.longest:
         raise InputError(
             f"--max_new_tokens: {FLAGS.max_new_tokens}; --constrain needs at least {trie.longest}, "
             "the longest canonical reply"
         )
-    if len(ids) + trie.longest > max_length:  # refused, not truncated: a cut question is another question
-        raise InputError(
-            f"question: {len(ids)} tokens with the prompt; at most {max_length - trie.longest} fit the "
-            f"model's {max_length}-token context with room for a reply; ask a shorter question"
-        )
+    # Every question is checked before a model loads or a reply is printed: no partial output.
+    inputs = [_model_input(tokenizer, trie, where, question, max_length) for where, question in questions]
     # Each backend checks its file before it imports torch: a damaged one fails fast.
     if FLAGS.backend == "aoti":
         model = aoti_steps(path, build, cfg, FLAGS.torchscript_decoder)
@@ -271,16 +326,18 @@ def main(argv: list[str]) -> None:
 
     from training import decode
 
-    new = decode.generate(
-        model,
-        ids,
-        eos_id=tokenizer.eos_id,
-        max_new_tokens=FLAGS.max_new_tokens,
-        sampler=sampler,
-        seed=FLAGS.seed,
-        max_length=max_length,
-    )
-    print(tokenizer.decode(new).strip())
+    for ids in inputs:
+        new = decode.generate(
+            model,
+            ids,
+            eos_id=tokenizer.eos_id,
+            max_new_tokens=FLAGS.max_new_tokens,
+            sampler=sampler,
+            seed=FLAGS.seed,
+            max_length=max_length,
+        )
+        reply = tokenizer.decode(new).strip()
+        print(reply.replace("\n", "\\n") if FLAGS.batch else reply)
     sys.stdout.flush()
 
 

@@ -5,9 +5,11 @@ would not be; `--print_grammar`'s GBNF does the same inside llama.cpp's own samp
 To make the unconstrained model leave the 20 answers, the questions are asked at temperature 5
 over the whole vocabulary (--top_k=0 --top_p=1): most unconstrained replies are then off-script,
 and every constrained one must still be canonical (data/teacher.canonical_reply, checked on the
-printed text). Inputs from the environment (pipeline/BUILD.bazel): M8B_ASK (the launcher),
-M8B_TORCHSCRIPT_DECODER, M8B_AOTI_DECODER, M8B_CONTRACT, M8B_GGUF, M8B_TOKENIZER, M8B_METADATA.
-Without them the tests are skipped with a message, and fail under CI=true.
+printed text). Each set of questions is one `ask --batch` run: the model loads once.
+
+Inputs from the environment (pipeline/BUILD.bazel): M8B_ASK (the launcher), M8B_TORCHSCRIPT_DECODER,
+M8B_AOTI_DECODER, M8B_CONTRACT, M8B_GGUF, M8B_TOKENIZER, M8B_METADATA. Without them the tests are
+skipped with a message, and fail under CI=true.
 """
 
 import os
@@ -42,7 +44,8 @@ def env():
     return {name: os.path.abspath(path) for name, path in env.items()}
 
 
-def _ask(env, *args) -> str:
+def _ask(env, *args, questions=None) -> str:
+    """ask's stdout; with `questions`, one --batch run over them (a reply per line)."""
     flags = [
         f"--torchscript_decoder={env['M8B_TORCHSCRIPT_DECODER']}",
         f"--aoti_decoder={env['M8B_AOTI_DECODER']}",
@@ -51,9 +54,21 @@ def _ask(env, *args) -> str:
         f"--tokenizer={env['M8B_TOKENIZER']}",
         f"--metadata={env['M8B_METADATA']}",
     ]
-    done = subprocess.run([env["M8B_ASK"], *flags, *args], capture_output=True, text=True, timeout=300)
+    if questions is not None:
+        flags.append("--batch")
+    stdin = None if questions is None else "".join(q + "\n" for q in questions)
+    done = subprocess.run(
+        [env["M8B_ASK"], *flags, *args], input=stdin, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def _replies(env, questions, *args) -> list[str]:
+    """One --batch run of ask: its reply to each question, in order."""
+    lines = _ask(env, *args, questions=questions).splitlines()
+    assert len(lines) == len(questions), lines
+    return lines
 
 
 def _canonical(printed: str) -> bool:
@@ -64,25 +79,25 @@ def _canonical(printed: str) -> bool:
 
 @pytest.mark.parametrize("backend", ["torchscript", "gguf"])
 def test_constrain_gives_canonical_replies_where_the_model_does_not(env, backend):
-    free, constrained = [], []
-    for seed, question in enumerate(QUESTIONS):
-        common = [f"--backend={backend}", f"--seed={seed}", *HOT]
-        free.append(_ask(env, *common, "--", question))
-        constrained.append(_ask(env, *common, "--constrain", "--", question))
+    common = [f"--backend={backend}", "--seed=0", *HOT]  # each question its own draws (ask's seed rule)
+    free = _replies(env, QUESTIONS, *common)
+    constrained = _replies(env, QUESTIONS, *common, "--constrain")
     print(f"\n{backend} at temperature 5: free {free}\nconstrained {constrained}")
     assert sum(map(_canonical, free)) < len(QUESTIONS) // 2  # the test can tell the difference
     assert all(map(_canonical, constrained)), constrained
 
 
 def test_ask_greedy_answers_ood_questions_canonically(env):
-    """Issue 17's check, as a user runs it: `ask --greedy "<question>"`, without --constrain, on one
-    question of each style of the out-of-distribution set (ood/questions.tsv)."""
+    """Issue 17's check, as a user runs it: `ask --greedy`, without --constrain, on one question of
+    each style of the out-of-distribution set (ood/questions.tsv), in one --batch run (each reply is
+    the one the question gets alone: pipeline/ask_test.py)."""
     from ood import questions
 
     picked = {}
     for q in questions.load():
         picked.setdefault(q.style, q.text)
-    printed = {text: _ask(env, "--greedy", "--", text) for text in picked.values()}
+    asked = list(picked.values())
+    printed = dict(zip(asked, _replies(env, asked, "--greedy"), strict=True))
     print(f"\nask --greedy: {printed}")
     assert all(map(_canonical, printed.values())), printed
 

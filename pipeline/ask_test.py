@@ -7,7 +7,9 @@ draws: through the default backend (the AOTInductor decoder, magic-8-ball.decode
 --backend=torchscript. Where the package cannot run (a contract recording another torch or vector
 ISA stands in for another machine), ask warns once and answers through the TorchScript decoder. A
 package whose shared object is not the one the contract pins exits 2 and nothing in it runs. A
-question that leaves no room for a reply exits 2 and prints nothing.
+question that leaves no room for a reply exits 2 and prints nothing. `ask --batch` (questions on
+standard input, a reply per line) gives each question the reply it gets alone, and a bad line exits
+2 naming it before any reply is printed.
 
 Inputs from the environment (pipeline/BUILD.bazel sets them): M8B_ASK (the binary), M8B_WEIGHTS,
 M8B_METADATA, M8B_DATASET, M8B_TOKENIZER, M8B_DECODER, M8B_AOTI_DECODER, M8B_CONTRACT. Without them
@@ -45,9 +47,10 @@ def shipped():
     return env, tokenizer, model, [r.question for r in heldout[:QUESTIONS]]
 
 
-def _ask(env, question: str, *flags: str, **paths: str) -> subprocess.CompletedProcess:
+def _ask(env, question: str | None, *flags: str, stdin=None, **paths: str) -> subprocess.CompletedProcess:
     """ask with the shipped files (`paths` replaces some: aoti_decoder=..., contract=...); the
-    default backend unless `flags` names one."""
+    default backend unless `flags` names one; `question` on the command line (None: none there),
+    `stdin` on standard input."""
     files = {
         "torchscript_decoder": env["M8B_DECODER"],
         "aoti_decoder": env["M8B_AOTI_DECODER"],
@@ -56,9 +59,11 @@ def _ask(env, question: str, *flags: str, **paths: str) -> subprocess.CompletedP
         "metadata": env["M8B_METADATA"],
         **paths,
     }
-    command = [env["M8B_ASK"], *(f"--{flag}={path}" for flag, path in files.items()), *flags, "--", question]
+    command = [env["M8B_ASK"], *(f"--{flag}={path}" for flag, path in files.items()), *flags]
+    if question is not None:
+        command += ["--", question]
     child_env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=child_env)
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=300, env=child_env)
 
 
 def _eager(tokenizer, model, question: str, sampler=None, seed: int = 0) -> str:
@@ -79,22 +84,55 @@ def _eager(tokenizer, model, question: str, sampler=None, seed: int = 0) -> str:
 
 @pytest.mark.parametrize("backend", [[], ["--backend=torchscript"]], ids=["default (aoti)", "torchscript"])
 def test_greedy_replies_equal_eager_greedy_decoding(shipped, backend):
+    """Every held-out question in one --batch run: each reply is eager's for that question alone, so
+    nothing of one question's decoding (its KV cache) leaks into the next."""
     env, tokenizer, model, questions = shipped
-    for question in questions:
-        result = _ask(env, question, "--greedy", *backend)
-        assert result.returncode == 0, result.stderr
-        assert result.stderr == ""  # no fallback warning: the package ran
-        assert result.stdout.strip() == _eager(tokenizer, model, question), question
+    result = _ask(env, None, "--greedy", "--batch", *backend, stdin="".join(q + "\n" for q in questions))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no fallback warning: the package ran
+    assert result.stdout.splitlines() == [_eager(tokenizer, model, q) for q in questions]
 
 
 @pytest.mark.parametrize("backend", [[], ["--backend=torchscript"]], ids=["default (aoti)", "torchscript"])
 def test_sampled_replies_equal_eager_with_the_same_draws(shipped, backend):
+    """One question on the command line, two in a --batch run: each question's draws follow the seed
+    rule (the seed and the question's tokens), whatever else is asked in the same run."""
     from training import sampling
 
     env, tokenizer, model, questions = shipped
     result = _ask(env, questions[0], "--seed=3", *backend)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == _eager(tokenizer, model, questions[0], sampling.DEFAULT, seed=3)
+    expected = [_eager(tokenizer, model, q, sampling.DEFAULT, seed=3) for q in questions[:2]]
+    assert result.stdout.strip() == expected[0]
+    batch = _ask(env, None, "--seed=3", "--batch", *backend, stdin=f"{questions[1]}\r\n{questions[0]}")
+    assert batch.returncode == 0, batch.stderr
+    assert batch.stdout.splitlines() == expected[::-1]
+
+
+@pytest.mark.parametrize(
+    "stdin, where, message",
+    [
+        ("Will it rain?\n\nShall I go?\n", "standard input line 2: ", "is empty"),
+        ("Will it rain?\nShall I\tgo?\n", "standard input line 2: ", "U+0009"),
+        ("Will it rain?\n" + "Will it rain? " * 400 + "\n", "standard input line 2: ", "fit the model's"),
+        ("Will it rain?\n" + "x" * ((1 << 16) + 1), "standard input line 2: ", "longer than 65536 bytes"),
+        ("", "no question", "standard input is empty"),
+    ],
+    ids=["empty line", "control character", "too long for the context", "huge line", "nothing"],
+)
+def test_a_bad_batch_line_exits_2_naming_it_before_any_reply(shipped, stdin, where, message):
+    env = shipped[0]
+    result = _ask(env, None, "--greedy", "--batch", stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {where}") and message in result.stderr, result.stderr
+
+
+def test_batch_takes_its_questions_from_standard_input_only(shipped):
+    env = shipped[0]
+    result = _ask(env, "Will it rain?", "--greedy", "--batch", stdin="Shall I go?\n")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--batch reads the questions from standard input" in result.stderr
 
 
 @pytest.mark.parametrize("backend", [[], ["--backend=torchscript"]], ids=["default (aoti)", "torchscript"])
