@@ -592,17 +592,17 @@ def test_the_fast_float16_casts_are_numpys_for_every_boundary():
         assert _same_bits(mil_executor._astype(singles, np.float16), singles.astype(np.float16))
 
 
-@pytest.mark.parametrize("op_type", ["add", "sub", "mul"])
-def test_float16_arithmetic_is_numpys_for_every_float16_value(op_type):
-    """add, sub and mul compute two float16 operands in float32 and round once: NumPy's float16 bits
-    for every float16 x against a sample of y (specials included), both ways round."""
+@pytest.mark.parametrize("operator_fn", [np.add, np.subtract, np.multiply, np.true_divide])
+def test_float16_arithmetic_is_numpys_for_every_float16_value(operator_fn):
+    """_float16_op (add, sub and mul, and softmax's subtraction and division) computes two float16
+    operands in float32 and rounds once: NumPy's float16 bits for every float16 x against a sample
+    of y (specials included), both ways round."""
     x = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     rng = np.random.default_rng(1)
     sample = rng.integers(0, 1 << 16, 96, dtype=np.uint64).astype(np.uint16).view(np.float16)
     specials = np.float16([0.0, -0.0, 1.0, -1.0, 65504.0, -65504.0, 6e-8, -6e-8, np.inf, -np.inf])
-    kernel = mil_executor.OVERRIDES[op_type]
-    stock = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[op_type]
     with np.errstate(all="ignore"):
         for y in np.concatenate([sample, specials]):
             for a, b in ((x, y), (y, x), (x, np.full_like(x, y))):
-                assert _same_bits(np.asarray(kernel({"x": a, "y": b}, None)), stock(a, b)), (op_type, y)
+                got = mil_executor._float16_op(operator_fn, a, b)
+                assert _same_bits(np.asarray(got), operator_fn(a, b)), (operator_fn.__name__, y)
