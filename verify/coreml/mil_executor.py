@@ -38,6 +38,7 @@ import operator
 import os
 
 import numpy as np
+import torch
 
 # ---------------------------------------------------------------------------------------------
 # coremltools adapter: every coremltools internal this module touches is in this section, and
@@ -136,6 +137,66 @@ def _binary(operator_fn):
     return lambda v, op: operator_fn(v["x"], v["y"])
 
 
+def _half_arithmetic(operator_fn):
+    # Same as value_inference (elementwise_binary) for add, sub and mul (_float16_op says why).
+    return lambda v, op: _float16_op(operator_fn, v["x"], v["y"])
+
+
+def _float16_op(operator_fn, x, y):
+    """operator_fn(x, y) for +, -, * or /, with the same bits. On float16 operands NumPy converts
+    every element in software (~9 ns an element for + or *, ~30 for /: most of an fp16 program's
+    elementwise time); computed in float32 on the exact widenings and rounded to float16 once, the
+    result is the correctly rounded float16 one, since float32's 24 bits are at least 2 x 11 + 2,
+    the precision at which rounding twice is innocuous for +, -, * and / (Figueroa, 1995). NumPy's
+    float16 result is that correctly rounded one. mil_executor_test checks every float16 x against a
+    sample of y."""
+    if _float16_pair(x, y):
+        return _astype(operator_fn(_widen(x), _widen(y)), np.float16)
+    return operator_fn(x, y)
+
+
+# float16 <-> float32 conversion. NumPy converts one element at a time in software here (~1.5 ns an
+# element to float32, ~3 ns back), torch with the CPU's conversion instructions, ~10x faster. Both
+# are IEEE conversions, exact to float32 and round-to-nearest-even to float16, so they give the same
+# bits (verify/coreml/mil_executor_test.py checks every float16 value, and float32 values at and
+# around every float16 rounding boundary). torch is already loaded: coremltools imports it.
+_TORCH_CAST = {
+    (np.dtype(np.float16), np.dtype(np.float32)): torch.float32,
+    (np.dtype(np.float32), np.dtype(np.float16)): torch.float16,
+}
+# Below this many elements NumPy's cast is quicker than the round trip through torch (~5 us).
+_TORCH_CAST_MIN = 2048
+# Below this many elements NumPy's float16 loop is quicker than the route through float32.
+_FLOAT32_ROUTE_MIN = 256
+
+
+def _astype(x: np.ndarray, dtype) -> np.ndarray:
+    """x.astype(dtype): the same values and layout; float16 <-> float32 of a C-contiguous array through
+    torch (a torch result is C-contiguous too; other layouts keep NumPy's cast)."""
+    target = _TORCH_CAST.get((x.dtype, np.dtype(dtype)))
+    if target is None or x.size < _TORCH_CAST_MIN or not (x.flags.c_contiguous and x.flags.writeable):
+        return x.astype(dtype)
+    return torch.from_numpy(x).to(target).numpy()
+
+
+def _widen(x):
+    """A float16 array or scalar in float32 (exact)."""
+    return _astype(x, np.float32) if isinstance(x, np.ndarray) else np.float32(x)
+
+
+_FLOAT16 = np.dtype(np.float16)
+
+
+def _float16_pair(x, y) -> bool:
+    """Both operands float16 (arrays or NumPy scalars), with enough elements for the float32 route
+    to pay for its conversions."""
+    return (
+        getattr(x, "dtype", None) == _FLOAT16
+        and getattr(y, "dtype", None) == _FLOAT16
+        and max(x.size, y.size) >= _FLOAT32_ROUTE_MIN
+    )
+
+
 def _pow(v, op):
     # Same as value_inference (x ** y). A float16 array squared (every RMS norm's x ** 2) goes
     # through np.square: NumPy's float16 power rounds powf(x, 2) of the float32 values to float16,
@@ -145,7 +206,8 @@ def _pow(v, op):
     x, y = v["x"], v["y"]
     if isinstance(x, np.ndarray) and x.dtype == np.float16 and np.ndim(y) == 0:
         if np.asarray(y).dtype == np.float16 and y == 2:
-            return np.square(x)
+            # The float32 square of a float16 is exact: rounded once, it is the float16 square.
+            return _astype(np.square(_widen(x)), np.float16)
     return operator.pow(x, y)
 
 
@@ -168,6 +230,8 @@ def _cast(v, op):
     # Same as value_inference (cast.get_cast_value on a value that is not symbolic).
     nptype = _cast_nptype(type(op), str(v["dtype"]))
     x = v["x"]
+    if isinstance(x, np.ndarray):
+        return _astype(x, nptype)
     return x.astype(dtype=nptype) if hasattr(x, "astype") else nptype(x)
 
 
@@ -254,15 +318,15 @@ def _softmax(v, op):
     # Same as value_inference.
     x, axis = v["x"], v["axis"]
     max_vals = np.max(x, axis=axis, keepdims=True)
-    temp = np.exp(x - max_vals)
-    return temp / np.sum(temp, axis=axis, keepdims=True)
+    temp = np.exp(_float16_op(operator.sub, x, max_vals))
+    return _float16_op(operator.truediv, temp, np.sum(temp, axis=axis, keepdims=True))
 
 
 def _silu(v, op):
     # No value_inference at all in coremltools 9.0. Computed in float32 (float64 in an fp32 program),
     # rounded to the op's dtype.
     x = v["x"]
-    x = x.astype(np.float32) if x.dtype == np.float16 else x
+    x = _widen(x) if x.dtype == np.float16 else x
     return x / (1.0 + np.exp(-x))
 
 
@@ -321,7 +385,7 @@ def _linear(v, op):
     # Accumulated in _accumulator's dtype, rounded to the op's dtype afterwards.
     x, weight = v["x"], v["weight"]
     dtype = _accumulator(x, weight)
-    result = np.matmul(x.astype(dtype), _weight_as(op, "weight", weight, dtype).T)
+    result = np.matmul(_astype(x, dtype), _weight_as(op, "weight", weight, dtype).T)
     if v.get("bias") is not None:
         result = result + _weight_as(op, "bias", v["bias"], dtype)
     return result
@@ -330,7 +394,7 @@ def _linear(v, op):
 def _matmul(v, op):
     # Accumulated as in _linear.
     dtype = _accumulator(v["x"], v["y"])
-    x, y = v["x"].astype(dtype), v["y"].astype(dtype)
+    x, y = _astype(v["x"], dtype), _astype(v["y"], dtype)
     if v.get("transpose_x") is not None and v["transpose_x"]:
         x = np.swapaxes(x, -1, -2)
     if v.get("transpose_y") is not None and v["transpose_y"]:
@@ -376,7 +440,7 @@ def _scaled_dot_product_attention(v, op):
     # Accumulated as in _linear, rounded to the op's dtype afterwards; the stock version multiplies
     # in the inputs' float16 (NumPy's slow loop) and rounds every partial sum.
     dtype = _accumulator(*(v[name] for name in ("query", "key", "value")))
-    q, k, value = (v[name].astype(dtype) for name in ("query", "key", "value"))
+    q, k, value = (_astype(v[name], dtype) for name in ("query", "key", "value"))
     scores = np.matmul(q, np.swapaxes(k, -1, -2)) / np.sqrt(dtype(q.shape[-1]))
     if v.get("attn_mask") is not None:
         mask = v["attn_mask"]
@@ -402,9 +466,9 @@ OVERRIDES = {
     "reduce_min": _reduce(np.min),
     "reduce_prod": _reduce(np.prod),
     # Same as value_inference, for speed (above).
-    "add": _binary(operator.add),
-    "sub": _binary(operator.sub),
-    "mul": _binary(operator.mul),
+    "add": _half_arithmetic(operator.add),
+    "sub": _half_arithmetic(operator.sub),
+    "mul": _half_arithmetic(operator.mul),
     "pow": _pow,
     "less_equal": _binary(operator.le),
     "rsqrt": _rsqrt,
@@ -723,7 +787,7 @@ def _putter(program: Program, op, var):
         if value.__class__ is not np.ndarray:
             value = np.asarray(value)
         if value.dtype not in kept:
-            value = value.astype(np_dtype, copy=False)
+            value = _astype(value, np_dtype)
         shape = value.shape
         sym_type = agreed.get(shape)
         if sym_type is None:
@@ -743,6 +807,10 @@ def _putter(program: Program, op, var):
 class _Plan:
     steps: list  # _Step per op but the consts, in program order
     feeds: dict  # input name (not a state) -> (its NumPy dtype, its putter)
+    # (var, its NumPy dtype) of each output and each state: a var's dtype is worked out through its
+    # coremltools type (~10 us), and a decode step reads three.
+    outputs: tuple
+    states: tuple  # (state name, var, dtype)
 
 
 def _plan(program: Program) -> list:
@@ -756,6 +824,11 @@ def _plan(program: Program) -> list:
                 for name, var in function.inputs.items()
                 if name not in program.state_specs
             },
+            outputs=tuple((var, _np_dtype(var)) for var in function.outputs),
+            states=tuple(
+                (name, function.inputs[name], _np_dtype(function.inputs[name]))
+                for name in program.state_specs
+            ),
         )
     return program.plan.steps
 
@@ -858,10 +931,9 @@ def evaluate(
         put(value.astype(dtype))
     for step in steps:
         step.run()
-    values = {var.name: np.asarray(var.val).astype(_np_dtype(var), copy=False) for var in function.outputs}
-    for name in program.state_specs:
-        var = function.inputs[name]
-        state.values[name] = np.asarray(var.val).astype(_np_dtype(var), copy=False)
+    values = {var.name: np.asarray(var.val).astype(dtype, copy=False) for var, dtype in program.plan.outputs}
+    for name, var, dtype in program.plan.states:
+        state.values[name] = np.asarray(var.val).astype(dtype, copy=False)
     return {name: values[name] for name in program.output_names}
 
 

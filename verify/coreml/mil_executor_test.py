@@ -562,3 +562,47 @@ def test_the_float16_square_is_the_float16_power_for_every_value():
     assert np.array_equal(np.isnan(got), np.isnan(expected))
     number = ~np.isnan(expected)
     assert np.array_equal(got.view(np.uint16)[number], expected.view(np.uint16)[number])
+
+
+def _same_bits(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Same dtype and bits, NaNs aside (their payload nothing reads)."""
+    bits = {2: np.uint16, 4: np.uint32}[expected.itemsize]
+    number = ~np.isnan(expected)
+    return (
+        got.dtype == expected.dtype
+        and np.array_equal(np.isnan(got), np.isnan(expected))
+        and np.array_equal(got.view(bits)[number], expected.view(bits)[number])
+    )
+
+
+def test_the_fast_float16_casts_are_numpys_for_every_boundary():
+    """_astype converts float16 <-> float32 through torch: every float16 value widens to NumPy's
+    float32, and float32 values at, just around and between every float16 rounding boundary
+    (ties, subnormals, overflow), and random bit patterns, round to NumPy's float16."""
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    assert _same_bits(mil_executor._astype(halves, np.float32), halves.astype(np.float32))
+    finite = np.sort(halves[np.isfinite(halves)].astype(np.float32))
+    ties = (finite[:-1].astype(np.float64) + finite[1:]) / 2  # exact in float32
+    ties = np.concatenate([ties, [65519.0, 65520.0, 65521.0]]).astype(np.float32)
+    near = [np.nextafter(ties, np.float32(-np.inf)), ties, np.nextafter(ties, np.float32(np.inf))]
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    singles = np.concatenate([finite, *near, noise, np.float32([np.inf, -np.inf, 1e30, -1e-30])])
+    with np.errstate(over="ignore"):
+        assert _same_bits(mil_executor._astype(singles, np.float16), singles.astype(np.float16))
+
+
+@pytest.mark.parametrize("operator_fn", [np.add, np.subtract, np.multiply, np.true_divide])
+def test_float16_arithmetic_is_numpys_for_every_float16_value(operator_fn):
+    """_float16_op (add, sub and mul, and softmax's subtraction and division) computes two float16
+    operands in float32 and rounds once: NumPy's float16 bits for every float16 x against a sample
+    of y (specials included), both ways round."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    rng = np.random.default_rng(1)
+    sample = rng.integers(0, 1 << 16, 96, dtype=np.uint64).astype(np.uint16).view(np.float16)
+    specials = np.float16([0.0, -0.0, 1.0, -1.0, 65504.0, -65504.0, 6e-8, -6e-8, np.inf, -np.inf])
+    with np.errstate(all="ignore"):
+        for y in np.concatenate([sample, specials]):
+            for a, b in ((x, y), (y, x), (x, np.full_like(x, y))):
+                got = mil_executor._float16_op(operator_fn, a, b)
+                assert _same_bits(np.asarray(got), operator_fn(a, b)), (operator_fn.__name__, y)
