@@ -455,15 +455,24 @@ def workers_default() -> int:
 
 # What every job reads: set by measure() before the pool forks, so the workers inherit it.
 _SHARED: dict = {}
-# A job's cost relative to a float32 one (balance only, never results): CPU PyTorch has no fast
-# float16 matmul, and an input hook on every projection (Q8_0 blocks) costs about as much again.
-_COST = {torch.float16: 3.0, torch.float64: 1.5, torch.float32: 1.0}
+# A job's cost relative to a float32 logits job (balance only, never results), as measured on the
+# default and wide students: CPU PyTorch has no fast float16 matmul (about 6x), and rounding every
+# projection input through Q8_0 blocks (NumPy) triples a float64 model's cost, where rounding it to
+# float16 costs little. A decode job computes about half the arithmetic of the lengths and replay,
+# but one forward per step, whose fixed cost adds about a float32 logits job: so the cheap
+# precisions' decode jobs are their longest, and run before their logits jobs, leaving the
+# shortest jobs for the end.
+_COST = {torch.float16: 6.0, torch.float64: 1.5, torch.float32: 1.0}
+_Q8_0_INPUTS = 3.0
 
 
 def _cost(job) -> float:
     emulated = _SHARED["emulations"][job[0]]
-    hooked = any(m._forward_pre_hooks for m in emulated.modules())
-    return _COST[next(emulated.parameters()).dtype] * (2.0 if hooked else 1.0)
+    arithmetic = _COST[next(emulated.parameters()).dtype]
+    hook = _projection_hook(emulated)
+    if hook is not None and hook.round_input is not _round_input_to_fp16:
+        arithmetic *= _Q8_0_INPUTS
+    return arithmetic / 2 + 1.0 if job[1] == DECODE else arithmetic
 
 
 def _measure_job(job) -> dict[str, dict[str, dict[str, float]]]:
