@@ -66,7 +66,8 @@ does not make a single near-tie flip a failure.
 
 Two workers: each precision's floors are independent of every other's, so measure() first does
 the work they share (eager's logits at every length, along the replay and along the decode steps,
-and every emulation, the SAME_COMPUTATION and SAME_WEIGHTS pairs resolved), then forks up to two
+and every emulation, the SAME_COMPUTATION and SAME_WEIGHTS pairs resolved; the Core ML packages'
+weights meanwhile in a forked process, since eager's side is serial), then forks up to two
 worker processes (workers_default: both cores where there are two) that measure the precisions'
 lengths and replay, and their decode steps, as separate jobs, the costly float16 ones first. Each job
 computes single threaded on inputs it inherits, so its floors are the same to the bit in any worker
@@ -312,8 +313,9 @@ def _with_ggml_rope(twin: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
-def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """A copy of `model` that computes the way an artifact of `precision` does (module docstring)."""
+def emulation(model: torch.nn.Module, precision: str, held: list | None = None) -> torch.nn.Module:
+    """A copy of `model` that computes the way an artifact of `precision` does (module docstring).
+    held: for int8 and int4, package_weights(model, precision) if already computed."""
     if precision not in METHODS:
         raise ValueError(f"precision {precision!r}; expected one of {sorted(METHODS)}")
     twin = copy.deepcopy(model)
@@ -330,7 +332,7 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         _hook_projections(twin, _round_input_through_q8_0)
         return twin
     if precision in COMPRESSED:
-        return _with_compressed_weights(twin.half(), precision)
+        return _with_weights(twin.half(), held if held is not None else package_weights(model, precision))
     if precision in _REFERENCE_GGUF_PLAN:
         return _gguf_reference(twin, *_REFERENCE_GGUF_PLAN[precision])
     if precision in _REFERENCE_COREML:
@@ -347,17 +349,26 @@ def emulation(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return wrapped
 
 
-def _with_compressed_weights(model: torch.nn.Module, compression: str) -> torch.nn.Module:
-    """`model` (float16) with each weight matrix replaced by the compressed package's (module
-    docstring, int8/int4). Buffers (the RoPE tables) stay float16, as the package keeps them."""
+def package_weights(model: torch.nn.Module, compression: str) -> list:
+    """Each weight matrix of `model` in float16 as the compressed package holds it (module docstring,
+    int8/int4), None where the package leaves it uncompressed; in parameters() order."""
     from conversion import coreml_compress  # coremltools: only for these precisions
 
+    return [
+        coreml_compress.quantize_like_package(weight.detach().half().numpy(), compression)
+        if weight.ndim == 2
+        else None
+        for weight in model.parameters()
+    ]
+
+
+def _with_weights(model: torch.nn.Module, held: list) -> torch.nn.Module:
+    """`model` (float16) with each parameter that `held` gives (package_weights) replaced. Buffers
+    (the RoPE tables) stay float16, as the package keeps them."""
     with torch.no_grad():
-        for weight in model.parameters():
-            if weight.ndim == 2:
-                held = coreml_compress.quantize_like_package(weight.numpy(), compression)
-                if held is not None:
-                    weight.copy_(torch.from_numpy(held))
+        for weight, values in zip(model.parameters(), held, strict=True):
+            if values is not None:
+                weight.copy_(torch.from_numpy(values))
     return model
 
 
@@ -527,6 +538,10 @@ def _logits_scopes(emulated: torch.nn.Module) -> dict[str, dict[str, float]]:
     return scopes
 
 
+def _shared_package_weights(compression: str) -> list:
+    return package_weights(_SHARED["model"], compression)
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
 
@@ -565,14 +580,33 @@ def measure(
     the order the jobs finish in (verify/floors/floors_test.py)."""
     from verify import decode_parity
 
-    eager = torch_forward(model.eval())
-    lengths = sorted(rows_by_length)
-    refs = {
-        length: np.concatenate([eager(row) for row in rows_by_length[length]], axis=1) for length in lengths
-    }
-    # Eager's side of the behaviour replay, the same for every precision: computed once.
-    reference = parity.replay(eager, prompts, continuations, lengths, pad_id)
-    emulations = {precision: emulation(model, precision) for precision in precisions}
+    workers = workers_default() if workers is None else workers
+    # The Core ML packages' weights (coremltools' import and quantizer, ~1 s) are computed by a
+    # forked process while this one computes eager's side, which is serial: the second core would
+    # otherwise idle. The same function on the same weights, so the same arrays either way.
+    compressed = [precision for precision in precisions if precision in COMPRESSED]
+    background = None
+    if compressed and workers > 1:
+        _SHARED["model"] = model  # inherited by the fork, not pickled
+        background = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init
+        )
+    try:
+        held = {p: background.submit(_shared_package_weights, p) for p in compressed} if background else {}
+        eager = torch_forward(model.eval())
+        lengths = sorted(rows_by_length)
+        refs = {
+            length: np.concatenate([eager(row) for row in rows_by_length[length]], axis=1)
+            for length in lengths
+        }
+        # Eager's side of the behaviour replay, the same for every precision: computed once.
+        reference = parity.replay(eager, prompts, continuations, lengths, pad_id)
+        held = {precision: future.result() for precision, future in held.items()}
+    finally:
+        if background is not None:
+            background.shutdown(cancel_futures=True)
+        _SHARED.clear()
+    emulations = {precision: emulation(model, precision, held.get(precision)) for precision in precisions}
     copies = {}  # precision -> the partner whose logits its own would be, bit for bit
     for precision, partner in SAME_COMPUTATION.items():
         if precision in emulations and partner in emulations:
@@ -604,7 +638,6 @@ def measure(
         seqs=seqs,
         decode_refs=decode_refs,
     )
-    workers = workers_default() if workers is None else workers
     try:
         results = _run_jobs(jobs, workers)
         # A checked reference whose input blocks differed from the variant's: measured on its own.

@@ -247,7 +247,8 @@ def test_activations_round_through_q8_0_as_gguf_quantizes_them_bit_for_bit():
 
 def test_the_pool_measures_what_one_process_measures(model, tokenizer):
     """Two forked workers and one process give the same floors to the bit, in the same order: every
-    job computes single threaded on the same inputs, and results are assembled by precision."""
+    job computes single threaded on the same inputs, and results are assembled by precision (with
+    two workers, int8's package weights come from a forked process too)."""
     rows, prompts, continuations = _inputs(tokenizer, model, lengths=(16, 32))
     precisions = ["f32", "fp16", "int8", "kv_f16", "ref_int8", "ref_q8_0", "w_q8_0"]
     serial = floors.measure(model, rows, prompts, continuations, tokenizer.pad_id, precisions, workers=1)
